@@ -1,0 +1,57 @@
+"""The one small interface every distillation method implements.
+
+A method is an ``nn.Module`` (so it owns its trainable parts, e.g. the AAM of A2D, which the
+distill recipe adds to the optimizer explicitly and saves beside the student, never inside it).
+It declares what it needs from the two forward passes, and returns its loss terms by name,
+unweighted; :meth:`weights` says how the recipe mixes them:
+
+    loss = ce_weight * L_CE + sum(weights[name] * terms[name])
+
+The recipe computes the label-smoothed cross-entropy itself and logs every term and weight.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from transformers import MarianConfig
+from transformers.modeling_outputs import Seq2SeqLMOutput
+
+from a2d.config import Config
+
+# What a method may ask for from the teacher's and the student's forward passes.
+LOGITS, ATTENTIONS, HIDDEN_STATES = "logits", "attentions", "hidden_states"
+
+
+@dataclass(frozen=True)
+class Progress:
+    """Where training is: ``epoch`` counts from 1, ``update`` from 0 (updates done so far)."""
+
+    epoch: int
+    update: int
+
+
+class DistillMethod(nn.Module):
+    """Base class. Subclasses set ``name``, ``summary``, ``paper`` and ``needs`` and implement ``loss_terms``."""
+
+    name: str = ""
+    summary: str = ""  # one line for `a2d methods`
+    paper: str = ""  # "Author et al. YEAR, Title"
+    needs: frozenset[str] = frozenset()
+    needs_teacher: bool = True
+
+    def __init__(self, cfg: Config, student_config: MarianConfig, teacher_config: MarianConfig | None):
+        super().__init__()
+        self.cfg = cfg
+
+    def loss_terms(self, batch: dict[str, torch.Tensor], student: Seq2SeqLMOutput,
+                   teacher: Seq2SeqLMOutput | None, progress: Progress) -> dict[str, torch.Tensor]:
+        """Unweighted scalar loss terms by name (each a 0-dim fp32 tensor)."""
+        raise NotImplementedError
+
+    def weights(self, progress: Progress) -> dict[str, float]:
+        """Weight of each term returned by :meth:`loss_terms` at this point of training."""
+        raise NotImplementedError
+
+    ce_weight: float = 1.0

@@ -1,0 +1,74 @@
+"""Models: the fairseq-style Transformer the paper used, built as a Hugging Face ``MarianMTModel``.
+
+Marian's layers are post-norm with sinusoidal positions; with ``scale_embedding`` and shared, tied
+embeddings this is fairseq's ``transformer`` (the architecture of the paper's teachers and students).
+A checkpoint folder is a ``save_pretrained`` folder (``config.json`` + ``model.safetensors``) plus
+``sentencepiece.model`` and the run's ``config.yaml``; ``MarianMTModel.from_pretrained`` loads it.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from transformers import MarianConfig, MarianMTModel
+from transformers.utils import logging as hf_logging
+
+from a2d.config import Config
+from a2d.data.vocab import BOS, EOS, PAD, Vocabulary
+from a2d.utils import UserError
+
+hf_logging.set_verbosity_error()
+
+
+def marian_config(cfg: Config, vocab_size: int) -> MarianConfig:
+    return MarianConfig(
+        vocab_size=vocab_size, d_model=cfg.d_model,
+        encoder_layers=cfg.encoder_layers, decoder_layers=cfg.decoder_layers,
+        encoder_attention_heads=cfg.encoder_attention_heads, decoder_attention_heads=cfg.decoder_attention_heads,
+        encoder_ffn_dim=cfg.ffn_dim, decoder_ffn_dim=cfg.ffn_dim, activation_function=cfg.activation_function,
+        dropout=cfg.dropout, attention_dropout=cfg.attention_dropout, activation_dropout=cfg.activation_dropout,
+        max_position_embeddings=cfg.max_positions, scale_embedding=True, share_encoder_decoder_embeddings=True,
+        tie_word_embeddings=True, pad_token_id=PAD, bos_token_id=BOS, eos_token_id=EOS,
+        decoder_start_token_id=BOS, forced_eos_token_id=None, init_std=cfg.d_model ** -0.5,
+    )
+
+
+def build_model(cfg: Config, vocab_size: int, seed: int | None = None) -> MarianMTModel:
+    """A freshly initialised model of the shape ``cfg`` describes."""
+    if seed is not None:
+        torch.manual_seed(seed)
+    model = MarianMTModel(marian_config(cfg, vocab_size))
+    model.generation_config.max_length = cfg.max_positions
+    return model
+
+
+def count_parameters(model: torch.nn.Module) -> int:
+    """Trainable parameters, counting tied embeddings once (sinusoidal positions are buffers-like, frozen)."""
+    seen, total = set(), 0
+    for p in model.parameters():
+        if p.requires_grad and id(p) not in seen:
+            seen.add(id(p))
+            total += p.numel()
+    return total
+
+
+def load_model(path: Path | str, attn_implementation: str | None = None) -> tuple[MarianMTModel, Vocabulary]:
+    """Load a checkpoint folder (``RUN``, ``RUN/best`` or ``RUN/last``) and its vocabulary."""
+    path = Path(path)
+    if (path / "best" / "config.json").exists():
+        path = path / "best"
+    elif not (path / "config.json").exists() and (path / "last" / "config.json").exists():
+        path = path / "last"
+    if not (path / "config.json").exists():
+        raise UserError(f"{path}: not a model folder (no config.json; give a run folder or its best/ or last/)")
+    kwargs = {"attn_implementation": attn_implementation} if attn_implementation else {}
+    try:
+        model = MarianMTModel.from_pretrained(path, **kwargs)
+    except (OSError, ValueError) as e:
+        raise UserError(f"{path}: cannot load the model ({str(e).splitlines()[0]})") from None
+    return model, Vocabulary.load(path)
+
+
+def use_attention_maps(model: MarianMTModel) -> None:
+    """Switch to the eager attention kernel, the one that returns per-head probabilities."""
+    model.set_attn_implementation("eager")
