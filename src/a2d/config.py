@@ -116,13 +116,19 @@ _FIELDS = {f.name: f for f in dataclasses.fields(Config)}
 def _coerce(key: str, value, source: str):
     """Convert ``value`` (from YAML or a ``key=value`` string) to the field's type, or raise naming it."""
     if key not in _FIELDS:
-        raise ConfigError(f"{source}: unknown key {key!r} (see `a2d config --help-keys`)")
+        raise ConfigError(f"{source}: unknown key {key!r} (see `a2d config --keys`)")
     typ = _FIELDS[key].type
     typ = {"int": int, "float": float, "str": str, "bool": bool}.get(typ, typ)
     if isinstance(value, str) and typ is not str:
+        text = value.strip()
         try:
-            value = yaml.safe_load(value)
-        except yaml.YAMLError:
+            if typ is bool:
+                if text.lower() not in ("true", "false", "yes", "no", "1", "0"):
+                    raise ValueError(text)
+                value = text.lower() in ("true", "yes", "1")
+            else:
+                value = typ(text)
+        except ValueError:
             raise ConfigError(f"{source}: {key}={value!r} is not a valid {typ.__name__}") from None
     if typ is float and isinstance(value, int) and not isinstance(value, bool):
         value = float(value)

@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
+from safetensors.torch import load_file
 from transformers import MarianConfig, MarianMTModel
 from transformers.utils import logging as hf_logging
 
@@ -18,6 +19,7 @@ from a2d.data.vocab import BOS, EOS, PAD, Vocabulary
 from a2d.utils import UserError
 
 hf_logging.set_verbosity_error()
+hf_logging.disable_progress_bar()
 
 
 def marian_config(cfg: Config, vocab_size: int) -> MarianConfig:
@@ -63,10 +65,30 @@ def load_model(path: Path | str, attn_implementation: str | None = None) -> tupl
         raise UserError(f"{path}: not a model folder (no config.json; give a run folder or its best/ or last/)")
     kwargs = {"attn_implementation": attn_implementation} if attn_implementation else {}
     try:
-        model = MarianMTModel.from_pretrained(path, **kwargs)
+        model = freeze_positions(MarianMTModel.from_pretrained(path, **kwargs))
     except (OSError, ValueError) as e:
         raise UserError(f"{path}: cannot load the model ({str(e).splitlines()[0]})") from None
     return model, Vocabulary.load(path)
+
+
+def freeze_positions(model: MarianMTModel) -> MarianMTModel:
+    """Sinusoidal position tables are constants; ``from_pretrained`` would otherwise make them trainable."""
+    for side in (model.model.encoder, model.model.decoder):
+        side.embed_positions.weight.requires_grad_(False)
+    return model
+
+
+def load_weights(model: MarianMTModel, folder: Path | str) -> MarianMTModel:
+    """Load ``folder/model.safetensors`` into an already built ``model`` of the same shape (used by ``--resume``)."""
+    state = load_file(Path(folder) / "model.safetensors")
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    derived = {"lm_head.weight", "model.encoder.embed_tokens.weight", "model.decoder.embed_tokens.weight",
+               "model.encoder.embed_positions.weight", "model.decoder.embed_positions.weight"}
+    if unexpected or set(missing) - derived:
+        raise UserError(f"{folder}: weights do not fit this model (missing {sorted(set(missing) - derived)[:3]}, "
+                        f"unexpected {sorted(unexpected)[:3]})")
+    model.tie_weights()
+    return model
 
 
 def use_attention_maps(model: MarianMTModel) -> None:

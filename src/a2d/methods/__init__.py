@@ -5,12 +5,15 @@ subclass and add it to the dict below; ``a2d distill --method NAME`` and ``a2d m
 """
 from __future__ import annotations
 
-from a2d.methods.base import DistillMethod, Progress
+from a2d.methods.a2d import A2DLayerwise, AlignToDistill
+from a2d.methods.base import ATTENTIONS, HIDDEN_STATES, LOGITS, DistillMethod, Progress
 from a2d.methods.none import NoKD
 from a2d.utils import UserError
 
 METHODS: dict[str, type[DistillMethod]] = {
     "none": NoKD,
+    "a2d": AlignToDistill,
+    "a2d-layerwise": A2DLayerwise,
 }
 
 
@@ -20,4 +23,4 @@ def get_method(name: str) -> type[DistillMethod]:
     return METHODS[name]
 
 
-__all__ = ["METHODS", "DistillMethod", "Progress", "get_method"]
+__all__ = ["METHODS", "DistillMethod", "Progress", "get_method", "ATTENTIONS", "HIDDEN_STATES", "LOGITS"]

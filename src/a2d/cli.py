@@ -1,0 +1,225 @@
+"""The ``a2d`` command: parses arguments and calls the recipes and components. Nothing else lives here."""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from a2d.config import ConfigError, describe_keys, load_config, preset_names, read_yaml
+from a2d.utils import UserError
+
+
+def _config(args):
+    """Defaults < saved config (when resuming) < preset < flags < key=value overrides."""
+    flags = [f"{k}={v}" for k, v in (("max_epochs", args.max_epochs), ("max_steps", args.max_steps),
+                                    ("seed", args.seed)) if v is not None]
+    if getattr(args, "method", None):
+        flags.append(f"method={args.method}")
+    base = None
+    if args.resume:
+        saved = Path(args.out) / "config.yaml"
+        if not saved.exists():
+            raise UserError(f"--resume: {saved} not found (is --out a run folder?)")
+        base = read_yaml(saved)
+    elif args.preset is None:
+        raise UserError("--preset is required (one of " + ", ".join(preset_names()) + ", or a YAML file)")
+    return load_config(args.preset, flags + list(args.overrides), base=base)
+
+
+def cmd_prepare(args):
+    from a2d.data.corpus import locate_corpus
+    from a2d.data.prepare import prepare, summary_lines
+
+    if args.corpus:
+        if args.train_src or args.train_tgt:
+            raise UserError("give either --corpus or --train-src/--train-tgt/--valid-src/--valid-tgt, not both")
+        splits = locate_corpus(args.corpus, args.src, args.tgt)
+    else:
+        need = {"--train-src": args.train_src, "--train-tgt": args.train_tgt,
+                "--valid-src": args.valid_src, "--valid-tgt": args.valid_tgt}
+        missing = [k for k, v in need.items() if not v]
+        if missing:
+            raise UserError(f"missing {', '.join(missing)} (or use --corpus NAME)")
+        splits = {"train": (Path(args.train_src), Path(args.train_tgt)),
+                  "valid": (Path(args.valid_src), Path(args.valid_tgt))}
+        if bool(args.test_src) != bool(args.test_tgt):
+            raise UserError("give both --test-src and --test-tgt, or neither")
+        if args.test_src:
+            splits["test"] = (Path(args.test_src), Path(args.test_tgt))
+    meta = prepare(Path(args.out), splits, args.src, args.tgt, vocab_size=args.vocab_size,
+                   max_train=args.max_train, max_len=args.max_len, log=print)
+    print("\n".join(summary_lines(meta)))
+
+
+def cmd_train(args):
+    from a2d.recipes.train import train
+
+    train(_config(args), Path(args.data), Path(args.out), resume=args.resume)
+
+
+def cmd_distill(args):
+    from a2d.recipes.distill import distill
+
+    distill(_config(args), Path(args.data), Path(args.out), Path(args.teacher) if args.teacher else None,
+            resume=args.resume)
+
+
+def cmd_evaluate(args):
+    from a2d.evaluate import evaluate_model
+
+    out = Path(args.out) if args.out else None
+    result = evaluate_model(Path(args.model), Path(args.data), split=args.split, beam=args.beam, out=out)
+    lo, hi = result["bleu_ci"]
+    print(f"BLEU {result['bleu']:.2f} (95% CI {lo:.2f}-{hi:.2f})  chrF {result['chrf']:.2f}  "
+          f"{result['sentences']} sentences, {result['sentences_per_second']:.1f} sent/s")
+    print(result["signature"])
+    if out:
+        print(f"wrote {out} and {out.with_suffix('.hyp')}")
+
+
+def cmd_translate(args):
+    from a2d.evaluate import translate
+    from a2d.models import load_model
+
+    model, vocab = load_model(Path(args.model))
+    lines = [line.rstrip("\n") for line in sys.stdin]
+    for hyp in translate(model, vocab, lines, beam=args.beam):
+        print(hyp)
+
+
+def cmd_plot(args):
+    from a2d.curves import plot_training_curves
+
+    plot_training_curves([Path(r) for r in args.runs], Path(args.out))
+    print(f"wrote {args.out}")
+
+
+def cmd_plot_alignment(args):
+    from a2d.analysis import format_summary, plot_alignment
+
+    summary = plot_alignment(Path(args.run), Path(args.out))
+    print(format_summary(summary))
+    print(f"wrote {args.out}")
+
+
+def cmd_methods(args):
+    from a2d.methods import METHODS
+
+    width = max(map(len, METHODS))
+    for name, cls in METHODS.items():
+        print(f"{name:<{width}}  {cls.summary}  [{cls.paper}]")
+
+
+def cmd_config(args):
+    if args.keys:
+        print(describe_keys())
+        return
+    cfg = load_config(args.preset, args.overrides)
+    import yaml
+
+    print(yaml.safe_dump(cfg.to_dict(), sort_keys=False), end="")
+
+
+def cmd_demo(args):
+    from a2d.recipes.demo import demo
+
+    demo(Path(args.out), max_train=args.max_train, teacher_epochs=args.teacher_epochs,
+         student_epochs=args.student_epochs)
+
+
+def _run_args(p: argparse.ArgumentParser, teacher: bool) -> None:
+    p.add_argument("--data", required=True, help="a prepared data directory (a2d prepare)")
+    if teacher:
+        p.add_argument("--teacher", help="the teacher's run folder (or its best/)")
+        p.add_argument("--method", help="distillation method (a2d methods); default: the config's, a2d")
+    p.add_argument("--preset", help="preset name or YAML file (" + ", ".join(preset_names()) + ")")
+    p.add_argument("--out", required=True, help="run folder to write")
+    p.add_argument("--max-epochs", type=int)
+    p.add_argument("--max-steps", type=int)
+    p.add_argument("--seed", type=int)
+    p.add_argument("--resume", action="store_true", help="continue RUN/last with its optimizer, schedule and RNG")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides (a2d config --keys)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="a2d", description="Align-to-Distill: distil translation Transformers.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("prepare", help="prepare a parallel corpus: SentencePiece vocabulary and encoded splits")
+    p.add_argument("--corpus", help="a named corpus (multi30k); read from $A2D_DATA_DIR or downloaded")
+    p.add_argument("--src", default="de", help="source language (default de)")
+    p.add_argument("--tgt", default="en", help="target language (default en)")
+    for split in ("train", "valid", "test"):
+        for side in ("src", "tgt"):
+            p.add_argument(f"--{split}-{side}", help=f"{split} {side} text file (plain or .gz)")
+    p.add_argument("--out", required=True)
+    p.add_argument("--vocab-size", type=int, default=8000)
+    p.add_argument("--max-train", type=int, help="use only the first N training pairs")
+    p.add_argument("--max-len", type=int, default=250, help="drop training pairs longer than this (subwords)")
+    p.set_defaults(func=cmd_prepare)
+
+    p = sub.add_parser("train", help="train a model with cross-entropy (a teacher, or a No-KD student)")
+    _run_args(p, teacher=False)
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("distill", help="distill a student from a frozen teacher")
+    _run_args(p, teacher=True)
+    p.set_defaults(func=cmd_distill)
+
+    p = sub.add_parser("evaluate", help="beam search + sacreBLEU/chrF with a 95%% bootstrap CI")
+    p.add_argument("--model", required=True)
+    p.add_argument("--data", required=True)
+    p.add_argument("--split", default="test")
+    p.add_argument("--beam", type=int, default=5)
+    p.add_argument("--out", help="write FILE.json and FILE.hyp")
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("translate", help="translate stdin to stdout, one sentence per line")
+    p.add_argument("--model", required=True)
+    p.add_argument("--beam", type=int, default=5)
+    p.set_defaults(func=cmd_translate)
+
+    p = sub.add_parser("plot", help="training/validation curves of one or more runs in one PNG")
+    p.add_argument("runs", nargs="+", metavar="RUN")
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=cmd_plot)
+
+    p = sub.add_parser("plot-alignment", help="heatmaps of the learned AAM weights (the paper's Figure 2)")
+    p.add_argument("--run", required=True)
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=cmd_plot_alignment)
+
+    p = sub.add_parser("methods", help="list the distillation methods")
+    p.set_defaults(func=cmd_methods)
+
+    p = sub.add_parser("config", help="print a preset resolved with overrides, or every key (--keys)")
+    p.add_argument("--preset")
+    p.add_argument("--keys", action="store_true")
+    p.add_argument("overrides", nargs="*", metavar="key=value")
+    p.set_defaults(func=cmd_config)
+
+    p = sub.add_parser("demo", help="prepare Multi30k De-En, train a tiny teacher, distill students, score them")
+    p.add_argument("--out", default="demo")
+    p.add_argument("--max-train", type=int, default=None, help="training pairs to use (default: all)")
+    p.add_argument("--teacher-epochs", type=int, default=None)
+    p.add_argument("--student-epochs", type=int, default=None)
+    p.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except (UserError, ConfigError) as e:
+        print(f"a2d: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("a2d: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
+

@@ -1,0 +1,277 @@
+"""``a2d prepare``: turn raw parallel text into a data directory that training reads quickly.
+
+A prepared directory holds::
+
+    sentencepiece.model           joint SentencePiece model over train source + target (pad=0 unk=1 bos=2 eos=3)
+    {split}.{src}, {split}.{tgt}  the kept raw sentences, one per line (the BLEU references)
+    {split}.safetensors           int32 src_tokens, tgt_tokens (all sentences concatenated, no </s>) and
+                                  int64 src_offsets, tgt_offsets (length n+1): sentence i is tokens[o[i]:o[i+1]]
+    meta.json                     languages, vocabulary size, max_len, per-split counts, source checksums
+
+Pairs with an empty side are dropped from every split. In ``train`` only, pairs with a side longer than
+``max_len`` subwords are dropped too; ``valid``/``test`` keep them whole as text (so BLEU is computed against
+every reference), and their token ids are cut to ``max_len`` so that no model input exceeds it.
+The directory appears only once it is complete (:func:`a2d.utils.atomic_dir`).
+"""
+from __future__ import annotations
+
+import itertools
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+from safetensors.numpy import load_file, save_file
+
+import a2d
+from a2d.data.corpus import SPLITS, read_lines, read_parallel
+from a2d.data.vocab import SPM_FILE, Vocabulary, train_sentencepiece
+from a2d.utils import UserError, atomic_dir, sha256_file
+
+META_FILE = "meta.json"
+FORMAT_VERSION = 1
+
+
+@dataclass
+class _Split:
+    """One split while it is being prepared: raw lines, then the kept lines and their ids."""
+
+    name: str
+    src_path: Path
+    tgt_path: Path
+    src: list[str]
+    tgt: list[str]
+    lines: int
+    dropped_empty: int = 0
+    dropped_long: int = 0
+    src_ids: list[list[int]] | None = None
+    tgt_ids: list[list[int]] | None = None
+
+
+def prepare(out_dir: Path | str, splits: dict[str, tuple[Path, Path]], src_lang: str, tgt_lang: str,
+            vocab_size: int = 8000, max_train: int | None = None, max_len: int = 250, seed: int = 1,
+            log: Callable[[str], None] = print) -> dict:
+    """Prepare ``splits`` (``{split: (src_file, tgt_file)}``, needs ``train`` and ``valid``) into ``out_dir``.
+
+    Every input is read and checked before anything is written. ``max_train`` keeps only the first N train
+    pairs; ``max_len`` is the longest side (in subwords, without ``</s>``) a training pair may have.
+    Progress goes to ``log``; the per-split counts do not (print :func:`summary_lines` of the result).
+    Returns the metadata written to ``meta.json``.
+    """
+    out_dir = Path(out_dir)
+    _check_options(out_dir, splits, src_lang, tgt_lang, vocab_size, max_train, max_len)
+    data = _read_splits(splits, max_train)
+    for part in data.values():
+        _drop_empty(part)
+        if not part.src:
+            raise UserError(f"{part.src_path}, {part.tgt_path}: no sentence pairs with two non-empty sides")
+    sources = {name: {"src": _source(part.src_path), "tgt": _source(part.tgt_path)} for name, part in data.items()}
+
+    with atomic_dir(out_dir) as tmp:
+        log(f"training a joint SentencePiece model (vocab_size={vocab_size}) on {len(data['train'].src)} "
+            "train pairs")
+        vocab = _train_vocab(tmp, data["train"], vocab_size, seed)
+        if len(vocab) < vocab_size:
+            log(f"note: the training text supports only {len(vocab)} pieces, fewer than --vocab-size {vocab_size}")
+        for part in data.values():
+            _encode(part, vocab, max_len, drop_long=part.name == "train")
+            if not part.src:
+                raise UserError(f"{part.src_path}, {part.tgt_path}: every pair is longer than --max-len {max_len}")
+            _write_split(tmp, part, src_lang, tgt_lang)
+        meta = {
+            "format": FORMAT_VERSION,
+            "src": src_lang,
+            "tgt": tgt_lang,
+            "vocab_size": len(vocab),
+            "max_len": max_len,
+            "max_train": max_train,
+            "seed": seed,
+            "splits": {name: {"lines": p.lines, "kept": len(p.src), "dropped_empty": p.dropped_empty,
+                              "dropped_long": p.dropped_long} for name, p in data.items()},
+            "sources": sources,
+            "sentencepiece_sha256": sha256_file(tmp / SPM_FILE),
+            "a2d_version": a2d.__version__,
+            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        }
+        (tmp / META_FILE).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+    log(f"wrote {out_dir}")  # the caller prints summary_lines(meta)
+    return meta
+
+
+def _check_options(out_dir: Path, splits: dict, src_lang: str, tgt_lang: str, vocab_size: int,
+                   max_train: int | None, max_len: int) -> None:
+    """Reject bad arguments and an ``out_dir`` that must not be overwritten, before any work."""
+    missing = [s for s in ("train", "valid") if s not in splits]
+    if missing:
+        raise UserError(f"prepare needs the split(s) {', '.join(missing)} (got: {', '.join(splits) or 'none'})")
+    unknown = [s for s in splits if s not in SPLITS]
+    if unknown:
+        raise UserError(f"unknown split(s) {', '.join(unknown)} (choose from {', '.join(SPLITS)})")
+    for option, lang in (("--src", src_lang), ("--tgt", tgt_lang)):
+        if not lang or not lang.replace("_", "").replace("-", "").isalnum():
+            raise UserError(f"{option} {lang!r}: a language code is letters, digits, '-' or '_'")
+    if src_lang == tgt_lang:
+        raise UserError(f"--src {src_lang} --tgt {tgt_lang}: source and target languages must differ")
+    if vocab_size <= 4:
+        raise UserError(f"--vocab-size {vocab_size}: must be larger than 4 (pad, unk, bos, eos come first)")
+    if max_len < 1:
+        raise UserError(f"--max-len {max_len}: must be at least 1")
+    if max_train is not None and max_train < 1:
+        raise UserError(f"--max-train {max_train}: must be at least 1")
+    if out_dir.exists():
+        if not out_dir.is_dir():
+            raise UserError(f"{out_dir}: exists and is not a directory")
+        if not (out_dir / META_FILE).is_file() and any(out_dir.iterdir()):
+            raise UserError(f"{out_dir}: exists, is not empty and is not a prepared data directory; "
+                            "choose another output directory or remove it")
+
+
+def _read_splits(splits: dict[str, tuple[Path, Path]], max_train: int | None) -> dict[str, _Split]:
+    data = {}
+    for name in SPLITS:
+        if name not in splits:
+            continue
+        src_path, tgt_path = (Path(p) for p in splits[name])
+        src, tgt = read_parallel(src_path, tgt_path)
+        if name == "train" and max_train is not None:
+            src, tgt = src[:max_train], tgt[:max_train]
+        data[name] = _Split(name, src_path, tgt_path, src, tgt, lines=len(src))
+    return data
+
+
+def _source(path: Path) -> dict:
+    return {"path": str(path.resolve()), "sha256": sha256_file(path)}
+
+
+def _drop_empty(part: _Split) -> None:
+    keep = [i for i, (s, t) in enumerate(zip(part.src, part.tgt)) if s and t]
+    part.dropped_empty = part.lines - len(keep)
+    part.src = [part.src[i] for i in keep]
+    part.tgt = [part.tgt[i] for i in keep]
+
+
+def _train_vocab(tmp: Path, train: _Split, vocab_size: int, seed: int) -> Vocabulary:
+    """Train the joint SentencePiece model into ``tmp`` from a temporary text file, removed afterwards."""
+    text = tmp / "spm_train.txt"
+    text.write_text("\n".join(train.src + train.tgt) + "\n", encoding="utf-8")
+    try:
+        model = train_sentencepiece([text], tmp, vocab_size, seed=seed)
+    except RuntimeError as e:
+        reason = str(e).rsplit("] ", 1)[-1].strip()
+        raise UserError(f"--vocab-size {vocab_size}: SentencePiece cannot train this vocabulary ({reason})") from None
+    finally:
+        text.unlink(missing_ok=True)
+    return Vocabulary(model)
+
+
+def _encode(part: _Split, vocab: Vocabulary, max_len: int, drop_long: bool) -> None:
+    """Fill ``src_ids``/``tgt_ids``; drop (``drop_long``) or cut pairs with a side over ``max_len``."""
+    src_ids, tgt_ids = vocab.encode_batch(part.src), vocab.encode_batch(part.tgt)
+    if drop_long:
+        keep = [i for i, (s, t) in enumerate(zip(src_ids, tgt_ids)) if len(s) <= max_len and len(t) <= max_len]
+        part.dropped_long = len(src_ids) - len(keep)
+        part.src, part.tgt = [part.src[i] for i in keep], [part.tgt[i] for i in keep]
+        part.src_ids, part.tgt_ids = [src_ids[i] for i in keep], [tgt_ids[i] for i in keep]
+    else:
+        part.src_ids = [s[:max_len] for s in src_ids]
+        part.tgt_ids = [t[:max_len] for t in tgt_ids]
+
+
+def _flatten(seqs: list[list[int]]) -> tuple[np.ndarray, np.ndarray]:
+    """(int32 concatenation, int64 offsets of length n+1) of a list of id lists."""
+    offsets = np.zeros(len(seqs) + 1, dtype=np.int64)
+    np.cumsum([len(s) for s in seqs], out=offsets[1:])
+    flat = np.fromiter(itertools.chain.from_iterable(seqs), dtype=np.int32, count=int(offsets[-1]))
+    return flat, offsets
+
+
+def _write_split(tmp: Path, part: _Split, src_lang: str, tgt_lang: str) -> None:
+    for lang, lines in ((src_lang, part.src), (tgt_lang, part.tgt)):
+        (tmp / f"{part.name}.{lang}").write_text("".join(line + "\n" for line in lines), encoding="utf-8")
+    src_tokens, src_offsets = _flatten(part.src_ids)
+    tgt_tokens, tgt_offsets = _flatten(part.tgt_ids)
+    save_file({"src_tokens": src_tokens, "tgt_tokens": tgt_tokens, "src_offsets": src_offsets,
+               "tgt_offsets": tgt_offsets}, str(tmp / f"{part.name}.safetensors"))
+
+
+def load_meta(data_dir: Path | str) -> dict:
+    """The ``meta.json`` of a prepared directory; a :class:`UserError` if ``data_dir`` is not one."""
+    data_dir = Path(data_dir)
+    path = data_dir / META_FILE
+    if not path.is_file():
+        raise UserError(f"{data_dir}: not a prepared data directory (no meta.json); run a2d prepare")
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise UserError(f"{path}: not valid JSON ({e}); run a2d prepare again") from None
+    if not isinstance(meta, dict) or not {"src", "tgt", "splits"} <= meta.keys():
+        raise UserError(f"{path}: not written by a2d prepare (missing src/tgt/splits); run a2d prepare again")
+    return meta
+
+
+class ParallelData:
+    """One split of a prepared directory, held in memory as flat numpy arrays.
+
+    ``data[i]`` is ``(src_ids, tgt_ids)``, two lists of ints without ``</s>``. ``src_lens``/``tgt_lens`` are
+    int64 arrays of shape (n,); ``src_text``/``tgt_text`` the raw sentences (the BLEU references);
+    ``meta`` the directory's ``meta.json``.
+    """
+
+    def __init__(self, meta: dict, split: str, arrays: dict[str, np.ndarray], src_text: list[str],
+                 tgt_text: list[str]):
+        self.meta = meta
+        self.split = split
+        self.src_tokens, self.tgt_tokens = arrays["src_tokens"], arrays["tgt_tokens"]
+        self.src_offsets, self.tgt_offsets = arrays["src_offsets"], arrays["tgt_offsets"]
+        self.src_lens = np.diff(self.src_offsets)
+        self.tgt_lens = np.diff(self.tgt_offsets)
+        self.src_text, self.tgt_text = src_text, tgt_text
+
+    @classmethod
+    def load(cls, data_dir: Path | str, split: str) -> "ParallelData":
+        """Load ``split`` of the prepared directory ``data_dir``."""
+        data_dir = Path(data_dir)
+        meta = load_meta(data_dir)
+        if split not in meta["splits"]:
+            raise UserError(f"{data_dir}: no {split!r} split (has: {', '.join(meta['splits'])})")
+        tensor_file = data_dir / f"{split}.safetensors"
+        if not tensor_file.is_file():
+            raise UserError(f"{tensor_file}: no such file; run a2d prepare again")
+        try:
+            arrays = load_file(str(tensor_file))
+        except Exception as e:  # safetensors raises its own error types for damaged files
+            raise UserError(f"{tensor_file}: cannot be read ({e}); run a2d prepare again") from None
+        src_text = read_lines(data_dir / f"{split}.{meta['src']}")
+        tgt_text = read_lines(data_dir / f"{split}.{meta['tgt']}")
+        n = len(arrays["src_offsets"]) - 1
+        if not (n == len(arrays["tgt_offsets"]) - 1 == len(src_text) == len(tgt_text)):
+            raise UserError(f"{data_dir}: the {split} files disagree on the number of sentences; "
+                            "run a2d prepare again")
+        return cls(meta, split, arrays, src_text, tgt_text)
+
+    def __len__(self) -> int:
+        return len(self.src_offsets) - 1
+
+    def __getitem__(self, i: int) -> tuple[list[int], list[int]]:
+        n = len(self)
+        if not -n <= i < n:
+            raise IndexError(f"index {i} out of range for {n} pairs")
+        i %= n
+        src = self.src_tokens[self.src_offsets[i]:self.src_offsets[i + 1]]
+        tgt = self.tgt_tokens[self.tgt_offsets[i]:self.tgt_offsets[i + 1]]
+        return src.tolist(), tgt.tolist()
+
+
+def summary_lines(meta: dict) -> list[str]:
+    """Human-readable lines describing a prepared directory (what ``a2d prepare`` prints)."""
+    lines = [f"{meta['src']}-{meta['tgt']}: joint SentencePiece vocabulary of {meta['vocab_size']} pieces, "
+             f"train pairs up to {meta['max_len']} subwords"]
+    for name, s in meta["splits"].items():
+        lines.append(f"  {name:<5} {s['lines']:>8} lines  {s['kept']:>8} kept  {s['dropped_empty']:>6} dropped "
+                     f"(empty side)  {s['dropped_long']:>6} dropped (longer than {meta['max_len']})")
+    return lines
+
+
+__all__ = ["prepare", "load_meta", "ParallelData", "summary_lines", "META_FILE"]

@@ -1,0 +1,290 @@
+"""Evaluation: decode with beam search, score with sacreBLEU, confidence intervals and significance.
+
+* :func:`translate` batches sources by a token budget and decodes them with Hugging Face
+  ``generate`` (beam search), returning hypotheses in the input order.
+* :func:`score` gives corpus BLEU with its 95% bootstrap confidence interval (sacreBLEU's own
+  resampling, 1000 resamples, fixed seed) and chrF, with both sacreBLEU signatures.
+* :func:`paired_bootstrap` compares systems to a baseline with sacreBLEU's paired bootstrap test.
+* :func:`evaluate_model` ties these together for ``a2d evaluate``: a checkpoint, a prepared data
+  directory and a split in; a JSON report (and the hypotheses, one per line) out.
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+
+from a2d.data.vocab import SPM_FILE
+from a2d.utils import UserError, atomic_write_text, sha256_file
+
+#: sacreBLEU's default seed for its bootstrap resampling (``SACREBLEU_SEED``); we pin it explicitly.
+BOOTSTRAP_SEED = 12345
+
+
+# ---------------------------------------------------------------------------------------------
+# decoding
+# ---------------------------------------------------------------------------------------------
+def _batches(lengths: list[tuple[int, int]], max_tokens: int) -> list[list[int]]:
+    """Group ``(index, length)`` pairs, longest first, so that batch_size * longest <= max_tokens."""
+    batches, current, longest = [], [], 0
+    for idx, length in lengths:
+        new_longest = max(longest, length)
+        if current and new_longest * (len(current) + 1) > max_tokens:
+            batches.append(current)
+            current, new_longest = [], length
+        current.append(idx)
+        longest = new_longest
+    if current:
+        batches.append(current)
+    return batches
+
+
+def translate(model, vocab, sources: list[str], beam: int = 5, max_len_a: float = 1.2, max_len_b: int = 10,
+              max_tokens: int = 6000, progress: bool = False) -> list[str]:
+    """Translate ``sources`` (detokenised text) and return the hypotheses in the same order.
+
+    Each source is encoded with ``vocab``, truncated to the model's positions and closed with ``</s>``;
+    sources are sorted longest first and batched so that ``batch_size * longest <= max_tokens``.
+    Each batch may generate up to ``int(max_len_a * longest_source + max_len_b)`` new tokens.
+    Empty (or blank) sources give ``""`` without being decoded.
+    """
+    if beam < 1:
+        raise ValueError(f"beam={beam}: must be >= 1")
+    sources = list(sources)
+    hypotheses = [""] * len(sources)
+    limit = max(1, int(model.config.max_position_embeddings) - 1)
+    encoded: dict[int, list[int]] = {}
+    for i, text in enumerate(sources):
+        if text is None or not text.strip():
+            continue
+        encoded[i] = vocab.encode(text)[:limit] + [vocab.eos_id]
+    order = sorted(encoded, key=lambda i: (-len(encoded[i]), i))
+    batches = _batches([(i, len(encoded[i])) for i in order], max(1, int(max_tokens)))
+    if not batches:
+        return hypotheses
+
+    device = next(model.parameters()).device
+    pad = vocab.pad_id
+    was_training = model.training
+    model.eval()
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(order), unit="sent", desc="translate", leave=False)
+    try:
+        with torch.inference_mode():
+            for batch in batches:
+                longest = max(len(encoded[i]) for i in batch)
+                input_ids = torch.full((len(batch), longest), pad, dtype=torch.long)
+                attention_mask = torch.zeros((len(batch), longest), dtype=torch.long)
+                for row, i in enumerate(batch):
+                    ids = encoded[i]
+                    input_ids[row, :len(ids)] = torch.tensor(ids, dtype=torch.long)
+                    attention_mask[row, :len(ids)] = 1
+                max_new = max(1, min(int(max_len_a * longest + max_len_b), limit))
+                search = {"num_beams": beam, "early_stopping": True} if beam > 1 else {"num_beams": 1}
+                out = model.generate(
+                    input_ids=input_ids.to(device), attention_mask=attention_mask.to(device),
+                    max_new_tokens=max_new, do_sample=False, **search,
+                )
+                for row, i in enumerate(batch):
+                    hypotheses[i] = vocab.decode(out[row].tolist()).replace("\n", " ").strip()
+                if bar is not None:
+                    bar.update(len(batch))
+    finally:
+        if bar is not None:
+            bar.close()
+        model.train(was_training)
+    return hypotheses
+
+
+# ---------------------------------------------------------------------------------------------
+# scoring
+# ---------------------------------------------------------------------------------------------
+@contextmanager
+def _sacrebleu_seed(seed: int):
+    """sacreBLEU reads its resampling seed from ``SACREBLEU_SEED`` (default 12345); pin it for the call."""
+    old = os.environ.get("SACREBLEU_SEED")
+    os.environ["SACREBLEU_SEED"] = str(int(seed))
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop("SACREBLEU_SEED", None)
+        else:
+            os.environ["SACREBLEU_SEED"] = old
+
+
+def _check_lengths(hypotheses, references, what: str = "hypotheses") -> None:
+    if len(hypotheses) != len(references):
+        raise ValueError(f"{len(hypotheses)} {what} but {len(references)} references")
+
+
+def _percentile_ci(metric, hypotheses: list[str], references: list[str], n_bootstrap: int) -> tuple[float, float]:
+    """The 2.5% / 97.5% bounds of sacreBLEU's bootstrap scores (the same resamples as its ``μ ± ci``)."""
+    from sacrebleu.significance import _bootstrap_resample
+
+    stats = metric._extract_corpus_statistics(hypotheses, [references])
+    _, scores = _bootstrap_resample(stats, metric, n_bootstrap)
+    values = sorted(s.score for s in scores)
+    lower_idx = len(values) // 40  # sacreBLEU's own convention (Score.estimate_ci)
+    return float(values[lower_idx]), float(values[len(values) - lower_idx - 1])
+
+
+def score(hypotheses: list[str], references: list[str], n_bootstrap: int = 1000,
+          seed: int = BOOTSTRAP_SEED) -> dict:
+    """Corpus BLEU with a 95% bootstrap confidence interval, and chrF, computed by sacreBLEU.
+
+    Returns ``{"bleu", "bleu_ci": [low, high], "bleu_mean", "chrf", "signature", "chrf_signature",
+    "sentences"}``. ``bleu_ci`` holds the 2.5th and 97.5th percentiles of ``n_bootstrap`` resampled
+    corpus BLEU scores (sacreBLEU's resampling with a fixed seed, so the result is deterministic);
+    sacreBLEU itself prints these as ``μ = bleu_mean ± (high - low) / 2``. With ``n_bootstrap <= 1``
+    no resampling is done and ``bleu_ci`` is ``[bleu, bleu]``.
+    """
+    from sacrebleu.metrics import BLEU, CHRF
+
+    hypotheses, references = list(hypotheses), list(references)
+    _check_lengths(hypotheses, references)
+    if not hypotheses:
+        raise ValueError("no sentences to score")
+    n_bootstrap = int(n_bootstrap)
+    bleu_metric, chrf_metric = BLEU(), CHRF()
+    with _sacrebleu_seed(seed):
+        bleu = bleu_metric.corpus_score(hypotheses, [references], n_bootstrap=max(1, n_bootstrap))
+        if n_bootstrap > 1 and hypotheses:
+            low, high = _percentile_ci(bleu_metric, hypotheses, references, n_bootstrap)
+            mean = float(bleu._mean)
+        else:
+            low = high = mean = float(bleu.score)
+    chrf = chrf_metric.corpus_score(hypotheses, [references])
+    return {
+        "bleu": float(bleu.score),
+        "bleu_ci": [low, high],
+        "bleu_mean": mean,
+        "chrf": float(chrf.score),
+        "signature": bleu_metric.get_signature().format(),
+        "chrf_signature": chrf_metric.get_signature().format(),
+        "sentences": len(hypotheses),
+    }
+
+
+def paired_bootstrap(baseline_hyps: list[str], system_hyps: dict[str, list[str]], references: list[str],
+                     n_samples: int = 1000, seed: int = BOOTSTRAP_SEED) -> dict[str, dict]:
+    """Paired bootstrap resampling (sacreBLEU's ``--paired-bs``) of each system against the baseline.
+
+    Returns, per system name, ``{"bleu", "p_value", "bleu_mean", "bleu_ci_halfwidth" (of the 95%
+    interval: sacreBLEU's ``μ ± ci``), "baseline_bleu", "delta", "chrf", "chrf_p_value",
+    "signature"}``. ``p_value`` is for the BLEU difference; small means the difference is unlikely
+    under resampling. A system whose output equals the baseline's gets ``p_value`` 1.0 (sacreBLEU
+    itself would report ``1 / (n_samples + 1)`` there, as no resample difference exceeds 0).
+    """
+    from sacrebleu.metrics import BLEU, CHRF
+    from sacrebleu.significance import PairedTest
+
+    references = list(references)
+    _check_lengths(baseline_hyps, references, "baseline hypotheses")
+    for name, hyps in system_hyps.items():
+        _check_lengths(hyps, references, f"hypotheses of {name!r}")
+    if not references:
+        raise ValueError("no sentences to compare")
+    if not system_hyps:
+        return {}
+    named = [("__baseline__", list(baseline_hyps))] + [(name, list(h)) for name, h in system_hyps.items()]
+    metrics = {"BLEU": BLEU(references=[references]), "chrF": CHRF(references=[references])}
+    with _sacrebleu_seed(seed):
+        test = PairedTest(named, metrics, references=None, test_type="bs", n_samples=int(n_samples))
+        signatures, results = test()
+    bleu_key = next(k for k in results if k.startswith("BLEU"))
+    chrf_key = next(k for k in results if k.startswith("chrF"))
+    baseline = results[bleu_key][0]
+    out = {}
+    for row, name in enumerate(results["System"]):
+        if row == 0:
+            continue
+        b, c = results[bleu_key][row], results[chrf_key][row]
+        # sacreBLEU gives p = 1/(n+1) when every resample difference is 0; identical output is p = 1.
+        same = list(system_hyps[name]) == list(baseline_hyps)
+        out[name] = {
+            "bleu": float(b.score), "p_value": 1.0 if same else float(b.p_value),
+            "bleu_mean": float(b.mean), "bleu_ci_halfwidth": float(b.ci),
+            "baseline_bleu": float(baseline.score), "delta": float(b.score - baseline.score),
+            "chrf": float(c.score), "chrf_p_value": 1.0 if same else float(c.p_value),
+            "signature": signatures[bleu_key].format(),
+        }
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# a2d evaluate
+# ---------------------------------------------------------------------------------------------
+def _read_lines(path: Path) -> list[str]:
+    if not path.is_file():
+        raise UserError(f"{path}: no such file (is the split name right?)")
+    text = path.read_text(encoding="utf-8")
+    lines = text.split("\n")
+    if lines and lines[-1] == "":
+        lines.pop()
+    return [line.rstrip("\r") for line in lines]
+
+
+def evaluate_model(model_path: Path | str, data_dir: Path | str, split: str = "test", beam: int = 5,
+                   out: Path | str | None = None, max_len_a: float = 1.2, max_len_b: int = 10,
+                   progress: bool = True, max_tokens: int = 6000) -> dict:
+    """Translate ``DATA_DIR/{split}.{src}`` with the checkpoint and score it against ``{split}.{tgt}``.
+
+    With ``out`` the result is written there as JSON and the hypotheses, one per line, to
+    ``out.with_suffix(".hyp")``. Returns the result dict (the :func:`score` keys plus model, data,
+    split, beam, decode_seconds, sentences_per_second, device).
+    """
+    from a2d.models import load_model
+
+    data_dir = Path(data_dir)
+    if not data_dir.is_dir():
+        raise UserError(f"{data_dir}: no such data directory")
+    meta_path = data_dir / "meta.json"
+    if not meta_path.is_file():
+        raise UserError(f"{meta_path}: missing (prepare the data with `a2d prepare`)")
+    try:
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        src, tgt = meta["src"], meta["tgt"]
+    except (json.JSONDecodeError, KeyError, TypeError) as e:
+        raise UserError(f"{meta_path}: not a valid meta.json with src and tgt ({e})") from None
+    data_spm = data_dir / SPM_FILE
+    if not data_spm.is_file():
+        raise UserError(f"{data_spm}: missing (prepare the data with `a2d prepare`)")
+    src_path, ref_path = data_dir / f"{split}.{src}", data_dir / f"{split}.{tgt}"
+    sources, references = _read_lines(src_path), _read_lines(ref_path)
+    if len(sources) != len(references):
+        raise UserError(f"{src_path} has {len(sources)} lines but {ref_path} has {len(references)}")
+
+    model, vocab = load_model(model_path)
+    if sha256_file(vocab.path) != sha256_file(data_spm):
+        raise UserError(f"{model_path} was trained with another vocabulary than {data_dir} "
+                        f"({vocab.path} and {data_spm} differ)")
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    model.to(device)
+
+    start = time.perf_counter()
+    hypotheses = translate(model, vocab, sources, beam=beam, max_len_a=max_len_a, max_len_b=max_len_b,
+                           max_tokens=max_tokens, progress=progress)
+    seconds = time.perf_counter() - start
+    result = score(hypotheses, references)
+    result.update({
+        "model": str(model_path), "data": str(data_dir), "split": split, "src": src, "tgt": tgt, "beam": beam,
+        "max_len_a": max_len_a, "max_len_b": max_len_b, "decode_seconds": round(seconds, 3),
+        "sentences_per_second": round(len(sources) / seconds, 2) if seconds > 0 else None,
+        "device": str(device),
+    })
+    if out is not None:
+        out = Path(out)
+        atomic_write_text(out, json.dumps(result, indent=2) + "\n")
+        atomic_write_text(out.with_suffix(".hyp"), "".join(h + "\n" for h in hypotheses))
+    return result
+
+
+__all__ = ["translate", "score", "paired_bootstrap", "evaluate_model", "BOOTSTRAP_SEED"]

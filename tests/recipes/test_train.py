@@ -1,0 +1,75 @@
+"""The train recipe end to end on a Multi30k slice: learning, checkpoints, resume, CLI errors."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from transformers import MarianMTModel
+
+from a2d.cli import main
+from a2d.config import load_config
+from a2d.evaluate import evaluate_model
+from a2d.recipes.train import train
+from tests.recipes.conftest import TINY
+
+
+def quiet(*args):
+    pass
+
+
+def test_smoke_teacher_learns_and_scores(small_data, tmp_path):
+    run = tmp_path / "teacher"
+    state = train(load_config("tiny-teacher", TINY + ["max_epochs=4"]), small_data, run, log=quiet).state
+    assert state.finished and state.epoch == 5
+    valid = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()
+             if json.loads(line)["type"] == "valid"]
+    assert len(valid) == 4
+    assert valid[-1]["valid_loss"] < valid[0]["valid_loss"] - 0.3
+    # best/ is a plain Hugging Face folder with the vocabulary and the run config
+    model = MarianMTModel.from_pretrained(run / "best")
+    assert model.config.encoder_layers == 2
+    assert (run / "best" / "sentencepiece.model").exists() and (run / "best" / "config.yaml").exists()
+    result = evaluate_model(run, small_data, split="test", beam=2, out=tmp_path / "test.json", progress=False)
+    assert result["bleu"] > 0.0 and result["sentences"] == 1000
+
+
+def test_resume_matches_uninterrupted_run(small_data, tmp_path):
+    cfg = TINY + ["max_tokens=400", "log_every=1"]
+    train(load_config("tiny-student", cfg + ["max_steps=8"]), small_data, tmp_path / "straight", log=quiet)
+    train(load_config("tiny-student", cfg + ["max_steps=4"]), small_data, tmp_path / "split", log=quiet)
+    state = json.loads((tmp_path / "split" / "last" / "trainer" / "state.json").read_text())
+    assert state["update"] == 4 and state["batch_in_epoch"] == 4  # stopped mid-epoch
+    train(load_config("tiny-student", cfg + ["max_steps=8"]), small_data, tmp_path / "split", resume=True, log=quiet)
+    a = load_file(tmp_path / "straight" / "last" / "model.safetensors")
+    b = load_file(tmp_path / "split" / "last" / "model.safetensors")
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    lines = [json.loads(x) for x in (tmp_path / "split" / "metrics.jsonl").read_text().splitlines()]
+    assert [x["update"] for x in lines if x["type"] == "train"] == list(range(1, 9))
+
+
+def test_new_run_refuses_to_overwrite(small_data, tmp_path):
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "something").write_text("x")
+    with pytest.raises(Exception, match="not empty"):
+        train(load_config("tiny-student", TINY + ["max_steps=1"]), small_data, tmp_path / "run", log=quiet)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["train", "--data", "{data}", "--preset", "nope", "--out", "{tmp}/r"], "unknown preset"),
+    (["train", "--data", "{data}", "--preset", "tiny-teacher", "--out", "{tmp}/r", "d_modle=3"], "unknown key 'd_modle'"),
+    (["train", "--data", "{data}", "--preset", "tiny-teacher", "--out", "{tmp}/r", "lr=fast"], "lr='fast' is not a valid float"),
+    (["train", "--data", "{data}", "--preset", "tiny-teacher", "--out", "{tmp}/r", "d_model=30"], "not divisible"),
+    (["train", "--data", "{tmp}/missing", "--preset", "tiny-teacher", "--out", "{tmp}/r"], "missing"),
+    (["train", "--data", "{data}", "--out", "{tmp}/r", "--resume"], "--resume"),
+    (["evaluate", "--model", "{tmp}/nothing", "--data", "{data}"], "not a model folder"),
+])
+def test_cli_errors_are_one_line(argv, message, small_data, tmp_path, capsys):
+    argv = [a.format(data=small_data, tmp=tmp_path) for a in argv]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("a2d: error:") and message in err and "\n" not in err
+    assert not (tmp_path / "r" / "best").exists()
