@@ -48,3 +48,111 @@ def word_kd(student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: 
     t = F.log_softmax(teacher_logits.float()[mask] / temperature, dim=-1)
     kl = (t.exp() * (t - s)).sum(-1)
     return kl.sum() / mask.sum().clamp(min=1) * temperature ** 2
+
+
+# --------------------------------------------------------------------------------------------------
+# Attention transfer (Align-to-Distill, paper section 4.2.2). Maps are (B, C, Lq, Lk): C maps of one
+# kind (enc_self, dec_self or dec_cross), Lq query positions, Lk key positions.
+
+# Weight of each kind's loss in L_att, per ``att_kinds`` setting. "all" is eq. 11,
+# L_att = L_enc-self + (L_dec-self + L_dec-cross) / 2; Table 5 gives a single decoder kind weight 1.
+KIND_WEIGHTS: dict[str, dict[str, float]] = {
+    "all": {"enc_self": 1.0, "dec_self": 0.5, "dec_cross": 0.5},
+    "enc-self": {"enc_self": 1.0},
+    "dec-all": {"dec_self": 0.5, "dec_cross": 0.5},
+    "dec-self": {"dec_self": 1.0},
+    "dec-cross": {"dec_cross": 1.0},
+}
+
+
+def kind_weights(att_kinds: str) -> dict[str, float]:
+    """``KIND_WEIGHTS[att_kinds]`` (eq. 11 / Table 5), or a :class:`~a2d.utils.UserError` naming the choices."""
+    from a2d.utils import UserError
+
+    if att_kinds not in KIND_WEIGHTS:
+        raise UserError(f"att_kinds={att_kinds!r}: must be one of {', '.join(KIND_WEIGHTS)}")
+    return dict(KIND_WEIGHTS[att_kinds])
+
+
+def attention_kl_reference(teacher: torch.Tensor, intermediate: torch.Tensor) -> torch.Tensor:
+    """Eq. 10 with the authors' arithmetic (kept for comparison; ``kl_norm=reference``).
+
+    teacher, intermediate ``(B, C, Lq, Lk)``. Each whole map is flattened to ``Lq*Lk`` cells and
+    ``log_softmax`` is applied to BOTH sides (one distribution per map, not per query row; a softmax
+    of values in [0, 1] is close to uniform), then ``kl_div(log I, log T, log_target=True,
+    reduction="sum")``: ``sum_{b,c,cell} T (log T - log I)``. No masking (padding cells take part),
+    no normalisation (the scale grows with the batch size and the squared lengths). fp32.
+    """
+    if teacher.shape != intermediate.shape:
+        raise ValueError(f"teacher {tuple(teacher.shape)} and intermediate {tuple(intermediate.shape)} maps differ")
+    t = F.log_softmax(teacher.float().flatten(2), dim=-1)
+    i = F.log_softmax(intermediate.float().flatten(2), dim=-1)
+    return F.kl_div(i, t, log_target=True, reduction="sum")
+
+
+def attention_kl_per_query(teacher: torch.Tensor, intermediate: torch.Tensor, query_mask: torch.Tensor,
+                           key_mask: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
+    """Eq. 10 as a per-query-row KL, masked, per-token scale (``kl_norm=per-query``, the default).
+
+    Args:
+        teacher: ``(B, C, Lq, Lk)`` teacher maps ``H^T_c`` (probabilities).
+        intermediate: ``(B, C, Lq, Lk)`` AAM outputs ``H^I_c`` (eq. 9).
+        query_mask: ``(B, Lq)`` bool, True at real query positions.
+        key_mask: bool, broadcastable to ``(B, Lq, Lk)`` (e.g. ``(B, 1, Lk)`` padding, or
+            ``(B, Lq, Lk)`` padding & causal), True where a query may attend.
+        eps: floor of the intermediate cells before renormalising.
+
+    Every valid query row is treated as a distribution over its valid keys: the intermediate row
+    is clamped at ``eps`` and renormalised over the valid keys (so a linear AAM, whose output may be
+    negative or unnormalised, also works; for a convex AAM this is a no-op up to ``eps``); the
+    teacher row is renormalised over the valid keys likewise. The loss is
+    ``sum_{b, valid q} sum_c KL(T_{b,c,q,:} || I_{b,c,q,:}) / #valid query positions``: summed over
+    the C maps and keys, averaged over the real query tokens of the batch, so its scale does not
+    depend on how many sentences or how much padding the batch holds. Padded query rows and
+    masked keys contribute nothing, whatever values they hold. fp32.
+
+    Returns a 0-dim fp32 tensor.
+    """
+    if teacher.shape != intermediate.shape:
+        raise ValueError(f"teacher {tuple(teacher.shape)} and intermediate {tuple(intermediate.shape)} maps differ")
+    b, _, lq, lk = teacher.shape
+    valid = (query_mask.bool()[:, :, None] & key_mask.bool()).expand(b, lq, lk)[:, None]  # (B, 1, Lq, Lk)
+    zero = teacher.new_zeros((), dtype=torch.float32)
+    t = torch.where(valid, teacher.float().clamp(min=0.0), zero)
+    t = t / t.sum(-1, keepdim=True).clamp(min=torch.finfo(torch.float32).tiny)
+    i = torch.where(valid, intermediate.float().clamp(min=eps), zero)
+    i = i / i.sum(-1, keepdim=True).clamp(min=torch.finfo(torch.float32).tiny)
+    log_i = torch.log(torch.where(valid, i, torch.ones((), dtype=i.dtype, device=i.device)))
+    kl = torch.xlogy(t, t) - t * log_i  # 0 wherever t == 0 (masked cells included)
+    return kl.sum() / query_mask.bool().sum().clamp(min=1)
+
+
+def layer_average(maps: torch.Tensor, heads_per_layer: int) -> torch.Tensor:
+    """Layer-wise maps (Table 4): ``(B, N*M, Lq, Lk)`` layer-major -> ``(B, N, Lq, Lk)``, each layer's M heads averaged."""
+    b, nm, lq, lk = maps.shape
+    if heads_per_layer < 1 or nm % heads_per_layer:
+        raise ValueError(f"{nm} maps cannot be split into layers of {heads_per_layer} heads")
+    return maps.reshape(b, nm // heads_per_layer, heads_per_layer, lq, lk).mean(dim=2)
+
+
+def lambda_schedule(lambda_att: float, decay: float, unit: str, epoch: int, update: int,
+                    updates_per_epoch: int | None = None) -> float:
+    """The weight ``lambda`` of ``L_att`` in eq. 12, decayed exponentially (Dynamic KD style).
+
+    * ``unit="epoch"`` (the paper and the authors' code): ``lambda_att * decay ** (epoch - 1)``, with
+      ``epoch`` counted from 1; constant within an epoch.
+    * ``unit="update"``: a smooth version. With ``updates_per_epoch`` given,
+      ``lambda_att * decay ** (update / updates_per_epoch)`` (the same decay per epoch as above,
+      spread over the updates; ``update`` counted from 0). Without it,
+      ``lambda_att * decay ** update``: ``decay`` is then a per-update rate and should be very close
+      to 1 (0.9 per update leaves ~3e-5 of lambda after 100 updates).
+    """
+    if unit == "epoch":
+        return float(lambda_att * decay ** max(epoch - 1, 0))
+    if unit == "update":
+        if updates_per_epoch:
+            return float(lambda_att * decay ** (max(update, 0) / updates_per_epoch))
+        return float(lambda_att * decay ** max(update, 0))
+    from a2d.utils import UserError
+
+    raise UserError(f"lambda_decay_unit={unit!r}: must be epoch or update")

@@ -30,6 +30,7 @@ class Progress:
 
     epoch: int
     update: int
+    updates_per_epoch: int | None = None  # this process's batches per epoch
 
 
 class DistillMethod(nn.Module):

@@ -132,7 +132,7 @@ def distill(cfg: Config, data_dir: Path, out: Path, teacher_path: Path | None, r
             batch = to_device(collate([train_data[i] for i in idx]), accelerator.device)
             inputs = model_inputs(batch)
             wants = {"output_attentions": ATTENTIONS in needs, "output_hidden_states": HIDDEN_STATES in needs}
-            progress = Progress(epoch=state.epoch, update=state.update)
+            progress = Progress(epoch=state.epoch, update=state.update, updates_per_epoch=len(batches))
             with accelerator.autocast():
                 teacher_out = None
                 if teacher is not None and method_cls.needs_teacher:

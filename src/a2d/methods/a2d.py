@@ -1,0 +1,150 @@
+"""``a2d``: Align-to-Distill (Jin et al. 2024), attention-map transfer through trainable AAMs.
+
+Per attention kind k in ``enc_self``, ``dec_self``, ``dec_cross`` (eq. 6-8) the student's maps
+``(B, N_S*M_S, Lq, Lk)`` go through an :class:`~a2d.alignment.AttentionAlignment` (AAM, eq. 9) to
+``C = N_T*M_T`` intermediate maps, compared one-to-one with the teacher's maps (eq. 10):
+
+    L_att = L_enc-self + (L_dec-self + L_dec-cross) / 2            (eq. 11; Table 5 variants by att_kinds)
+    L     = L_CE + lambda * L_att + mu_kd * L_KD                   (eq. 12)
+
+with ``lambda = lambda_att * lambda_decay^(epoch-1)`` (or per update, ``lambda_decay_unit``). The
+AAMs are trained with the student and never applied to the teacher's maps. ``kl_norm`` picks the
+per-query masked KL (default) or the authors' whole-map arithmetic; ``aam`` picks convex or linear
+AAM weights; ``att_granularity=layer`` (or method ``a2d-layerwise``) is Table 4's layer-wise A2D.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+from transformers import MarianConfig
+
+from a2d.alignment import AttentionAlignment
+from a2d.attention import KINDS, collect_attention
+from a2d.config import Config
+from a2d.losses import (attention_kl_per_query, attention_kl_reference, kind_weights, lambda_schedule,
+                        word_kd)
+from a2d.methods.base import ATTENTIONS, LOGITS, DistillMethod, Progress
+from a2d.utils import UserError
+
+# (layers field, heads field) of a MarianConfig for each kind.
+_SHAPE_FIELDS = {
+    "enc_self": ("encoder_layers", "encoder_attention_heads"),
+    "dec_self": ("decoder_layers", "decoder_attention_heads"),
+    "dec_cross": ("decoder_layers", "decoder_attention_heads"),
+}
+
+
+def _layers_heads(config: MarianConfig, kind: str) -> tuple[int, int]:
+    layers_field, heads_field = _SHAPE_FIELDS[kind]
+    return int(getattr(config, layers_field)), int(getattr(config, heads_field))
+
+
+class AlignToDistill(DistillMethod):
+    """A2D. Terms: ``att`` (L_att, eq. 11), ``att_<kind>`` (per-kind losses, logging only, weight 0),
+    ``kd`` (word-level KD). Trainable parts: ``aam`` (an ``nn.ModuleDict`` kind -> AttentionAlignment)."""
+
+    name = "a2d"
+    summary = "Align-to-Distill: head-wise attention transfer through trainable alignment modules (AAM) + word KD"
+    paper = "Jin et al. 2024, Align-to-Distill: Trainable Attention Alignment for Knowledge Distillation in NMT"
+    needs = frozenset({LOGITS, ATTENTIONS})
+    needs_teacher = True
+    forced_granularity: str | None = None
+
+    def __init__(self, cfg: Config, student_config: MarianConfig, teacher_config: MarianConfig | None):
+        super().__init__(cfg, student_config, teacher_config)
+        if teacher_config is None:
+            raise UserError(f"--method {self.name} needs a teacher (give --teacher RUN)")
+        self.granularity = self.forced_granularity or cfg.att_granularity
+        if self.granularity not in ("head", "layer"):
+            raise UserError(f"att_granularity={self.granularity!r}: must be head or layer")
+        if cfg.kl_norm not in ("per-query", "reference"):
+            raise UserError(f"kl_norm={cfg.kl_norm!r}: must be per-query or reference")
+        self.kind_weights = kind_weights(cfg.att_kinds)  # eq. 11 / Table 5
+        self.kinds = tuple(k for k in KINDS if k in self.kind_weights)
+        self.aam_mode = cfg.aam
+        self.shapes: dict[str, dict] = {}
+        modules = {}
+        for kind in self.kinds:
+            s_layers, s_heads = _layers_heads(student_config, kind)
+            t_layers, t_heads = _layers_heads(teacher_config, kind)
+            per_layer = 1 if self.granularity == "layer" else None
+            n_student = s_layers * (per_layer or s_heads)
+            n_teacher = t_layers * (per_layer or t_heads)
+            self.shapes[kind] = {
+                "n_student": n_student, "n_teacher": n_teacher,
+                "student_layers": s_layers, "student_heads": s_heads,
+                "teacher_layers": t_layers, "teacher_heads": t_heads,
+                "student_maps_per_layer": per_layer or s_heads, "teacher_maps_per_layer": per_layer or t_heads,
+            }
+            modules[kind] = AttentionAlignment(n_student, n_teacher, mode=cfg.aam)
+        self.aam = nn.ModuleDict(modules)
+
+    # ------------------------------------------------------------------------------------------
+    def attention_losses(self, batch: dict[str, torch.Tensor], student, teacher) -> dict[str, torch.Tensor]:
+        """Eq. 10 per kind: ``{kind: L_att^kind}`` (0-dim fp32), AAM on the student's maps only."""
+        s_maps = collect_attention(student, batch, self.granularity, self.kinds)
+        t_maps = collect_attention(teacher, batch, self.granularity, self.kinds)
+        losses = {}
+        for kind in self.kinds:
+            s, t = s_maps[kind], t_maps[kind]
+            expected = (self.shapes[kind]["n_student"], self.shapes[kind]["n_teacher"])
+            if (s.n_maps, t.n_maps) != expected:
+                raise ValueError(f"{kind}: got {s.n_maps} student / {t.n_maps} teacher maps, the AAM was built "
+                                 f"for {expected[0]} / {expected[1]} (configs and models disagree)")
+            intermediate = self.aam[kind](s.maps)  # (B, C, Lq, Lk), eq. 9
+            target = t.maps.detach()
+            if self.cfg.kl_norm == "reference":
+                losses[kind] = attention_kl_reference(target, intermediate)
+            else:
+                losses[kind] = attention_kl_per_query(target, intermediate, s.query_mask, s.key_mask)
+        return losses
+
+    def loss_terms(self, batch, student, teacher, progress: Progress) -> dict[str, torch.Tensor]:
+        if teacher is None:
+            raise ValueError(f"method {self.name} needs the teacher's forward pass")
+        per_kind = self.attention_losses(batch, student, teacher)
+        att = sum(self.kind_weights[k] * per_kind[k] for k in self.kinds)  # eq. 11
+        terms = {"att": att}
+        for kind, value in per_kind.items():
+            terms[f"att_{kind}"] = value.detach()
+        terms["kd"] = word_kd(student.logits, teacher.logits.detach(), batch["labels"], self.cfg.kd_temperature)
+        return terms
+
+    def weights(self, progress: Progress) -> dict[str, float]:
+        lam = lambda_schedule(self.cfg.lambda_att, self.cfg.lambda_decay, self.cfg.lambda_decay_unit,
+                              progress.epoch, progress.update, progress.updates_per_epoch)
+        w = {"att": lam, "kd": float(self.cfg.mu_kd)}
+        for kind in self.kinds:
+            w[f"att_{kind}"] = 0.0
+        return w
+
+    # ------------------------------------------------------------------------------------------
+    def describe(self) -> dict:
+        """JSON-able description of the AAMs (saved by the recipe as ``RUN/method.json``)."""
+        return {
+            "method": self.name,
+            "granularity": self.granularity,
+            "aam": self.aam_mode,
+            "kl_norm": self.cfg.kl_norm,
+            "att_kinds": self.cfg.att_kinds,
+            "kind_weights": dict(self.kind_weights),
+            "kinds": {kind: {**self.shapes[kind],
+                             "state_key": f"aam.{kind}.{'logits' if self.aam_mode == 'convex' else 'weight'}"}
+                      for kind in self.kinds},
+        }
+
+    @torch.no_grad()
+    def alignment_weights(self) -> dict[str, torch.Tensor]:
+        """``{kind: w (n_student, n_teacher)}``, the effective eq. 9 weights (softmaxed for convex), on CPU."""
+        return {kind: self.aam[kind].weight_matrix().detach().cpu() for kind in self.kinds}
+
+
+class A2DLayerwise(AlignToDistill):
+    """Layer-wise A2D (Table 4): per-layer head-averaged maps, AAM over layers instead of heads."""
+
+    name = "a2d-layerwise"
+    summary = "layer-wise A2D (Table 4): head-averaged maps per layer, AAM over layers + word KD"
+    forced_granularity = "layer"
+
+
+__all__ = ["AlignToDistill", "A2DLayerwise"]
