@@ -46,6 +46,9 @@ class DistillMethod(nn.Module):
         super().__init__()
         self.cfg = cfg
 
+    def check_data(self, meta: dict) -> None:
+        """Called with the data directory's ``meta.json``; raise ``UserError`` if the method cannot train on it."""
+
     def loss_terms(self, batch: dict[str, torch.Tensor], student: Seq2SeqLMOutput,
                    teacher: Seq2SeqLMOutput | None, progress: Progress) -> dict[str, torch.Tensor]:
         """Unweighted scalar loss terms by name (each a 0-dim fp32 tensor)."""

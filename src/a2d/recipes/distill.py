@@ -63,6 +63,7 @@ def distill(cfg: Config, data_dir: Path, out: Path, teacher_path: Path | None, r
     if resume:
         load_weights(student, out / "last")
     method = method_cls(cfg, student.config, teacher.config if teacher is not None else None)
+    method.check_data(train_data.meta)
     needs = method.needs
     if ATTENTIONS in needs:  # per-head probabilities come from the eager attention kernel
         use_attention_maps(student)

@@ -1,0 +1,40 @@
+"""Config: presets, key=value overrides, and errors that name the key."""
+from __future__ import annotations
+
+import pytest
+
+from a2d.config import ConfigError, load_config, preset_names
+
+
+def test_presets_listed():
+    assert {"paper-teacher", "paper-student", "paper-student-2l", "wmt-teacher", "wmt-student", "tiny-teacher",
+            "tiny-student"} <= set(preset_names())
+
+
+@pytest.mark.parametrize("override, key, value", [
+    ("lr=3e-3", "lr", 3e-3), ("max_tokens=1024", "max_tokens", 1024), ("kl_norm=reference", "kl_norm", "reference"),
+    ("lambda_att=1", "lambda_att", 1.0),
+])
+def test_overrides(override, key, value):
+    assert getattr(load_config("tiny-student", [override]), key) == value
+
+
+@pytest.mark.parametrize("override, message", [
+    ("nope=1", "unknown key 'nope'"), ("lr=abc", "lr='abc' is not a valid float"),
+    ("max_tokens=1.5", "max_tokens='1.5' is not a valid int"), ("kl_norm=sum", "kl_norm='sum': must be one of"),
+    ("dropout=1.5", "dropout=1.5: must be <="), ("lr", "key=value"), ("d_model=130", "not divisible"),
+])
+def test_bad_overrides_name_the_key(override, message):
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace("[", r"\[")):
+        load_config("tiny-student", [override])
+
+
+def test_yaml_file_errors(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("lr: [1\n")
+    with pytest.raises(ConfigError, match="bad.yaml:.*not valid YAML"):
+        load_config(bad)
+    unknown = tmp_path / "u.yaml"
+    unknown.write_text("d_modl: 3\n")
+    with pytest.raises(ConfigError, match="u.yaml: unknown key 'd_modl'"):
+        load_config(unknown)
