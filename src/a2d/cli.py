@@ -64,6 +64,12 @@ def cmd_distill(args):
             resume=args.resume)
 
 
+def cmd_distill_data(args):
+    from a2d.recipes.distill_data import distill_data
+
+    distill_data(Path(args.teacher), Path(args.data), Path(args.out), beam=args.beam)
+
+
 def cmd_evaluate(args):
     from a2d.evaluate import evaluate_model
 
@@ -166,6 +172,13 @@ def build_parser() -> argparse.ArgumentParser:
     _run_args(p, teacher=True)
     p.set_defaults(func=cmd_distill)
 
+    p = sub.add_parser("distill-data", help="sequence-level KD data: the teacher's translations of the training set")
+    p.add_argument("--teacher", required=True)
+    p.add_argument("--data", required=True)
+    p.add_argument("--out", required=True, help="the new data directory")
+    p.add_argument("--beam", type=int, default=5)
+    p.set_defaults(func=cmd_distill_data)
+
     p = sub.add_parser("evaluate", help="beam search + sacreBLEU/chrF with a 95%% bootstrap CI")
     p.add_argument("--model", required=True)
     p.add_argument("--data", required=True)
@@ -200,9 +213,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="prepare Multi30k De-En, train a tiny teacher, distill students, score them")
     p.add_argument("--out", default="demo")
-    p.add_argument("--max-train", type=int, default=None, help="training pairs to use (default: all)")
-    p.add_argument("--teacher-epochs", type=int, default=None)
-    p.add_argument("--student-epochs", type=int, default=None)
+    p.add_argument("--max-train", type=int, default=15000, help="training pairs to use (default 15000 of 29000)")
+    p.add_argument("--teacher-epochs", type=int, default=5)
+    p.add_argument("--student-epochs", type=int, default=4)
     p.set_defaults(func=cmd_demo)
     return parser
 

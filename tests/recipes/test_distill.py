@@ -83,3 +83,15 @@ def test_distill_errors(small_data, teacher, tmp_path, capsys):
     argv[-1] = str(tmp_path / "z")
     assert main(argv + ["--method", "nope"]) == 2
     assert "unknown method" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("method", ["none", "kd", "selective-kd", "a2d", "a2d-layerwise", "tinybert", "minilm",
+                                    "alp-kd", "pkd", "ckd"])
+def test_every_method_runs_in_the_recipe(method, small_data, teacher, tmp_path):
+    cfg = load_config("tiny-student", TINY + ["max_steps=2", "log_every=1", "valid_max_sentences=10",
+                                              f"method={method}", "d_model=48", "ffn_dim=96"])
+    result = distill(cfg, small_data, tmp_path / method, teacher, log=quiet)
+    assert result.state.update == 2
+    line = json.loads((tmp_path / method / "metrics.jsonl").read_text().splitlines()[-1])
+    assert all(v == v and abs(v) != float("inf") for v in line.values() if isinstance(v, float))
+    assert (tmp_path / method / "best" / "model.safetensors").exists()

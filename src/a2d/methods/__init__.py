@@ -6,14 +6,30 @@ subclass and add it to the dict below; ``a2d distill --method NAME`` and ``a2d m
 from __future__ import annotations
 
 from a2d.methods.a2d import A2DLayerwise, AlignToDistill
+from a2d.methods.alp_kd import ALPKD
 from a2d.methods.base import ATTENTIONS, HIDDEN_STATES, LOGITS, DistillMethod, Progress
+from a2d.methods.ckd import CombinatorialKD
+from a2d.methods.kd import WordKD
+from a2d.methods.minilm import MiniLM
 from a2d.methods.none import NoKD
+from a2d.methods.pkd import PatientKD
+from a2d.methods.selective_kd import SelectiveKD
+from a2d.methods.seq_kd import SequenceKD
+from a2d.methods.tinybert import TinyBERT
 from a2d.utils import UserError
 
 METHODS: dict[str, type[DistillMethod]] = {
     "none": NoKD,
     "a2d": AlignToDistill,
     "a2d-layerwise": A2DLayerwise,
+    "kd": WordKD,
+    "selective-kd": SelectiveKD,
+    "seq-kd": SequenceKD,
+    "tinybert": TinyBERT,
+    "minilm": MiniLM,
+    "alp-kd": ALPKD,
+    "pkd": PatientKD,
+    "ckd": CombinatorialKD,
 }
 
 

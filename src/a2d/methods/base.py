@@ -46,6 +46,12 @@ class DistillMethod(nn.Module):
         super().__init__()
         self.cfg = cfg
 
+    def attach(self, student: nn.Module, teacher: nn.Module | None) -> None:
+        """Called once with both models, for a method that needs their weights (MiniLM's value projections).
+
+        Keep plain references only: the models must not become submodules (parameters or state) of the method.
+        """
+
     def check_data(self, meta: dict) -> None:
         """Called with the data directory's ``meta.json``; raise ``UserError`` if the method cannot train on it."""
 

@@ -22,7 +22,7 @@ def _done(run: Path) -> bool:
     return state.exists() and json.loads(state.read_text()).get("finished", False)
 
 
-def demo(out: Path, max_train: int | None = None, teacher_epochs: int | None = None,
+def demo(out: Path, max_train: int | None = 15000, teacher_epochs: int | None = None,
          student_epochs: int | None = None, log=print) -> list[dict]:
     from a2d.analysis import format_summary, plot_alignment
     from a2d.curves import plot_training_curves
@@ -39,8 +39,8 @@ def demo(out: Path, max_train: int | None = None, teacher_epochs: int | None = N
         log("\n".join(summary_lines(meta)))
     timings["prepare"] = time.perf_counter() - t0
 
-    teacher_epochs = teacher_epochs or 10
-    student_epochs = student_epochs or 6
+    teacher_epochs = teacher_epochs or 5
+    student_epochs = student_epochs or 4
     runs = [
         ("teacher", "tiny-teacher", None, teacher_epochs),
         ("student-nokd", "tiny-student", "none", student_epochs),

@@ -13,6 +13,7 @@ The student in ``RUN/best`` is a plain model; the method's modules are saved bes
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import torch
@@ -64,6 +65,7 @@ def distill(cfg: Config, data_dir: Path, out: Path, teacher_path: Path | None, r
         load_weights(student, out / "last")
     method = method_cls(cfg, student.config, teacher.config if teacher is not None else None)
     method.check_data(train_data.meta)
+    method.attach(student, teacher)
     needs = method.needs
     if ATTENTIONS in needs:  # per-head probabilities come from the eager attention kernel
         use_attention_maps(student)
@@ -128,7 +130,8 @@ def distill(cfg: Config, data_dir: Path, out: Path, teacher_path: Path | None, r
                                 seed=cfg.seed, epoch=state.epoch)
         batches = shard_batches(batches, accelerator.process_index, accelerator.num_processes)
         bar = tqdm(total=len(batches), initial=state.batch_in_epoch, desc=f"epoch {state.epoch}",
-                   disable=not main, leave=False, dynamic_ncols=True)
+                   disable=not main, leave=False, dynamic_ncols=True,
+                   mininterval=1.0 if sys.stderr.isatty() else 60.0)
         for idx in batches[state.batch_in_epoch:]:
             batch = to_device(collate([train_data[i] for i in idx]), accelerator.device)
             inputs = model_inputs(batch)

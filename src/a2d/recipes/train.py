@@ -9,6 +9,7 @@ each process takes its shard of the batches, Accelerate averages gradients, the 
 """
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 from tqdm.auto import tqdm
@@ -73,7 +74,8 @@ def train(cfg: Config, data_dir: Path, out: Path, resume: bool = False, log=prin
                                 seed=cfg.seed, epoch=state.epoch)
         batches = shard_batches(batches, accelerator.process_index, accelerator.num_processes)
         bar = tqdm(total=len(batches), initial=state.batch_in_epoch, desc=f"epoch {state.epoch}",
-                   disable=not main, leave=False, dynamic_ncols=True)
+                   disable=not main, leave=False, dynamic_ncols=True,
+                   mininterval=1.0 if sys.stderr.isatty() else 60.0)
         for idx in batches[state.batch_in_epoch:]:
             batch = to_device(collate([train_data[i] for i in idx]), accelerator.device)
             with accelerator.autocast():

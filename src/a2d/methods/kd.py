@@ -1,0 +1,55 @@
+"""``kd``: word-level knowledge distillation, the "Vanilla KD" row of the A2D paper's tables.
+
+Hinton et al. 2015 (eq. 1): soft targets ``q_i = exp(z_i / T) / sum_j exp(z_j / T)`` from the teacher's
+logits ``z`` at temperature ``T``, matched by the student's tempered distribution, the loss scaled by
+``T^2`` so that its gradients keep their size when ``T`` changes (section 2). For NMT this is applied
+at every target position, given the reference prefix (Kim & Rush 2016, section 3.1, word-level KD):
+
+    L_KD = 1/N * sum_{real target tokens j} T^2 * KL(q_T(. | x, y_<j) || p_S(. | x, y_<j))
+
+(:func:`a2d.losses.word_kd`; the KL differs from the cross-entropy to the soft targets only by the
+teacher's entropy, a constant, so the gradients are the same). N counts the real target tokens of the
+batch, padding never takes part.
+
+How the A2D paper uses it: "vanilla KD" is eq. 12 without the attention term,
+``L = L_CE + mu * L_KD`` (``mu_kd``, default 1; ``kd_temperature``, default 1, as in the authors'
+code). The authors' fairseq code mixes ``(1 - alpha) * CE + alpha * KD`` with ``alpha = 0.5`` and
+averages over all positions including padding; up to that constant factor and the padding it is the
+same objective (``mu_kd=1`` here).
+"""
+from __future__ import annotations
+
+from transformers import MarianConfig
+
+from a2d.config import Config
+from a2d.losses import word_kd
+from a2d.methods.base import LOGITS, DistillMethod, Progress
+from a2d.utils import UserError
+
+
+class WordKD(DistillMethod):
+    """Word-level KD. Term: ``kd`` (``T^2 * KL(teacher || student)`` per real target token, weight ``mu_kd``)."""
+
+    name = "kd"
+    summary = "word-level KD (vanilla KD): KL to the teacher's tempered token distributions, weight mu_kd"
+    paper = "Hinton et al. 2015, Distilling the Knowledge in a Neural Network"
+    needs = frozenset({LOGITS})
+    needs_teacher = True
+
+    def __init__(self, cfg: Config, student_config: MarianConfig, teacher_config: MarianConfig | None):
+        super().__init__(cfg, student_config, teacher_config)
+        if teacher_config is None:
+            raise UserError(f"--method {self.name} needs a teacher (give --teacher RUN)")
+
+    def loss_terms(self, batch, student, teacher, progress: Progress):
+        if teacher is None:
+            raise ValueError(f"method {self.name} needs the teacher's forward pass")
+        # logits (B, T, V); the teacher's are a fixed target
+        kd = word_kd(student.logits, teacher.logits.detach(), batch["labels"], self.cfg.kd_temperature)
+        return {"kd": kd}
+
+    def weights(self, progress: Progress):
+        return {"kd": float(self.cfg.mu_kd)}
+
+
+__all__ = ["WordKD"]

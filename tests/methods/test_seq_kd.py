@@ -1,0 +1,202 @@
+"""Sequence-level KD: ``a2d distill-data`` (teacher translations as train targets, resumable) and ``seq-kd``."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from safetensors.numpy import load_file
+
+from a2d.config import load_config
+from a2d.data.corpus import locate_corpus, read_lines
+from a2d.data.prepare import ParallelData, load_meta, prepare
+from a2d.data.vocab import Vocabulary
+from a2d.evaluate import translate
+from a2d.methods import METHODS, Progress
+from a2d.methods.seq_kd import SequenceKD, check_data
+from a2d.models import build_model, load_model
+from a2d.recipes import distill_data as dd
+from a2d.recipes.distill import distill
+from a2d.recipes.distill_data import distill_data, work_dir_for
+from a2d.utils import UserError, sha256_file
+from tests.methods.test_kd import TINY, check_trains, one_thread  # noqa: F401 (fixture)
+
+CHUNK, BEAM = 64, 2  # 200 train sentences -> chunks of 64, 64, 64, 8
+
+
+def quiet(*args):
+    pass
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory, data_root):
+    out = tmp_path_factory.mktemp("seqkd") / "m30k"
+    prepare(out, locate_corpus("multi30k", "de", "en"), "de", "en", vocab_size=500, max_train=200, log=quiet)
+    return out
+
+
+def save_teacher(path, data_dir, seed=7):
+    vocab = Vocabulary.load(data_dir)
+    model = build_model(load_config("tiny-teacher", TINY), len(vocab), seed=seed)
+    model.save_pretrained(path)
+    vocab.save(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def teacher(tiny_data, tmp_path_factory):
+    return save_teacher(tmp_path_factory.mktemp("teacher") / "t", tiny_data)
+
+
+@pytest.fixture(scope="module")
+def expected(tiny_data, teacher):
+    """The teacher's translate() output of the train sources, decoded chunk by chunk as distill_data does."""
+    model, _ = load_model(teacher)
+    sources = ParallelData.load(tiny_data, "train").src_text
+    vocab = Vocabulary.load(tiny_data)
+    hyps = []
+    for start in range(0, len(sources), CHUNK):
+        hyps += translate(model, vocab, sources[start:start + CHUNK], beam=BEAM)
+    return hyps
+
+
+@pytest.fixture(scope="module")
+def distilled(tiny_data, teacher, tmp_path_factory):
+    out = tmp_path_factory.mktemp("distilled") / "m30k-kd"
+    meta = distill_data(teacher, tiny_data, out, beam=BEAM, chunk=CHUNK, log=quiet)
+    return out, meta
+
+
+# ------------------------------------------------------------------------------------------------
+def test_registered_and_no_terms():
+    assert METHODS["seq-kd"] is SequenceKD
+    assert not SequenceKD.needs_teacher and SequenceKD.needs == frozenset()
+    assert "distill-data" in SequenceKD.summary
+    method = SequenceKD(load_config(None, ["method=seq-kd"]), None, None)
+    assert method.loss_terms({}, None, None, Progress(1, 0)) == {} and method.weights(Progress(1, 0)) == {}
+    assert list(method.parameters()) == []
+
+
+def test_seq_kd_trains_tiny_student_on_ce():
+    assert check_trains("seq-kd", with_teacher=False) == {}
+
+
+def test_check_data(tiny_data, distilled):
+    with pytest.raises(UserError, match="distill-data") as err:
+        check_data(load_meta(tiny_data), tiny_data)
+    assert "\n" not in str(err.value) and str(tiny_data) in str(err.value)
+    check_data(load_meta(distilled[0]))
+    SequenceKD.check_data(load_meta(distilled[0]))
+
+
+def test_distilled_directory(tiny_data, teacher, expected, distilled):
+    out, meta = distilled
+    assert not work_dir_for(out).exists()
+    old, new = ParallelData.load(tiny_data, "train"), ParallelData.load(out, "train")
+    assert meta == load_meta(out)
+    # every hypothesis of a tiny teacher fits max_len 250: nothing dropped
+    assert meta["splits"]["train"]["kept"] == len(old) == len(new) and meta["splits"]["train"]["dropped_long"] == 0
+    assert new.src_text == old.src_text
+    assert read_lines(out / "train.de") == read_lines(tiny_data / "train.de")
+    assert new.tgt_text == expected
+    assert meta["splits"]["train"]["empty_hypotheses"] == sum(1 for h in expected if not h)
+    # the train ids are the prepare encoding of the new text; the sources' ids are unchanged
+    vocab = Vocabulary.load(out)
+    assert [new[i][1] for i in range(len(new))] == vocab.encode_batch(expected)
+    assert [new[i][0] for i in range(len(new))] == [old[i][0] for i in range(len(old))]
+    # valid/test and the vocabulary are copied unchanged
+    for name in ("sentencepiece.model", "valid.de", "valid.en", "valid.safetensors", "test.de", "test.en",
+                 "test.safetensors"):
+        assert sha256_file(out / name) == sha256_file(tiny_data / name), name
+    src = load_meta(tiny_data)
+    assert meta["splits"]["valid"] == src["splits"]["valid"] and meta["vocab_size"] == src["vocab_size"]
+    assert meta["distilled_from"]["teacher"] == str(teacher) and meta["distilled_from"]["beam"] == BEAM
+    assert meta["distilled_from"]["teacher_sha256"] == sha256_file(teacher / "model.safetensors")
+
+
+def test_interrupted_run_resumes(tiny_data, teacher, expected, distilled, tmp_path, monkeypatch):
+    out = tmp_path / "kd-data"
+    calls = []
+
+    def failing(model, vocab, sources, **kw):
+        calls.append(list(sources))
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return translate(model, vocab, sources, **kw)
+
+    monkeypatch.setattr(dd, "translate", failing)
+    with pytest.raises(KeyboardInterrupt):
+        distill_data(teacher, tiny_data, out, beam=BEAM, chunk=CHUNK, log=quiet)
+    assert not out.exists()
+    work = work_dir_for(out)
+    assert json.loads((work / "progress.json").read_text())["done"] == CHUNK
+    assert read_lines(work / "hypotheses.txt") == expected[:CHUNK]
+    # a torn write after the last finished chunk is cut off on resume
+    with open(work / "hypotheses.txt", "a", encoding="utf-8") as f:
+        f.write("half a chunk\nand a torn li")
+
+    sources = ParallelData.load(tiny_data, "train").src_text
+    calls.clear()
+    monkeypatch.setattr(dd, "translate", lambda model, vocab, src, **kw: calls.append(list(src))
+                        or translate(model, vocab, src, **kw))
+    messages = []
+    meta = distill_data(teacher, tiny_data, out, beam=BEAM, chunk=CHUNK, log=messages.append)
+    assert calls == [sources[s:s + CHUNK] for s in range(CHUNK, len(sources), CHUNK)]
+    assert any("resuming" in m for m in messages)
+    assert not work.exists()
+    assert ParallelData.load(out, "train").tgt_text == expected
+    a, b = load_file(str(out / "train.safetensors")), load_file(str(distilled[0] / "train.safetensors"))
+    assert all((a[k] == b[k]).all() for k in a)
+    assert meta["splits"] == distilled[1]["splits"]
+
+
+def test_resume_refuses_other_settings(tiny_data, teacher, tmp_path, monkeypatch):
+    out = tmp_path / "kd-data"
+
+    def stop(*args, **kw):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(dd, "translate", lambda model, vocab, src, **kw: ["x"] * len(src))
+    monkeypatch.setattr(dd, "_write_split", stop)
+    with pytest.raises(KeyboardInterrupt):
+        distill_data(teacher, tiny_data, out, beam=BEAM, chunk=CHUNK, log=quiet)
+    with pytest.raises(UserError, match="beam"):
+        distill_data(teacher, tiny_data, out, beam=BEAM + 1, chunk=CHUNK, log=quiet)
+
+
+def test_empty_and_long_hypotheses(tiny_data, teacher, tmp_path, monkeypatch):
+    """Empty hypotheses keep their pair and are counted; pairs with a hypothesis over max_len are dropped."""
+    sources = ParallelData.load(tiny_data, "train").src_text
+    fake = {s: ("" if i % 7 == 0 else "ein Hund " * 200 if i % 11 == 0 else f"hyp {i}") for i, s in enumerate(sources)}
+    monkeypatch.setattr(dd, "translate", lambda model, vocab, src, **kw: [fake[s] for s in src])
+    meta = distill_data(teacher, tiny_data, tmp_path / "out", beam=BEAM, chunk=CHUNK, log=quiet)
+    keep = [i for i in range(len(sources)) if not (i % 11 == 0 and i % 7 != 0)]
+    data = ParallelData.load(tmp_path / "out", "train")
+    assert data.src_text == [sources[i] for i in keep]
+    assert data.tgt_text == [fake[sources[i]] for i in keep]
+    n_empty = sum(1 for i in range(len(sources)) if i % 7 == 0)
+    assert meta["splits"]["train"] == {"lines": len(sources), "kept": len(keep), "dropped_empty": 0,
+                                       "dropped_long": len(sources) - len(keep), "empty_hypotheses": n_empty}
+
+
+def test_errors(tiny_data, teacher, distilled, tmp_path):
+    other = tmp_path / "other"
+    prepare(other, locate_corpus("multi30k", "de", "en"), "de", "en", vocab_size=300, max_train=100, log=quiet)
+    with pytest.raises(UserError, match="another vocabulary"):
+        distill_data(teacher, other, tmp_path / "x", log=quiet)
+    with pytest.raises(UserError, match="already exists"):
+        distill_data(teacher, tiny_data, distilled[0], log=quiet)
+    with pytest.raises(UserError, match="--beam"):
+        distill_data(teacher, tiny_data, tmp_path / "y", beam=0, log=quiet)
+    assert not (tmp_path / "x").exists() and not work_dir_for(tmp_path / "x").exists()
+
+
+def test_seq_kd_distills_on_distilled_data(distilled, tmp_path):
+    cfg = load_config("tiny-student", TINY + ["method=seq-kd", "max_steps=2", "max_tokens=512", "log_every=1",
+                                              "warmup_updates=1"])
+    result = distill(cfg, distilled[0], tmp_path / "run", teacher_path=None, log=quiet)
+    assert result.state.update == 2
+    lines = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    train = [x for x in lines if x["type"] == "train"]
+    assert len(train) == 2 and all(torch.isfinite(torch.tensor(x["loss"])) and x["loss"] == x["ce"] for x in train)
+    assert (tmp_path / "run" / "best" / "model.safetensors").is_file()
