@@ -213,7 +213,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="prepare Multi30k De-En, train a tiny teacher, distill students, score them")
     p.add_argument("--out", default="demo")
-    p.add_argument("--max-train", type=int, default=15000, help="training pairs to use (default 15000 of 29000)")
+    p.add_argument("--max-train", type=int, default=10000, help="training pairs to use (default 10000 of 29000)")
     p.add_argument("--teacher-epochs", type=int, default=5)
     p.add_argument("--student-epochs", type=int, default=4)
     p.set_defaults(func=cmd_demo)

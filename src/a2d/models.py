@@ -45,10 +45,13 @@ def build_model(cfg: Config, vocab_size: int, seed: int | None = None) -> Marian
 
 
 def count_parameters(model: torch.nn.Module) -> int:
-    """Trainable parameters, counting tied embeddings once (sinusoidal positions are buffers-like, frozen)."""
+    """Learned parameters, counting tied embeddings once and leaving out the fixed sinusoidal position tables.
+
+    Counts a frozen teacher's weights too (only the position tables are skipped, by name).
+    """
     seen, total = set(), 0
-    for p in model.parameters():
-        if p.requires_grad and id(p) not in seen:
+    for name, p in model.named_parameters():
+        if "embed_positions" not in name and id(p) not in seen:
             seen.add(id(p))
             total += p.numel()
     return total

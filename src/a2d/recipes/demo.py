@@ -22,7 +22,7 @@ def _done(run: Path) -> bool:
     return state.exists() and json.loads(state.read_text()).get("finished", False)
 
 
-def demo(out: Path, max_train: int | None = 15000, teacher_epochs: int | None = None,
+def demo(out: Path, max_train: int | None = 10000, teacher_epochs: int | None = None,
          student_epochs: int | None = None, log=print) -> list[dict]:
     from a2d.analysis import format_summary, plot_alignment
     from a2d.curves import plot_training_curves
@@ -64,7 +64,7 @@ def demo(out: Path, max_train: int | None = 15000, teacher_epochs: int | None = 
     rows = []
     for name, preset, method, _ in runs:
         result = evaluate_model(out / name, data, split="test", beam=5, out=out / name / "test.json", progress=False)
-        rows.append({"model": name, "preset": preset, "method": method or "(teacher)", **result})
+        rows.append({**result, "model": name, "preset": preset, "method": method or "(teacher)"})
     lines = ["| model | method | test BLEU | 95% CI | chrF | train time |", "|---|---|---|---|---|---|"]
     for r in rows:
         secs = timings.get(r["model"])

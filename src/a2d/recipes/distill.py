@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 
 from a2d.config import Config, save_config
 from a2d.data.batching import collate, shard_batches, token_batches
-from a2d.data.prepare import ParallelData
+from a2d.data.prepare import ParallelData, load_meta
 from a2d.data.vocab import Vocabulary
 from a2d.losses import label_smoothed_ce
 from a2d.methods import ATTENTIONS, HIDDEN_STATES, Progress, get_method
@@ -52,11 +52,9 @@ def distill(cfg: Config, data_dir: Path, out: Path, teacher_path: Path | None, r
     method_cls = get_method(cfg.method)
     if method_cls.needs_teacher and teacher_path is None:
         raise UserError(f"--method {cfg.method} needs a teacher: give --teacher RUN")
-    if main:
-        prepare_out_dir(out, resume)
-    accelerator.wait_for_everyone()
 
     # ---- data, teacher, student, method
+    load_meta(data_dir)  # a clear error if --data is not a prepared directory
     vocab = Vocabulary.load(data_dir)
     train_data, valid_data = ParallelData.load(data_dir, "train"), ParallelData.load(data_dir, "valid")
     teacher = load_teacher(Path(teacher_path), vocab, data_dir) if teacher_path else None
@@ -66,6 +64,9 @@ def distill(cfg: Config, data_dir: Path, out: Path, teacher_path: Path | None, r
     method = method_cls(cfg, student.config, teacher.config if teacher is not None else None)
     method.check_data(train_data.meta)
     method.attach(student, teacher)
+    if main:  # only now, so a refused run leaves no folder behind
+        prepare_out_dir(out, resume)
+    accelerator.wait_for_everyone()
     needs = method.needs
     if ATTENTIONS in needs:  # per-head probabilities come from the eager attention kernel
         use_attention_maps(student)

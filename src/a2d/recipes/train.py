@@ -16,7 +16,7 @@ from tqdm.auto import tqdm
 
 from a2d.config import Config, save_config
 from a2d.data.batching import collate, shard_batches, token_batches
-from a2d.data.prepare import ParallelData
+from a2d.data.prepare import ParallelData, load_meta
 from a2d.data.vocab import Vocabulary
 from a2d.losses import label_smoothed_ce
 from a2d.models import build_model, count_parameters, load_weights
@@ -29,13 +29,14 @@ def train(cfg: Config, data_dir: Path, out: Path, resume: bool = False, log=prin
     data_dir, out = Path(data_dir), Path(out)
     accelerator = make_accelerator(cfg)
     main = accelerator.is_main_process
+
+    # ---- data and model
+    load_meta(data_dir)  # a clear error if --data is not a prepared directory
+    vocab = Vocabulary.load(data_dir)
+    train_data, valid_data = ParallelData.load(data_dir, "train"), ParallelData.load(data_dir, "valid")
     if main:
         prepare_out_dir(out, resume)
     accelerator.wait_for_everyone()
-
-    # ---- data and model
-    vocab = Vocabulary.load(data_dir)
-    train_data, valid_data = ParallelData.load(data_dir, "train"), ParallelData.load(data_dir, "valid")
     model = build_model(cfg, len(vocab), seed=cfg.seed)
     optimizer = make_optimizer(cfg, [{"params": [p for p in model.parameters() if p.requires_grad]}])
     scheduler = inverse_sqrt_schedule(optimizer, cfg)

@@ -1,0 +1,1016 @@
+"""Quality benchmark (issue 5): the paper's Table 1 and its ablations, trained and scored from a grid file.
+
+    python benchmarks/quality.py benchmarks/grids/tiny.yaml [--only SUBSTRING ...] [--runs-dir runs/quality]
+                                 [--results-dir benchmarks/results] [--dry-run] [--report-only]
+
+For every direction of the grid: prepare the data once (``RUNS/data-<src>-<tgt>``, the corpus comes from
+``$A2D_DATA_DIR`` or the download cache as everywhere else), train one teacher
+(``RUNS/<name>/<src>-<tgt>/teacher``), then every cell x seed (``RUNS/<name>/<src>-<tgt>/<cell>-s<seed>``);
+score each on the test split (test_2016 for Multi30k; beam 5) with sacreBLEU and its 95% bootstrap CI,
+writing ``test.json``/``test.hyp`` beside the run, and its result to ``cell.json`` in the run folder.
+Sequence-level KD cells train on the teacher's beam translations, written once per direction by
+``distill_data`` into ``RUNS/<name>/<src>-<tgt>/seqkd-data-b<beam>``.
+
+A cell whose ``cell.json`` exists is skipped; a run that was started and not finished is resumed
+(``resume=True``); a finished run without ``cell.json`` is only scored; so the grid can be run in pieces
+(``--only``), interrupted, and continued on other machines. To redo a cell, remove its run folder.
+Training wall time is measured per piece (updated at every epoch end, so an interrupted piece still
+counts up to its last checkpoint) and summed; every piece records its hardware and commit.
+
+Outputs (rewritten atomically after every finished cell):
+
+* ``RESULTS/quality-<name>.json``: every cell's result (hypotheses left out), the paired bootstrap
+  comparisons and the alignment figures. Results found in ``RUNS/<name>/*/*/cell.json`` are merged with
+  those already in this file, so pieces run elsewhere are merged by copying their ``cell.json`` files
+  (each holds its hypotheses and the references, all the paired test needs) into the same layout.
+* ``RESULTS/quality-<name>.md``: Table 1 (rows: teacher, then the grid's ``methods`` in order; per
+  direction ``BLEU ± half-width of the 95% CI`` and the paired bootstrap p-values against the No-KD and
+  the vanilla-KD student of the same seed), the validation BLEU of every student (defaults are chosen
+  there, never on test), the ablation tables (Table 3 heads with the final L_att, Table 4 head-wise vs
+  layer-wise, Table 5 attention kinds; each only when one of its cells exists), the alignment figure of
+  the A2D student that is best on validation (``RESULTS/quality-<name>-alignment-<dir>.png``), and a
+  per-cell table with valid BLEU, final L_att, training time, hardware, commit and finish time.
+
+``--dry-run`` prints the planned cells and which are done; ``--report-only`` rebuilds the JSON and the
+markdown from the results found, training nothing.
+
+Grid file (YAML; every key but ``name``, ``teacher``, ``student_preset`` and ``methods`` is optional)::
+
+    name: tiny                       # -> RESULTS/quality-tiny.{json,md}, runs under RUNS/tiny/
+    corpus: multi30k                 # a corpus `a2d prepare --corpus` knows
+    directions: [de-en, en-de]       # src-tgt
+    vocab_size: 8000                 # joint SentencePiece vocabulary of each direction's data
+    max_train: null                  # keep the first N training pairs (null: all)
+    test_max_sentences: null         # score only the first N test sentences (smoke tests; null: all)
+    beam: 5                          # beam of the test translations
+    seq_kd_beam: 5                   # beam of the teacher's translations for seq-kd cells
+    bootstrap_samples: 1000          # resamples of the paired bootstrap test
+    seeds: [1]                       # every student cell runs once per seed (override seed=S)
+    teacher: {preset: tiny-teacher, overrides: [max_epochs=20]}   # one teacher per direction
+    student_preset: tiny-student     # preset of every student cell (a cell may set its own `preset`)
+    student_overrides: [max_epochs=15]                            # before each cell's own overrides
+    baselines: {nokd: nokd, kd: kd}  # the cells the paired tests compare against (these are the defaults;
+                                     # without them: the first cell of method none / kd)
+    methods:                         # Table 1 rows after the teacher, in this order
+      nokd: {method: none}           # cell name -> method (`a2d methods`), optional overrides, preset, label
+      kd: {method: kd}
+      seq-kd: {method: seq-kd}       # the script writes the teacher's distilled data itself
+      a2d: {method: a2d, label: "A2D (per-query KL, convex AAM)"}
+      a2d-reference: {method: a2d, overrides: [kl_norm=reference, aam=linear]}
+    ablations:                       # extra cells; each varies the `base` A2D cell (its method, preset, overrides)
+      base: a2d                      # default a2d
+      heads: [2, 4, 8, 16]           # Table 3: cells <base>-heads-N and <nokd>-heads-N with N encoder and
+                                     #   decoder heads (N = the student's own heads reuses <base> and <nokd>)
+      granularity: true              # Table 4: <base> (head-wise) vs <base>-layerwise (att_granularity=layer)
+      att_kinds: [all, enc-self, dec-all, dec-self, dec-cross]   # Table 5: <base>-att-<kind>; all = <base>
+
+A generated ablation cell whose name the grid's ``methods`` already defines is that cell (so
+``methods: {a2d-layerwise: ...}`` is Table 4's layer-wise row). No-KD cells are trained with the plain
+``train`` recipe, every other method with ``distill``.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import re
+import shutil
+import statistics
+import sys
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+from a2d import provenance
+from a2d.config import ConfigError, load_config, read_yaml
+from a2d.data.corpus import corpus_spec, locate_corpus
+from a2d.data.prepare import prepare, summary_lines
+from a2d.evaluate import evaluate_model, paired_bootstrap
+from a2d.methods import get_method
+from a2d.recipes.distill import distill
+from a2d.recipes.distill_data import distill_data
+from a2d.recipes.train import train
+from a2d.utils import UserError, atomic_dir, atomic_write_text
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_RESULTS = REPO / "benchmarks" / "results"
+DEFAULT_RUNS = Path("runs") / "quality"
+CELL_FILE = "cell.json"
+WALL_FILE = "wall.json"
+TEACHER = "teacher"
+
+LABELS = {"none": "No KD", "kd": "Vanilla KD", "seq-kd": "Sequence KD", "selective-kd": "Selective KD",
+          "tinybert": "TinyBERT", "minilm": "MiniLM", "alp-kd": "ALP-KD", "pkd": "PKD", "ckd": "CKD",
+          "a2d": "A2D", "a2d-layerwise": "A2D (layer-wise)"}
+A2D_METHODS = ("a2d", "a2d-layerwise")
+ATT_KINDS = ("all", "enc-self", "dec-all", "dec-self", "dec-cross")
+GRID_KEYS = {"name", "corpus", "directions", "vocab_size", "max_train", "test_max_sentences", "beam", "seq_kd_beam",
+             "bootstrap_samples", "seeds", "teacher", "student_preset", "student_overrides", "baselines", "methods",
+             "ablations"}
+CELL_KEYS = {"method", "overrides", "preset", "label"}
+ABLATION_KEYS = {"base", "heads", "granularity", "att_kinds"}
+NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
+
+
+# =============================================================================================== the grid
+@dataclass
+class Cell:
+    name: str
+    method: str
+    preset: str
+    overrides: list[str]  # student_overrides + the cell's own; the seed is added per run
+    label: str
+    main: bool = True  # a Table 1 row (False: generated by an ablation)
+
+    @property
+    def needs_teacher(self) -> bool:
+        return self.method == "seq-kd" or get_method(self.method).needs_teacher
+
+
+@dataclass
+class Grid:
+    path: Path
+    raw: dict
+    name: str
+    corpus: str
+    directions: list[str]
+    vocab_size: int
+    max_train: int | None
+    test_max_sentences: int | None
+    beam: int
+    seq_kd_beam: int
+    bootstrap_samples: int
+    seeds: list[int]
+    teacher_preset: str
+    teacher_overrides: list[str]
+    cells: dict[str, Cell]
+    baselines: dict[str, str | None]  # nokd, kd -> cell name
+    heads_rows: list[tuple[int, str | None, str]] = field(default_factory=list)  # (N, nokd cell, A2D cell)
+    granularity_rows: list[tuple[str, str]] = field(default_factory=list)  # (label, cell)
+    att_kind_rows: list[tuple[str, str]] = field(default_factory=list)  # (kind, cell)
+
+    def teacher_config(self):
+        return load_config(self.teacher_preset, self.teacher_overrides)
+
+    def cell_config(self, cell: Cell, seed: int):
+        return load_config(cell.preset, cell.overrides + [f"seed={seed}", f"method={cell.method}"])
+
+
+def _str_list(value, where: str) -> list[str]:
+    if value is None:
+        return []
+    if not isinstance(value, list) or not all(isinstance(v, (str, int, float)) for v in value):
+        raise UserError(f"{where}: expected a list of key=value strings")
+    return [str(v) for v in value]
+
+
+def _int(value, where: str, low: int = 1, allow_none: bool = False):
+    if value is None and allow_none:
+        return None
+    if not isinstance(value, int) or isinstance(value, bool) or value < low:
+        raise UserError(f"{where}: expected an integer >= {low}" + (" or null" if allow_none else "")
+                        + f", got {value!r}")
+    return value
+
+
+def load_grid(path: Path | str) -> Grid:
+    """Read and check a grid file: unknown keys, methods, presets and every override fail here, before any work."""
+    path = Path(path)
+    try:
+        raw = read_yaml(path)
+    except ConfigError as e:
+        raise UserError(str(e)) from None
+    unknown = sorted(set(raw) - GRID_KEYS)
+    if unknown:
+        raise UserError(f"{path}: unknown key(s) {', '.join(unknown)} (known: {', '.join(sorted(GRID_KEYS))})")
+    for key in ("name", "teacher", "student_preset", "methods"):
+        if key not in raw:
+            raise UserError(f"{path}: missing key {key!r}")
+    name = str(raw["name"])
+    if not NAME_RE.match(name):
+        raise UserError(f"{path}: name {name!r}: use lower-case letters, digits, '.', '_', '-'")
+    corpus = str(raw.get("corpus", "multi30k"))
+    directions = raw.get("directions", ["de-en"])
+    if not isinstance(directions, list) or not directions:
+        raise UserError(f"{path}: directions: expected a list like [de-en, en-de]")
+    for d in directions:
+        parts = str(d).split("-")
+        if len(parts) != 2:
+            raise UserError(f"{path}: direction {d!r}: write it src-tgt, e.g. de-en")
+        corpus_spec(corpus, *parts)
+    directions = [str(d) for d in directions]
+    if len(set(directions)) != len(directions):
+        raise UserError(f"{path}: directions: listed twice")
+    seeds = raw.get("seeds", [1])
+    if not isinstance(seeds, list) or not seeds or any(not isinstance(s, int) or isinstance(s, bool) for s in seeds):
+        raise UserError(f"{path}: seeds: expected a list of integers")
+    if len(set(seeds)) != len(seeds):
+        raise UserError(f"{path}: seeds: listed twice")
+    teacher = raw["teacher"]
+    if not isinstance(teacher, dict) or "preset" not in teacher or set(teacher) - {"preset", "overrides"}:
+        raise UserError(f"{path}: teacher: expected {{preset: NAME, overrides: [key=value, ...]}}")
+    student_preset = str(raw["student_preset"])
+    student_overrides = _str_list(raw.get("student_overrides"), f"{path}: student_overrides")
+
+    methods = raw["methods"]
+    if not isinstance(methods, dict) or not methods:
+        raise UserError(f"{path}: methods: expected a mapping of cell name -> {{method: NAME, ...}}")
+    cells: dict[str, Cell] = {}
+    for cname, spec in methods.items():
+        cname = str(cname)
+        if not NAME_RE.match(cname) or cname == TEACHER or cname.startswith("seqkd-data"):
+            raise UserError(f"{path}: methods: cell name {cname!r}: use lower-case letters, digits, '.', '_', '-' "
+                            f"(not {TEACHER!r})")
+        if not isinstance(spec, dict) or "method" not in spec:
+            raise UserError(f"{path}: methods: {cname}: expected {{method: NAME, overrides: [...]}}")
+        extra = set(spec) - CELL_KEYS
+        if extra:
+            raise UserError(f"{path}: methods: {cname}: unknown key(s) {', '.join(sorted(extra))}")
+        method = str(spec["method"])
+        get_method(method)
+        label = spec.get("label")
+        if label is None:
+            canonical = {"none": "nokd"}.get(method, method)
+            label = LABELS.get(method, method) + ("" if cname == canonical else f" [{cname}]")
+        own = _str_list(spec.get("overrides"), f"{path}: methods: {cname}: overrides")
+        cells[cname] = Cell(cname, method, str(spec.get("preset", student_preset)), student_overrides + own, str(label))
+
+    baselines_raw = raw.get("baselines") or {}
+    if not isinstance(baselines_raw, dict) or set(baselines_raw) - {"nokd", "kd"}:
+        raise UserError(f"{path}: baselines: expected {{nokd: CELL, kd: CELL}}")
+    baselines: dict[str, str | None] = {}
+    for role, method in (("nokd", "none"), ("kd", "kd")):
+        chosen = baselines_raw.get(role)
+        if chosen is None:
+            chosen = role if role in cells else next((c.name for c in cells.values() if c.method == method), None)
+        elif str(chosen) not in cells:
+            raise UserError(f"{path}: baselines: {role}: no cell {chosen!r} in methods")
+        baselines[role] = None if chosen is None else str(chosen)
+
+    grid = Grid(path=path, raw=raw, name=name, corpus=corpus, directions=directions,
+                vocab_size=_int(raw.get("vocab_size", 8000), f"{path}: vocab_size", low=5),
+                max_train=_int(raw.get("max_train"), f"{path}: max_train", allow_none=True),
+                test_max_sentences=_int(raw.get("test_max_sentences"), f"{path}: test_max_sentences", allow_none=True),
+                beam=_int(raw.get("beam", 5), f"{path}: beam"),
+                seq_kd_beam=_int(raw.get("seq_kd_beam", 5), f"{path}: seq_kd_beam"),
+                bootstrap_samples=_int(raw.get("bootstrap_samples", 1000), f"{path}: bootstrap_samples", low=2),
+                seeds=list(seeds), teacher_preset=str(teacher["preset"]),
+                teacher_overrides=_str_list(teacher.get("overrides"), f"{path}: teacher: overrides"),
+                cells=cells, baselines=baselines)
+    _add_ablations(grid, raw.get("ablations"))
+
+    # every configuration must resolve now, not hours into the grid
+    try:
+        grid.teacher_config()
+    except ConfigError as e:
+        raise UserError(f"{path}: teacher: {e}") from None
+    for cell in grid.cells.values():
+        try:
+            grid.cell_config(cell, grid.seeds[0])
+        except ConfigError as e:
+            raise UserError(f"{path}: cell {cell.name}: {e}") from None
+    return grid
+
+
+def _add_ablations(grid: Grid, spec) -> None:
+    if not spec:
+        return
+    where = f"{grid.path}: ablations"
+    if not isinstance(spec, dict) or set(spec) - ABLATION_KEYS:
+        raise UserError(f"{where}: expected a mapping with keys {', '.join(sorted(ABLATION_KEYS))}")
+    base_name = str(spec.get("base", "a2d"))
+    base = grid.cells.get(base_name)
+    if base is None or base.method != "a2d":
+        raise UserError(f"{where}: base {base_name!r}: must be a cell of method a2d in methods")
+    nokd = grid.cells.get(grid.baselines["nokd"]) if grid.baselines["nokd"] else None
+
+    def add(name: str, like: Cell, method: str, extra: list[str], label: str) -> str:
+        if name not in grid.cells:  # a cell the grid defines itself is used as it is
+            grid.cells[name] = Cell(name, method, like.preset, like.overrides + extra, label, main=False)
+        return name
+
+    heads = spec.get("heads") or []
+    if not isinstance(heads, list) or not all(isinstance(h, int) and not isinstance(h, bool) and h > 0 for h in heads):
+        raise UserError(f"{where}: heads: expected a list of positive integers")
+    try:
+        base_cfg = grid.cell_config(base, grid.seeds[0])
+    except ConfigError as e:
+        raise UserError(f"{grid.path}: cell {base.name}: {e}") from None
+    own = (base_cfg.encoder_attention_heads, base_cfg.decoder_attention_heads)
+    for n in heads:
+        extra = [f"encoder_attention_heads={n}", f"decoder_attention_heads={n}"]
+        a2d_name = base.name if own == (n, n) else add(f"{base.name}-heads-{n}", base, "a2d", extra, f"A2D, {n} heads")
+        nokd_name = None
+        if nokd is not None:
+            nokd_name = nokd.name if own == (n, n) else add(f"{nokd.name}-heads-{n}", nokd, nokd.method, extra,
+                                                            f"No KD, {n} heads")
+        grid.heads_rows.append((n, nokd_name, a2d_name))
+
+    if spec.get("granularity"):
+        layer = add(f"{base.name}-layerwise", base, "a2d", ["att_granularity=layer"], "A2D (layer-wise)")
+        grid.granularity_rows = [("head-wise", base.name), ("layer-wise", layer)]
+
+    kinds = spec.get("att_kinds") or []
+    if not isinstance(kinds, list) or any(k not in ATT_KINDS for k in kinds):
+        raise UserError(f"{where}: att_kinds: choose from {', '.join(ATT_KINDS)}")
+    for kind in kinds:
+        name = base.name if kind == base_cfg.att_kinds else add(f"{base.name}-att-{kind}", base, "a2d",
+                                                               [f"att_kinds={kind}"], f"A2D, {kind}")
+        grid.att_kind_rows.append((kind, name))
+
+
+# =============================================================================================== the plan
+@dataclass
+class Job:
+    direction: str
+    cell: Cell | None  # None: the teacher
+    seed: int | None
+    run: Path
+
+    @property
+    def id(self) -> str:
+        return f"{self.direction}/{TEACHER}" if self.cell is None else f"{self.direction}/{self.cell.name}-s{self.seed}"
+
+    @property
+    def name(self) -> str:
+        return TEACHER if self.cell is None else self.cell.name
+
+
+def plan(grid: Grid, runs: Path) -> list[Job]:
+    jobs = []
+    for d in grid.directions:
+        jobs.append(Job(d, None, None, runs / grid.name / d / TEACHER))
+        for cell in grid.cells.values():
+            for seed in grid.seeds:
+                jobs.append(Job(d, cell, seed, runs / grid.name / d / f"{cell.name}-s{seed}"))
+    return jobs
+
+
+def data_dir(grid: Grid, runs: Path, direction: str) -> Path:
+    prefix = "data" if grid.corpus == "multi30k" else f"data-{grid.corpus}"
+    return runs / f"{prefix}-{direction}"
+
+
+def eval_dir(grid: Grid, runs: Path, direction: str) -> Path:
+    base = data_dir(grid, runs, direction)
+    return base if not grid.test_max_sentences else base.with_name(f"{base.name}-test{grid.test_max_sentences}")
+
+
+def seqkd_dir(grid: Grid, runs: Path, direction: str) -> Path:
+    return runs / grid.name / direction / f"seqkd-data-b{grid.seq_kd_beam}"
+
+
+def run_status(run: Path) -> str:
+    """``finished``, ``started`` (resumable), ``broken`` (files but no checkpoint: start over) or ``new``."""
+    state = run / "last" / "trainer" / "state.json"
+    if state.is_file():
+        return "finished" if json.loads(state.read_text()).get("finished", False) else "started"
+    if run.is_dir() and any(p.name not in (WALL_FILE,) for p in run.iterdir()):
+        return "broken"
+    return "new"
+
+
+# =============================================================================================== environment
+def hardware() -> str:
+    return provenance.hardware()
+
+
+def commit() -> str:
+    return provenance.git_commit(str(REPO))
+
+
+def now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def _sha(lines: list[str]) -> str:
+    return hashlib.sha256("".join(x + "\n" for x in lines).encode("utf-8")).hexdigest()
+
+
+def _read_lines(path: Path) -> list[str]:
+    lines = path.read_text(encoding="utf-8").split("\n")
+    if lines and lines[-1] == "":
+        lines.pop()
+    return lines
+
+
+def _read_json(path: Path, default=None):
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return default
+    except json.JSONDecodeError as e:
+        raise UserError(f"{path}: not valid JSON ({e.msg}); remove it or fix it") from None
+
+
+# =============================================================================================== stages
+def ensure_data(grid: Grid, runs: Path, direction: str, log) -> Path:
+    out = data_dir(grid, runs, direction)
+    src, tgt = direction.split("-")
+    request = {"corpus": grid.corpus, "vocab_size": grid.vocab_size, "max_train": grid.max_train}
+    if (out / "meta.json").is_file():
+        recorded = _read_json(out / "quality-data.json") or {"max_train": _read_json(out / "meta.json")["max_train"]}
+        differ = [k for k in request if k in recorded and recorded[k] != request[k]]
+        if differ:
+            raise UserError(f"{out} was prepared with {', '.join(f'{k}={recorded[k]}' for k in differ)}; the grid asks "
+                            f"for {', '.join(f'{k}={request[k]}' for k in differ)}: use another --runs-dir")
+        return out
+    log(f"== prepare {grid.corpus} {direction} -> {out}")
+    meta = prepare(out, locate_corpus(grid.corpus, src, tgt), src, tgt, vocab_size=grid.vocab_size,
+                   max_train=grid.max_train, log=log)
+    atomic_write_text(out / "quality-data.json", json.dumps(request, indent=2) + "\n")
+    log("\n".join(summary_lines(meta)))
+    return out
+
+
+def ensure_eval_dir(grid: Grid, runs: Path, direction: str) -> Path:
+    """The data directory the test is scored on: the data itself, or a copy holding its first N test pairs."""
+    data, out = data_dir(grid, runs, direction), eval_dir(grid, runs, direction)
+    if out == data or (out / "meta.json").is_file():
+        return out
+    meta = json.loads((data / "meta.json").read_text(encoding="utf-8"))
+    n = grid.test_max_sentences
+    with atomic_dir(out) as tmp:
+        shutil.copyfile(data / "sentencepiece.model", tmp / "sentencepiece.model")
+        for lang in (meta["src"], meta["tgt"]):
+            lines = _read_lines(data / f"test.{lang}")[:n]
+            (tmp / f"test.{lang}").write_text("".join(x + "\n" for x in lines), encoding="utf-8")
+        meta["test_max_sentences"] = n
+        (tmp / "meta.json").write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+    return out
+
+
+def ensure_seqkd_data(grid: Grid, runs: Path, direction: str, data: Path, teacher: Path, log) -> Path:
+    out = seqkd_dir(grid, runs, direction)
+    if (out / "meta.json").is_file():
+        return out
+    log(f"== {direction}: the teacher's translations of the training sources (beam {grid.seq_kd_beam}) -> {out}")
+    start = time.perf_counter()
+    distill_data(teacher, data, out, beam=grid.seq_kd_beam, log=log)
+    atomic_write_text(out.with_name(out.name + ".timing.json"),
+                      json.dumps({"seconds": round(time.perf_counter() - start, 1), "hardware": hardware(),
+                                  "commit": commit(), "finished": now()}, indent=2) + "\n")
+    return out
+
+
+def train_job(job: Job, grid: Grid, data: Path, teacher_run: Path, seqkd: Path | None, log) -> None:
+    """Train (or resume) the job's run, adding this piece's wall time to ``RUN/wall.json``."""
+    run = job.run
+    status = run_status(run)
+    if status == "finished":
+        return
+    if status == "broken":
+        log(f"   {job.id}: {run} holds files but no checkpoint (interrupted before its first save): starting over")
+        shutil.rmtree(run)
+    pieces = (_read_json(run / WALL_FILE, {}) or {}).get("pieces", []) if status == "started" else []
+    piece = {"hardware": hardware(), "commit": commit(), "started": now(), "seconds": 0.0,
+             "resumed": status == "started"}
+    start = time.perf_counter()
+
+    def record() -> None:
+        piece["seconds"] = round(time.perf_counter() - start, 1)
+        piece["ended"] = now()
+        if run.is_dir():
+            atomic_write_text(run / WALL_FILE, json.dumps({"pieces": pieces + [piece]}, indent=2) + "\n")
+
+    def tick(msg: str) -> None:  # called by the recipes after the checkpoint folder exists, at every epoch end
+        log(f"   [{job.id}] {msg}")
+        record()
+
+    resume = status == "started"
+    log(f"== {job.id}: " + ("resuming " if resume else "training ") + str(run))
+    if job.cell is None:
+        train(grid.teacher_config(), data, run, resume=resume, log=tick)
+    else:
+        cfg = grid.cell_config(job.cell, job.seed)
+        if job.cell.method == "none":
+            train(cfg, data, run, resume=resume, log=tick)
+        elif job.cell.method == "seq-kd":
+            distill(cfg, seqkd, run, None, resume=resume, log=tick)
+        else:
+            distill(cfg, data, run, teacher_run, resume=resume, log=tick)
+    record()
+
+
+def _metrics(run: Path) -> dict:
+    out = {"valid_best_bleu": None, "valid_best_epoch": None, "valid_epochs": 0, "final_att": None, "updates": None}
+    path = run / "metrics.jsonl"
+    if not path.is_file():
+        return out
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if not line.strip():
+            continue
+        rec = json.loads(line)
+        if rec.get("type") == "valid" and rec.get("valid_bleu") is not None:
+            out["valid_epochs"] += 1
+            if out["valid_best_bleu"] is None or rec["valid_bleu"] > out["valid_best_bleu"]:
+                out["valid_best_bleu"], out["valid_best_epoch"] = float(rec["valid_bleu"]), rec.get("epoch")
+        if rec.get("type") == "train" and "att" in rec:
+            out["final_att"] = float(rec["att"])
+    state = _read_json(run / "last" / "trainer" / "state.json", {}) or {}
+    out["updates"] = state.get("update")
+    return out
+
+
+def evaluate_job(job: Job, grid: Grid, evaldir: Path, log) -> dict:
+    """Score the run on the test split, write ``test.json``/``test.hyp`` and ``cell.json``; return the record."""
+    run = job.run
+    start = time.perf_counter()
+    result = evaluate_model(run, evaldir, split="test", beam=grid.beam, out=run / "test.json", progress=False)
+    hyps = _read_lines(run / "test.hyp")
+    refs = _read_lines(evaldir / f"test.{result['tgt']}")
+    pieces = (_read_json(run / WALL_FILE, {}) or {}).get("pieces", [])
+    cfg = grid.teacher_config() if job.cell is None else grid.cell_config(job.cell, job.seed)
+    low, high = result["bleu_ci"]
+    record = {
+        "id": job.id, "grid": grid.name, "direction": job.direction, "cell": job.name,
+        "seed": cfg.seed if job.cell is None else job.seed,
+        "role": TEACHER if job.cell is None else "student",
+        "method": None if job.cell is None else job.cell.method,
+        "label": "Teacher" if job.cell is None else job.cell.label,
+        "preset": grid.teacher_preset if job.cell is None else job.cell.preset,
+        "overrides": grid.teacher_overrides if job.cell is None else job.cell.overrides + [f"seed={job.seed}"],
+        "run": str(run),
+        "bleu": result["bleu"], "bleu_ci": [low, high], "bleu_ci_halfwidth": (high - low) / 2,
+        "chrf": result["chrf"], "signature": result["signature"], "test_sentences": result["sentences"],
+        "beam": grid.beam, "decode_seconds": result["decode_seconds"],
+        **_metrics(run),
+        "train_seconds": round(sum(p.get("seconds", 0.0) for p in pieces), 1) if pieces else None,
+        "pieces": pieces,
+        "hardware": "; ".join(dict.fromkeys(p["hardware"] for p in pieces)) if pieces else hardware(),
+        "commit": ", ".join(dict.fromkeys(p["commit"] for p in pieces)) if pieces else commit(),
+        "eval_hardware": hardware(), "eval_commit": commit(), "eval_seconds": round(time.perf_counter() - start, 1),
+        "finished": now(),
+        "hyp_sha256": _sha(hyps), "ref_sha256": _sha(refs),
+    }
+    if job.cell is not None and job.cell.method == "seq-kd":
+        seqkd = seqkd_dir(grid, job.run.parents[2], job.direction)  # job.run = RUNS/<name>/<dir>/<cell>-s<seed>
+        timing = _read_json(seqkd.with_name(seqkd.name + ".timing.json"), None)
+        record["seq_kd_data_seconds"] = timing.get("seconds") if timing else None
+    atomic_write_text(run / CELL_FILE, json.dumps({**record, "hypotheses": hyps, "references": refs}, indent=1) + "\n")
+    log(f"   {job.id}: test BLEU {record['bleu']:.2f} ± {record['bleu_ci_halfwidth']:.2f}, chrF {record['chrf']:.2f}"
+        + (f", valid BLEU {record['valid_best_bleu']:.2f}" if record["valid_best_bleu"] is not None else ""))
+    return record
+
+
+# =============================================================================================== results
+def results_paths(grid: Grid, results: Path) -> tuple[Path, Path]:
+    return results / f"quality-{grid.name}.json", results / f"quality-{grid.name}.md"
+
+
+def collect(grid: Grid, runs: Path, results: Path) -> tuple[dict[str, dict], dict]:
+    """All results: those in the results JSON, then every ``cell.json`` under ``RUNS/<name>`` (these win)."""
+    json_path, _ = results_paths(grid, results)
+    old = _read_json(json_path, {}) or {}
+    records = {r["id"]: r for r in old.get("cells", [])}
+    for path in sorted((runs / grid.name).glob(f"*/*/{CELL_FILE}")):
+        rec = _read_json(path)
+        if rec.get("grid", grid.name) == grid.name and "id" in rec:
+            records[rec["id"]] = rec
+    return records, old
+
+
+def comparisons(grid: Grid, records: dict[str, dict], old: list[dict], log) -> list[dict]:
+    """Paired bootstrap of each student against the No-KD and the KD cell of the same direction and seed.
+
+    A comparison whose two hypothesis files are unchanged is taken from the previous results JSON.
+    """
+    pairs = []
+    for d in grid.directions:
+        for seed in grid.seeds:
+            for role in ("nokd", "kd"):
+                base = grid.baselines[role]
+                if base:
+                    pairs += [(d, seed, base, c) for c in grid.cells if c != base]
+            for _, nokd_name, a2d_name in grid.heads_rows:
+                if nokd_name and nokd_name != grid.baselines["nokd"]:
+                    pairs.append((d, seed, nokd_name, a2d_name))
+    cache = {(c["direction"], c["seed"], c["baseline"], c["system"]): c for c in old}
+    out, todo = [], {}
+    for d, seed, base, system in dict.fromkeys(pairs):
+        b, s = records.get(f"{d}/{base}-s{seed}"), records.get(f"{d}/{system}-s{seed}")
+        if b is None or s is None:
+            continue
+        hit = cache.get((d, seed, base, system))
+        if (hit and hit.get("baseline_sha256") == b["hyp_sha256"] and hit.get("system_sha256") == s["hyp_sha256"]
+                and hit.get("n_samples") == grid.bootstrap_samples):
+            out.append(hit)
+        elif "hypotheses" in b and "hypotheses" in s and b.get("ref_sha256") == s.get("ref_sha256"):
+            todo.setdefault((d, seed, base), []).append(system)
+        else:
+            log(f"note: {d} seed {seed}: {system} vs {base} not compared (hypotheses of one side not here, "
+                "or scored on other references)")
+    for (d, seed, base), systems in todo.items():
+        b = records[f"{d}/{base}-s{seed}"]
+        res = paired_bootstrap(b["hypotheses"], {s: records[f"{d}/{s}-s{seed}"]["hypotheses"] for s in systems},
+                               b["references"], n_samples=grid.bootstrap_samples)
+        for system, r in res.items():
+            out.append({"direction": d, "seed": seed, "baseline": base, "system": system,
+                        "p_value": r["p_value"], "chrf_p_value": r["chrf_p_value"], "bleu": r["bleu"],
+                        "baseline_bleu": r["baseline_bleu"], "delta": r["delta"], "n_samples": grid.bootstrap_samples,
+                        "baseline_sha256": b["hyp_sha256"],
+                        "system_sha256": records[f"{d}/{system}-s{seed}"]["hyp_sha256"]})
+    order = {d: i for i, d in enumerate(grid.directions)}
+    names = {c: i for i, c in enumerate(grid.cells)}
+    out.sort(key=lambda c: (order.get(c["direction"], 99), c["seed"], names.get(c["baseline"], 99),
+                            names.get(c["system"], 99)))
+    return out
+
+
+def _mean(values):
+    values = [v for v in values if v is not None]
+    return statistics.fmean(values) if values else None
+
+
+def best_a2d(grid: Grid, records: dict[str, dict], direction: str) -> tuple[str, int, float] | None:
+    """The Table 1 A2D cell with the best mean validation BLEU, and its best seed: (cell, seed, valid BLEU)."""
+    best = None
+    for cell in grid.cells.values():
+        if not cell.main or cell.method not in A2D_METHODS:
+            continue
+        recs = [(s, records.get(f"{direction}/{cell.name}-s{s}")) for s in grid.seeds]
+        recs = [(s, r) for s, r in recs if r and r.get("valid_best_bleu") is not None]
+        if not recs:
+            continue
+        mean = statistics.fmean(r["valid_best_bleu"] for _, r in recs)
+        seed = max(recs, key=lambda sr: sr[1]["valid_best_bleu"])[0]
+        if best is None or mean > best[2]:
+            best = (cell.name, seed, mean)
+    return best
+
+
+def alignment_figures(grid: Grid, records: dict[str, dict], results: Path, old: dict, log) -> dict:
+    from a2d.analysis import plot_alignment
+
+    out = dict(old or {})
+    for d in grid.directions:
+        best = best_a2d(grid, records, d)
+        if best is None:
+            continue
+        cell, seed, valid = best
+        run = Path(records[f"{d}/{cell}-s{seed}"]["run"])
+        png = results / f"quality-{grid.name}-alignment-{d}.png"
+        prev = out.get(d)
+        if prev and prev.get("cell") == cell and prev.get("seed") == seed and png.is_file() and \
+                prev.get("hyp_sha256") == records[f"{d}/{cell}-s{seed}"]["hyp_sha256"]:
+            continue
+        if not (run / "method.json").is_file():
+            log(f"note: {d}: the alignment figure needs {run}/method.json (the run is on another machine?)")
+            continue
+        summary = plot_alignment(run, png)
+        out[d] = {"cell": cell, "seed": seed, "valid_bleu": valid, "png": png.name, "summary": summary["kinds"],
+                  "aam": summary["aam"], "granularity": summary["granularity"],
+                  "hyp_sha256": records[f"{d}/{cell}-s{seed}"]["hyp_sha256"]}
+        out[d]["summary_text"] = _format_summary(summary)
+    return out
+
+
+def _format_summary(summary: dict) -> str:
+    from a2d.analysis import format_summary
+
+    return format_summary(summary)
+
+
+def write_report(grid: Grid, runs: Path, results: Path, log, figures: bool = True) -> tuple[Path, Path]:
+    records, old = collect(grid, runs, results)
+    comps = comparisons(grid, records, old.get("comparisons", []), log)
+    alignment = old.get("alignment", {})
+    if figures:
+        alignment = alignment_figures(grid, records, results, alignment, log)
+    json_path, md_path = results_paths(grid, results)
+    try:
+        grid_file = grid.path.resolve().relative_to(REPO).as_posix()
+    except ValueError:
+        grid_file = str(grid.path)
+    strip = ("hypotheses", "references")
+    info = {
+        "name": grid.name, "grid_file": grid_file, "grid": grid.raw, "updated": now(),
+        "cells": [{k: v for k, v in records[i].items() if k not in strip} for i in _ordered_ids(grid, records)],
+        "comparisons": comps, "alignment": alignment,
+    }
+    atomic_write_text(json_path, json.dumps(info, indent=2) + "\n")
+    atomic_write_text(md_path, render_markdown(grid, grid_file, records, comps, alignment))
+    return json_path, md_path
+
+
+def _ordered_ids(grid: Grid, records: dict[str, dict]) -> list[str]:
+    order = {d: i for i, d in enumerate(grid.directions)}
+    names = {c: i for i, c in enumerate([TEACHER, *grid.cells])}
+
+    def key(i):
+        r = records[i]
+        return (order.get(r["direction"], 99), r["direction"], names.get(r["cell"], 999), r["cell"], r.get("seed") or 0)
+
+    return sorted(records, key=key)
+
+
+# =============================================================================================== markdown
+DASH = "–"
+
+
+def _records(grid: Grid, records: dict, direction: str, cell: str) -> list[dict]:
+    if cell == TEACHER:
+        r = records.get(f"{direction}/{TEACHER}")
+        return [r] if r else []
+    return [records[f"{direction}/{cell}-s{s}"] for s in grid.seeds if f"{direction}/{cell}-s{s}" in records]
+
+
+def _bleu(recs: list[dict], n_seeds: int) -> str:
+    if not recs:
+        return DASH
+    b = statistics.fmean(r["bleu"] for r in recs)
+    hw = statistics.fmean(r["bleu_ci_halfwidth"] for r in recs)
+    text = f"{b:.2f} ± {hw:.2f}"
+    if n_seeds > 1:
+        text += f" ({len(recs)}/{n_seeds} seeds)" if len(recs) < n_seeds else f" (mean of {len(recs)})"
+    return text
+
+
+def _p(grid: Grid, comps: dict, direction: str, base: str | None, cell: str) -> str:
+    if base is None:
+        return DASH
+    if cell == base:
+        return "·"
+    values = [comps.get((direction, s, base, cell)) for s in grid.seeds]
+    values = [f"{v['p_value']:.3f}" for v in values if v is not None]
+    return " / ".join(values) if values else DASH
+
+
+def _num(value, fmt: str = ".2f") -> str:
+    return DASH if value is None else format(value, fmt)
+
+
+def _duration(seconds) -> str:
+    if seconds is None:
+        return DASH
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.1f} min"
+    return f"{seconds / 3600:.2f} h"
+
+
+def _table(header: list[str], rows: list[list[str]]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return lines + ["| " + " | ".join(row) + " |" for row in rows]
+
+
+def render_markdown(grid: Grid, grid_file: str, records: dict, comps_list: list[dict], alignment: dict) -> str:
+    comps = {(c["direction"], c["seed"], c["baseline"], c["system"]): c for c in comps_list}
+    dirs = grid.directions
+    n_seeds = len(grid.seeds)
+    nokd, kd = grid.baselines["nokd"], grid.baselines["kd"]
+    planned = len(dirs) * (1 + len(grid.cells) * n_seeds)
+    done = sum(1 for d in dirs for c in [TEACHER, *grid.cells] for _ in _records(grid, records, d, c))
+    any_rec = next(iter(records.values()), None)
+    hw = sorted({r["hardware"] for r in records.values()})
+    commits = sorted({r["commit"] for r in records.values()})
+    total = sum(r.get("train_seconds") or 0.0 for r in records.values())
+    student_overrides = [str(o) for o in grid.raw.get("student_overrides") or []]
+    test_desc = "the whole test split" if not grid.test_max_sentences else \
+        f"the first {grid.test_max_sentences} sentences of the test split"
+    lines = [
+        f"# Quality benchmark `{grid.name}`", "",
+        f"Grid `{grid_file}`: corpus {grid.corpus} ({test_desc}; Multi30k's is test_2016_flickr), "
+        f"vocabulary {grid.vocab_size}, " + (f"first {grid.max_train} training pairs, " if grid.max_train else "")
+        + f"seeds {', '.join(map(str, grid.seeds))}. Teacher `{grid.teacher_preset}`"
+        + (f" `{' '.join(grid.teacher_overrides)}`" if grid.teacher_overrides else "")
+        + f"; students `{grid.raw['student_preset']}`"
+        + (f" `{' '.join(student_overrides)}`" if student_overrides else "")
+        + " plus each cell's overrides (per-cell table below).", "",
+        f"{done} of {planned} cells done; training time {_duration(total)} in all; hardware: {'; '.join(hw) or DASH}; "
+        f"commit(s): {', '.join(commits) or DASH}.",
+        f"Regenerate: `python benchmarks/quality.py {grid_file} --report-only`.", "",
+    ]
+    if any_rec:
+        lines += [f"sacreBLEU: `{any_rec['signature']}`, beam {grid.beam}.", ""]
+
+    # ---- Table 1
+    header = ["model"]
+    for d in dirs:
+        header += [f"{d} BLEU", "p vs No KD", "p vs KD"]
+    rows = []
+    teacher_row = ["Teacher"]
+    for d in dirs:
+        teacher_row += [_bleu(_records(grid, records, d, TEACHER), 1), "", ""]
+    rows.append(teacher_row)
+    for cell in grid.cells.values():
+        if not cell.main:
+            continue
+        row = [cell.label]
+        for d in dirs:
+            row += [_bleu(_records(grid, records, d, cell.name), n_seeds), _p(grid, comps, d, nokd, cell.name),
+                    _p(grid, comps, d, kd, cell.name)]
+        rows.append(row)
+    lines += ["## Table 1: test BLEU", ""] + _table(header, rows) + [
+        "",
+        "BLEU ± half-width of the 95% bootstrap confidence interval (sacreBLEU, 1000 resamples). p: paired "
+        f"bootstrap resampling (sacreBLEU's paired test, {grid.bootstrap_samples} samples) against the No-KD "
+        "(`" + (nokd or DASH) + "`) and the vanilla-KD (`" + (kd or DASH) + "`) student of the same seed, one value "
+        "per seed; small p = the difference is unlikely to be resampling noise. `·` = the baseline itself, "
+        f"{DASH} = not run yet.", ""]
+
+    # ---- validation
+    header = ["model"] + [f"{d} valid BLEU" for d in dirs]
+    rows = []
+    for cell in grid.cells.values():
+        if not cell.main:
+            continue
+        row = [cell.label]
+        for d in dirs:
+            recs = _records(grid, records, d, cell.name)
+            row.append(_num(_mean([r.get("valid_best_bleu") for r in recs])))
+        rows.append(row)
+    lines += ["## Validation BLEU (choose defaults here, not on test)", ""] + _table(header, rows) + [""]
+    bests = []
+    for d in dirs:
+        best = best_a2d(grid, records, d)
+        if best:
+            bests.append(f"{d}: `{best[0]}` ({best[2]:.2f})")
+    lines += ["Best per-epoch validation BLEU of each run (the checkpoint that is scored on test; validation "
+              "uses the preset's `valid_beam` and `valid_max_sentences`), mean over seeds."
+              + (" Best A2D variant on validation: " + "; ".join(bests) + "." if bests else ""), ""]
+
+    # ---- ablations
+    def present(names) -> bool:
+        return any(_records(grid, records, d, n) for d in dirs for n in names if n)
+
+    if grid.heads_rows and present([n for row in grid.heads_rows for n in row[1:]]):
+        header = ["student heads"]
+        for d in dirs:
+            header += [f"{d} No KD", f"{d} A2D", "p", "final L_att"]
+        rows = []
+        for n, nokd_name, a2d_name in grid.heads_rows:
+            row = [str(n)]
+            for d in dirs:
+                a = _records(grid, records, d, a2d_name)
+                row += [_bleu(_records(grid, records, d, nokd_name), n_seeds) if nokd_name else DASH,
+                        _bleu(a, n_seeds), _p(grid, comps, d, nokd_name, a2d_name),
+                        _num(_mean([r.get("final_att") for r in a]), ".3f")]
+            rows.append(row)
+        lines += ["## Table 3: student attention heads", ""] + _table(header, rows) + [
+            "", "Test BLEU ± CI half-width; p: paired bootstrap of the A2D student against the No-KD student with "
+            "the same heads; final L_att: the last logged attention loss of the A2D run (mean over seeds).", ""]
+
+    if grid.granularity_rows and present([n for _, n in grid.granularity_rows]):
+        lines += _ablation_table(grid, records, comps, "## Table 4: head-wise vs layer-wise A2D", "A2D",
+                                 grid.granularity_rows)
+    if grid.att_kind_rows and present([n for _, n in grid.att_kind_rows]):
+        lines += _ablation_table(grid, records, comps, "## Table 5: attention kinds", "attention kinds",
+                                 grid.att_kind_rows)
+
+    # ---- alignment
+    if alignment:
+        lines += ["## Alignment of the best A2D student (chosen on validation)", ""]
+        for d in dirs:
+            a = alignment.get(d)
+            if not a:
+                continue
+            lines += [f"{d}: `{a['cell']}` seed {a['seed']} (valid BLEU {a['valid_bleu']:.2f})", "",
+                      f"![AAM weights {d}]({a['png']})", "", "```", a.get("summary_text", ""), "```", ""]
+
+    # ---- per cell
+    header = ["direction", "cell", "seed", "method", "test BLEU", "95% CI", "chrF", "valid BLEU", "final L_att",
+              "updates", "train time", "hardware", "commit", "finished"]
+    rows = []
+    for i in _ordered_ids(grid, records):
+        r = records[i]
+        rows.append([r["direction"], r["cell"], str(r.get("seed")), r.get("method") or TEACHER, f"{r['bleu']:.2f}",
+                     f"{r['bleu_ci'][0]:.2f}-{r['bleu_ci'][1]:.2f}", f"{r['chrf']:.2f}",
+                     _num(r.get("valid_best_bleu")), _num(r.get("final_att"), ".3f"), str(r.get("updates") or DASH),
+                     _duration(r.get("train_seconds")) + (" (resumed)" if len(r.get("pieces") or []) > 1 else ""),
+                     r["hardware"], r["commit"], r["finished"]])
+    lines += ["## Every cell", ""] + _table(header, rows) + [
+        "", "train time: wall time of training, summed over the pieces of a resumed run (each up to its last "
+        "epoch end); the seq-kd cells' teacher translations are timed separately in the JSON.", ""]
+    return "\n".join(lines)
+
+
+def _ablation_table(grid: Grid, records: dict, comps: dict, title: str, first: str, rows_spec) -> list[str]:
+    n_seeds = len(grid.seeds)
+    nokd = grid.baselines["nokd"]
+    header = [first]
+    for d in grid.directions:
+        header += [f"{d} BLEU", "p vs No KD", "valid BLEU", "final L_att"]
+    rows = []
+    for label, name in rows_spec:
+        row = [f"{label} (`{name}`)"]
+        for d in grid.directions:
+            recs = _records(grid, records, d, name)
+            row += [_bleu(recs, n_seeds), _p(grid, comps, d, nokd, name),
+                    _num(_mean([r.get("valid_best_bleu") for r in recs])),
+                    _num(_mean([r.get("final_att") for r in recs]), ".3f")]
+        rows.append(row)
+    return [title, ""] + _table(header, rows) + [""]
+
+
+# =============================================================================================== main
+def _matches(job: Job, only: list[str] | None) -> bool:
+    return not only or any(s in job.id for s in only)
+
+
+def run_grid(grid: Grid, runs: Path, results: Path, only: list[str] | None, log=print) -> None:
+    jobs = plan(grid, runs)
+    done = {j.id for j in jobs if (j.run / CELL_FILE).is_file()}
+    selected = [j for j in jobs if _matches(j, only)]
+    if only and not selected:
+        raise UserError(f"--only {' '.join(only)}: matches none of the {len(jobs)} cells (see --dry-run)")
+    for d in grid.directions:
+        pending = [j for j in selected if j.direction == d and j.id not in done]
+        if not pending:
+            continue
+        data = ensure_data(grid, runs, d, log)
+        evaldir = ensure_eval_dir(grid, runs, d)
+        teacher = next(j for j in jobs if j.direction == d and j.cell is None)
+        needs_teacher = any(j.cell is None or j.cell.needs_teacher for j in pending)
+        if needs_teacher:
+            if teacher.id in done and run_status(teacher.run) != "finished":
+                raise UserError(f"{teacher.id}: its cell.json exists but the run {teacher.run} is not here to distill "
+                                "from; copy the teacher's run folder, or remove its cell.json")
+            train_job(teacher, grid, data, teacher.run, None, log)
+            if teacher.id not in done:
+                evaluate_job(teacher, grid, evaldir, log)
+                done.add(teacher.id)
+                write_report(grid, runs, results, log, figures=False)
+        seqkd = None
+        if any(j.cell is not None and j.cell.method == "seq-kd" for j in pending):
+            seqkd = ensure_seqkd_data(grid, runs, d, data, teacher.run, log)
+        for job in pending:
+            if job.cell is None:
+                continue
+            train_job(job, grid, data, teacher.run, seqkd, log)
+            evaluate_job(job, grid, evaldir, log)
+            done.add(job.id)
+            write_report(grid, runs, results, log, figures=False)
+    json_path, md_path = write_report(grid, runs, results, log)
+    log(f"wrote {json_path} and {md_path}")
+
+
+def dry_run(grid: Grid, runs: Path, results: Path, only: list[str] | None, log=print) -> None:
+    known, _ = collect(grid, runs, results)
+    jobs = plan(grid, runs)
+    todo = 0
+    for d in grid.directions:
+        log(f"{d}: data {data_dir(grid, runs, d)} " + ("(prepared)" if (data_dir(grid, runs, d) / 'meta.json').is_file()
+                                                       else "(to prepare)"))
+        if any(j.cell is not None and j.cell.method == "seq-kd" for j in jobs if j.direction == d):
+            s = seqkd_dir(grid, runs, d)
+            log(f"{d}: seq-kd data {s} " + ("(written)" if (s / 'meta.json').is_file() else "(to write)"))
+    for job in jobs:
+        if not _matches(job, only):
+            continue
+        status = run_status(job.run)
+        rec = known.get(job.id)
+        if (job.run / CELL_FILE).is_file():
+            state = f"done: test BLEU {rec['bleu']:.2f}"
+            wanted = None if job.cell is None else job.cell.overrides + [f"seed={job.seed}"]
+            if wanted and rec.get("overrides") and rec["overrides"] != wanted:
+                state += " [other overrides than the grid's now]"
+        else:
+            todo += 1
+            state = {"finished": "trained, to score", "started": "started, to resume", "broken": "to restart",
+                     "new": "to train"}[status]
+            if rec is not None:
+                state += " (replaces a result in the JSON)"
+        
+        what = "teacher " + grid.teacher_preset if job.cell is None else \
+            f"{job.cell.method} {job.cell.preset} {' '.join(job.cell.overrides)}".rstrip()
+        log(f"  {job.id:<40} {state:<48} {what}")
+    log(f"{todo} cell(s) to run" + (f" (of those matching --only {' '.join(only)})" if only else ""))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("grid", type=Path, help="the grid YAML file (see the top of this script)")
+    parser.add_argument("--only", nargs="+", metavar="SUBSTRING",
+                        help="run only the cells whose id (DIRECTION/CELL-sSEED or DIRECTION/teacher) contains one of "
+                             "these; a teacher that selected students need is trained too")
+    parser.add_argument("--runs-dir", type=Path, default=DEFAULT_RUNS,
+                        help="where data and runs go (default %(default)s)")
+    parser.add_argument("--results-dir", type=Path, default=DEFAULT_RESULTS,
+                        help="where quality-<name>.{json,md} go (default benchmarks/results)")
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument("--dry-run", action="store_true", help="print the planned cells and which are done")
+    mode.add_argument("--report-only", action="store_true", help="rebuild the JSON and markdown, train nothing")
+    args = parser.parse_args(argv)
+    try:
+        grid = load_grid(args.grid)
+        if args.dry_run:
+            dry_run(grid, args.runs_dir, args.results_dir, args.only)
+        elif args.report_only:
+            json_path, md_path = write_report(grid, args.runs_dir, args.results_dir, print)
+            print(f"wrote {json_path} and {md_path}")
+        else:
+            run_grid(grid, args.runs_dir, args.results_dir, args.only)
+    except (UserError, ConfigError) as e:
+        print(f"quality: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("quality: interrupted (run the same command again to continue)", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,122 @@
+"""benchmarks/quality.py end to end on benchmarks/grids/smoke.yaml: tiny models, a few updates, 30 test sentences."""
+from __future__ import annotations
+
+import importlib.util
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SMOKE = REPO / "benchmarks" / "grids" / "smoke.yaml"
+
+
+def load_script():
+    """benchmarks/quality.py as a fresh module (registered, as its dataclasses need)."""
+    spec = importlib.util.spec_from_file_location("quality_benchmark", REPO / "benchmarks" / "quality.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def table(md: str, title: str) -> list[list[str]]:
+    """The rows (cells stripped) of the markdown table under ``## title``, header first, separator dropped."""
+    lines = md.split(f"## {title}", 1)[1].splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("|"))
+    rows = []
+    for line in lines[start:]:
+        if not line.startswith("|"):
+            break
+        if not line.startswith("|---"):
+            rows.append([c.strip() for c in line.strip().strip("|").split("|")])
+    return rows
+
+
+def test_quality_grid_runs_skips_and_reports(tmp_path, data_root, monkeypatch):
+    q = load_script()
+    runs, results = tmp_path / "runs", tmp_path / "results"
+    argv = [str(SMOKE), "--runs-dir", str(runs), "--results-dir", str(results)]
+    grid = q.load_grid(SMOKE)
+    jobs = q.plan(grid, runs)
+    # teacher, 5 Table 1 cells, then a2d-heads-2, nokd-heads-2, a2d-layerwise, a2d-att-dec-cross
+    assert len(jobs) == 2 * (1 + 5 + 4)
+
+    assert q.main(argv) == 0
+    for job in jobs:
+        assert (job.run / "cell.json").is_file(), job.id
+        assert (job.run / "test.hyp").is_file(), job.id
+    cell = json.loads((runs / "smoke" / "de-en" / "a2d-s1" / "cell.json").read_text())
+    assert cell["test_sentences"] == 30 and len(cell["hypotheses"]) == 30
+    assert cell["train_seconds"] > 0 and cell["hardware"] and cell["commit"]
+    assert cell["valid_best_bleu"] is not None and cell["final_att"] > 0
+
+    md_path, json_path = results / "quality-smoke.md", results / "quality-smoke.json"
+    md = md_path.read_text()
+    t1 = table(md, "Table 1")
+    assert t1[0] == ["model", "de-en BLEU", "p vs No KD", "p vs KD", "en-de BLEU", "p vs No KD", "p vs KD"]
+    assert [r[0] for r in t1[1:]] == ["Teacher", "No KD", "Vanilla KD", "Sequence KD", "A2D (per-query, convex)",
+                                      "A2D (reference, linear)"]
+    for row in t1[1:]:
+        assert len(row) == 7 and " ± " in row[1] and " ± " in row[4]
+    assert t1[2][2] == "·" and t1[3][3] == "·"  # No KD vs itself, KD vs itself
+    assert float(t1[5][2]) >= 0 and float(t1[5][3]) >= 0
+    valid = table(md, "Validation BLEU")
+    assert valid[0] == ["model", "de-en valid BLEU", "en-de valid BLEU"] and len(valid) == 6
+    heads = table(md, "Table 3")
+    assert [r[0] for r in heads[1:]] == ["2", "4"] and len(heads[0]) == 9
+    assert [r[0] for r in table(md, "Table 4")[1:]] == ["head-wise (`a2d`)", "layer-wise (`a2d-layerwise`)"]
+    assert [r[0] for r in table(md, "Table 5")[1:]] == ["all (`a2d`)", "dec-cross (`a2d-att-dec-cross`)"]
+    assert len(table(md, "Every cell")) == 1 + len(jobs)
+    assert (results / "quality-smoke-alignment-de-en.png").is_file()
+
+    info = json.loads(json_path.read_text())
+    assert len(info["cells"]) == len(jobs) and not any("hypotheses" in c for c in info["cells"])
+    # per direction: the 8 other students vs nokd, 8 vs kd, a2d-heads-2 vs nokd-heads-2
+    assert len(info["comparisons"]) == 2 * (8 + 8 + 1)
+    assert all(0.0 <= c["p_value"] <= 1.0 for c in info["comparisons"])
+
+    # a second run trains and scores nothing
+    def boom(*args, **kwargs):
+        raise AssertionError("a finished cell was run again")
+
+    for name in ("train", "distill", "distill_data", "prepare", "evaluate_model", "paired_bootstrap"):
+        monkeypatch.setattr(q, name, boom)
+    assert q.main(argv) == 0
+    assert md_path.read_text() == md
+
+    # --report-only rebuilds both files from the results JSON alone (runs/ is not in the repository)
+    shutil.move(runs, tmp_path / "elsewhere")
+    md_path.unlink()
+    assert q.main(argv + ["--report-only"]) == 0
+    assert md_path.read_text() == md
+
+    # cell.json files copied back from "another machine" merge; a finished run without cell.json is only scored
+    shutil.move(tmp_path / "elsewhere", runs)
+    kd_run = runs / "smoke" / "de-en" / "kd-s1"
+    (kd_run / "cell.json").unlink()
+    from a2d.evaluate import evaluate_model
+    monkeypatch.setattr(q, "evaluate_model", evaluate_model)
+    assert q.main(argv + ["--only", "de-en/kd", "--dry-run"]) == 0
+    assert q.main(argv + ["--only", "de-en/kd"]) == 0
+    assert json.loads((kd_run / "cell.json").read_text())["bleu"] == cell_bleu(info, "de-en/kd-s1")
+    assert table(md_path.read_text(), "Table 1") == t1
+
+
+def cell_bleu(info: dict, cell_id: str) -> float:
+    return next(c["bleu"] for c in info["cells"] if c["id"] == cell_id)
+
+
+def test_grid_errors(tmp_path):
+    q = load_script()
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(SMOKE.read_text().replace("nokd: {method: none}", "nokd: {method: nope}"))
+    assert q.main([str(bad), "--dry-run"]) == 2
+    bad.write_text(SMOKE.read_text().replace("kd: {method: kd}", "kd: {method: kd, overrides: [lr=fast]}"))
+    with pytest.raises(q.UserError, match="cell kd"):
+        q.load_grid(bad)
+    bad.write_text(SMOKE.read_text() + "colour: blue\n")
+    with pytest.raises(q.UserError, match="unknown key"):
+        q.load_grid(bad)
