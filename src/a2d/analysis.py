@@ -13,13 +13,11 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
-from a2d.utils import UserError
+from a2d.utils import UserError, atomic_savefig
 
 METHOD_JSON = "method.json"
 METHOD_WEIGHTS = "method.safetensors"
@@ -131,15 +129,7 @@ def plot_alignment(run_dir: Path | str, out_png: Path | str) -> dict:
         _draw(ax, fig, kind, weights[kind], desc["kinds"][kind], mode)
     fig.suptitle(f"AAM connection weights ({mode}, {desc.get('granularity', 'head')}-wise): {Path(run_dir).name}")
     out_png = Path(out_png)
-    out_png.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=out_png.parent, prefix=f".{out_png.stem}.", suffix=".png")
-    os.close(fd)
-    try:
-        fig.savefig(tmp, format="png", dpi=120)
-        os.replace(tmp, out_png)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_savefig(fig, out_png)
     return {"aam": mode, "granularity": desc.get("granularity", "head"),
             "kinds": {kind: summarize_weights(w) for kind, w in weights.items()}, "png": str(out_png)}
 

@@ -9,11 +9,9 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 from pathlib import Path
 
-from a2d.utils import UserError
+from a2d.utils import UserError, atomic_savefig
 
 METRICS_FILE = "metrics.jsonl"
 
@@ -116,15 +114,7 @@ def plot_training_curves(runs: list[Path], out: Path, log_y: bool = False) -> No
     fig.tight_layout()
 
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.stem}.", suffix=".png")
-    os.close(fd)
-    try:
-        fig.savefig(tmp, format="png", dpi=120)
-        os.replace(tmp, out)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_savefig(fig, out)
 
 
 __all__ = ["read_metrics", "plot_training_curves", "METRICS_FILE"]

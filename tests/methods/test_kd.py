@@ -18,8 +18,8 @@ from a2d.methods import METHODS, Progress, get_method
 from a2d.methods.kd import WordKD
 from a2d.models import build_model
 from a2d.utils import UserError
+from tests.methods.common import VOCAB, forward, make_batch
 
-VOCAB = 100
 TINY = ["d_model=32", "ffn_dim=64", "encoder_layers=1", "decoder_layers=1", "dropout=0.0"]
 
 
@@ -30,29 +30,6 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
-
-
-def make_batch(seed: int = 0, b: int = 4, s: int = 7, t: int = 6) -> dict[str, torch.Tensor]:
-    """Right-padded src+eos / bos+tgt / tgt+eos with random lengths (pad 0, bos 2, eos 3)."""
-    g = torch.Generator().manual_seed(seed)
-    src = torch.zeros(b, s, dtype=torch.long)
-    dec = torch.zeros(b, t, dtype=torch.long)
-    labels = torch.full((b, t), -100, dtype=torch.long)
-    for i in range(b):
-        ls = s - 1 if i == 0 else int(torch.randint(2, s, (1,), generator=g))
-        lt = t - 1 if i == 0 else int(torch.randint(1, t - 1, (1,), generator=g))
-        src[i, :ls] = torch.randint(4, VOCAB, (ls,), generator=g)
-        src[i, ls] = 3
-        y = torch.randint(4, VOCAB, (lt,), generator=g)
-        dec[i, 0], dec[i, 1:lt + 1] = 2, y
-        labels[i, :lt], labels[i, lt] = y, 3
-    return {"input_ids": src, "attention_mask": src.ne(0).long(), "decoder_input_ids": dec,
-            "decoder_attention_mask": labels.ne(-100).long(), "labels": labels, "ntokens": labels.ne(-100).sum()}
-
-
-def forward(model, batch):
-    return model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                 decoder_input_ids=batch["decoder_input_ids"], decoder_attention_mask=batch["decoder_attention_mask"])
 
 
 def make(name: str, overrides=(), with_teacher: bool = True):
