@@ -9,6 +9,17 @@ from contextlib import contextmanager
 from pathlib import Path
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _publish(path: str | Path, directory: bool = False) -> None:
+    """Give a temporary file or folder (created 0600/0700) the permissions a normal one would have."""
+    os.chmod(path, (0o777 if directory else 0o666) & ~_umask())
+
+
 class UserError(Exception):
     """A mistake in the user's input: the CLI prints its message on one line and exits with status 2."""
 
@@ -21,6 +32,7 @@ def atomic_write_text(path: Path | str, text: str) -> None:
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)
+        _publish(tmp)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -36,6 +48,7 @@ def atomic_dir(path: Path | str):
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
+    _publish(tmp, directory=True)
     try:
         yield tmp
         if path.exists():
@@ -67,6 +80,7 @@ def atomic_savefig(fig, path: Path | str, dpi: int = 120) -> None:
     os.close(fd)
     try:
         fig.savefig(tmp, format="png", dpi=dpi)
+        _publish(tmp)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
