@@ -148,7 +148,7 @@ def validate(accelerator: Accelerator, model, vocab: Vocabulary, valid, cfg: Con
     """
     from accelerate.utils import gather_object
 
-    from a2d.data.batching import collate, shard_batches, token_batches
+    from a2d.data.batching import collate, token_batches
     from a2d.evaluate import score, translate
     from a2d.losses import label_smoothed_ce
 

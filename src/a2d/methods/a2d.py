@@ -52,8 +52,6 @@ class AlignToDistill(DistillMethod):
 
     def __init__(self, cfg: Config, student_config: MarianConfig, teacher_config: MarianConfig | None):
         super().__init__(cfg, student_config, teacher_config)
-        if teacher_config is None:
-            raise UserError(f"--method {self.name} needs a teacher (give --teacher RUN)")
         self.granularity = self.forced_granularity or cfg.att_granularity
         if self.granularity not in ("head", "layer"):
             raise UserError(f"att_granularity={self.granularity!r}: must be head or layer")

@@ -19,6 +19,7 @@ from transformers import MarianConfig
 from transformers.modeling_outputs import Seq2SeqLMOutput
 
 from a2d.config import Config
+from a2d.utils import UserError
 
 # What a method may ask for from the teacher's and the student's forward passes.
 LOGITS, ATTENTIONS, HIDDEN_STATES = "logits", "attentions", "hidden_states"
@@ -45,6 +46,8 @@ class DistillMethod(nn.Module):
     def __init__(self, cfg: Config, student_config: MarianConfig, teacher_config: MarianConfig | None):
         super().__init__()
         self.cfg = cfg
+        if self.needs_teacher and teacher_config is None:
+            raise UserError(f"--method {self.name} needs a teacher (give --teacher RUN)")
 
     def attach(self, student: nn.Module, teacher: nn.Module | None) -> None:
         """Called once with both models, for a method that needs their weights (MiniLM's value projections).

@@ -19,12 +19,9 @@ same objective (``mu_kd=1`` here).
 """
 from __future__ import annotations
 
-from transformers import MarianConfig
 
-from a2d.config import Config
 from a2d.losses import word_kd
 from a2d.methods.base import LOGITS, DistillMethod, Progress
-from a2d.utils import UserError
 
 
 class WordKD(DistillMethod):
@@ -35,11 +32,6 @@ class WordKD(DistillMethod):
     paper = "Hinton et al. 2015, Distilling the Knowledge in a Neural Network"
     needs = frozenset({LOGITS})
     needs_teacher = True
-
-    def __init__(self, cfg: Config, student_config: MarianConfig, teacher_config: MarianConfig | None):
-        super().__init__(cfg, student_config, teacher_config)
-        if teacher_config is None:
-            raise UserError(f"--method {self.name} needs a teacher (give --teacher RUN)")
 
     def loss_terms(self, batch, student, teacher, progress: Progress):
         if teacher is None:

@@ -24,12 +24,9 @@ parallelism each process selects within its own batch.
 from __future__ import annotations
 
 import torch
-from transformers import MarianConfig
 
-from a2d.config import Config
 from a2d.losses import IGNORE, token_nll, word_kd
 from a2d.methods.base import LOGITS, DistillMethod, Progress
-from a2d.utils import UserError
 
 
 def select_tokens(nll: torch.Tensor, labels: torch.Tensor, rate: float) -> torch.Tensor:
@@ -63,11 +60,6 @@ class SelectiveKD(DistillMethod):
     paper = "Wang et al. 2021, Selective Knowledge Distillation for Neural Machine Translation"
     needs = frozenset({LOGITS})
     needs_teacher = True
-
-    def __init__(self, cfg: Config, student_config: MarianConfig, teacher_config: MarianConfig | None):
-        super().__init__(cfg, student_config, teacher_config)
-        if teacher_config is None:
-            raise UserError(f"--method {self.name} needs a teacher (give --teacher RUN)")
 
     def loss_terms(self, batch, student, teacher, progress: Progress):
         if teacher is None:
