@@ -18,3 +18,15 @@ def data_root() -> Path:
     if not (root / "multi30k" / "train.de.gz").exists():
         pytest.fail(f"Multi30k not found under A2D_DATA_DIR={root}")
     return root
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny models gain nothing from intra-op threads; on a busy 2-core machine 2 threads ran 100x slower.
+
+    Modules opt in with ``pytestmark = pytest.mark.usefixtures("one_thread")``.
+    """
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

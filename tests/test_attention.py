@@ -13,13 +13,7 @@ from a2d.utils import UserError
 VOCAB = 100
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models gain nothing from intra-op threads; on a busy 2-core machine 2 threads ran 100x slower."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def padded_batch() -> dict[str, torch.Tensor]:

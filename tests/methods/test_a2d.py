@@ -22,13 +22,7 @@ TEACHER = ["encoder_layers=3", "decoder_layers=3", "encoder_attention_heads=4", 
            "d_model=32", "ffn_dim=64", "dropout=0.0"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models gain nothing from intra-op threads; on a busy 2-core machine 2 threads ran 100x slower."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def forward(model, batch):

@@ -34,13 +34,7 @@ VARIANTS = [("tinybert", []), ("minilm", []), ("alp-kd", []), ("pkd", ["pkd_mapp
             ("ckd", ["ckd_grouping=rc"]), ("ckd", ["ckd_grouping=oc"])]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models gain nothing from intra-op threads (see test_a2d)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def make_batch(seed: int = 0, b: int = 4, s: int = 7, t: int = 6) -> dict[str, torch.Tensor]:

@@ -23,13 +23,7 @@ from tests.methods.common import VOCAB, forward, make_batch
 TINY = ["d_model=32", "ffn_dim=64", "encoder_layers=1", "decoder_layers=1", "dropout=0.0"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models gain nothing from intra-op threads (see test_a2d)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def make(name: str, overrides=(), with_teacher: bool = True):

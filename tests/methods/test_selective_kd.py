@@ -12,7 +12,9 @@ from a2d.losses import token_nll, word_kd
 from a2d.methods import METHODS, Progress
 from a2d.methods.selective_kd import SelectiveKD, select_tokens
 from a2d.utils import UserError
-from tests.methods.test_kd import VOCAB, check_trains, make_batch, one_thread  # noqa: F401 (fixture)
+from tests.methods.test_kd import VOCAB, check_trains, make_batch
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_registered():

@@ -19,7 +19,9 @@ from a2d.recipes import distill_data as dd
 from a2d.recipes.distill import distill
 from a2d.recipes.distill_data import distill_data, work_dir_for
 from a2d.utils import UserError, sha256_file
-from tests.methods.test_kd import TINY, check_trains, one_thread  # noqa: F401 (fixture)
+from tests.methods.test_kd import TINY, check_trains
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 CHUNK, BEAM = 64, 2  # 200 train sentences -> chunks of 64, 64, 64, 8
 
