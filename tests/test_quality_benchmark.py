@@ -120,3 +120,13 @@ def test_grid_errors(tmp_path):
     bad.write_text(SMOKE.read_text() + "colour: blue\n")
     with pytest.raises(q.UserError, match="unknown key"):
         q.load_grid(bad)
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "benchmarks" / "grids").glob("*.yaml")), ids=lambda p: p.name)
+def test_shipped_grids_load(path):
+    """Every grid in benchmarks/grids/ passes the checks (methods, presets, overrides) a run makes first."""
+    q = load_script()
+    grid = q.load_grid(path)
+    assert grid.cells and grid.directions
+    for cell in grid.cells.values():
+        grid.cell_config(cell, grid.seeds[0])  # raises on a bad override
