@@ -49,6 +49,30 @@ def test_post_norm_layers():
     assert torch.allclose(out.mean(-1), torch.zeros(1, 5), atol=1e-4)
 
 
+def test_fairseq_init_matches_xavier_and_keeps_ties():
+    d, ffn = 128, 512
+    model = build_model(load_config("tiny-student"), V, seed=3)  # init=fairseq is the default
+    layer = model.model.decoder.layers[0]
+
+    def xavier_std(fan_in, fan_out, gain=1.0):  # std of U(-a, a), a = gain * sqrt(6 / (fan_in + fan_out))
+        return gain * (6 / (fan_in + fan_out)) ** 0.5 / 3 ** 0.5
+
+    for weight, want in [(layer.self_attn.q_proj.weight, xavier_std(d, d, 2 ** -0.5)),
+                         (layer.encoder_attn.v_proj.weight, xavier_std(d, d, 2 ** -0.5)),
+                         (layer.self_attn.out_proj.weight, xavier_std(d, d)),
+                         (layer.fc1.weight, xavier_std(d, ffn)), (layer.fc2.weight, xavier_std(ffn, d))]:
+        assert abs(weight.std().item() - want) < 0.05 * want
+    assert abs(layer.fc1.weight).max().item() <= (6 / (d + ffn)) ** 0.5 + 1e-6  # uniform, bounded
+    assert layer.fc1.bias.abs().sum() == 0 and layer.self_attn.k_proj.bias.abs().sum() == 0
+    emb = model.model.shared.weight
+    assert abs(emb.std().item() - d ** -0.5) < 0.05 * d ** -0.5
+    assert emb[model.config.pad_token_id].abs().sum() == 0
+    assert model.lm_head.weight.data_ptr() == emb.data_ptr()  # still tied
+    assert torch.equal(layer.final_layer_norm.weight, torch.ones(d))
+    normal = build_model(load_config("tiny-student", ["init=normal"]), V, seed=3).model.decoder.layers[0]
+    assert abs(normal.fc2.weight.std().item() - d ** -0.5) < 0.05 * d ** -0.5  # Hugging Face's scheme
+
+
 def test_student_heads_can_differ_from_teacher():
     model = build_model(load_config("paper-student", ["encoder_attention_heads=8", "decoder_attention_heads=8"]), V)
     assert model.config.encoder_attention_heads == 8

@@ -37,6 +37,10 @@ class Config:
     activation_dropout: float = _f(0.0, "dropout after the FFN activation", low=0.0, high=0.99)
     activation_function: str = _f("relu", "FFN activation", choices=("relu", "gelu"))
     max_positions: int = _f(256, "longest sequence (subwords) the model accepts", low=8)
+    init: str = _f("fairseq", "weight initialisation: fairseq (Xavier-uniform linears, q/k/v with gain 1/sqrt(2), "
+                   "zero biases, embeddings N(0, d_model^-0.5)) or normal (every linear and embedding "
+                   "N(0, d_model^-0.5), Hugging Face's scheme; deep post-norm models learn much more slowly)",
+                   choices=("fairseq", "normal"))
 
     # --- optimisation (paper: Adam 0.9/0.98, lr 5e-4, inverse sqrt with 4000 warm-up updates) ---
     lr: float = _f(5e-4, "peak learning rate", low=0.0)
