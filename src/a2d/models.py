@@ -69,8 +69,6 @@ def fairseq_init(model: MarianMTModel) -> MarianMTModel:
         emb = model.get_input_embeddings()
         torch.nn.init.normal_(emb.weight, mean=0.0, std=d ** -0.5)
         emb.weight[model.config.pad_token_id].zero_()
-        if getattr(model, "final_logits_bias", None) is not None:
-            model.final_logits_bias.zero_()
     return model
 
 

@@ -17,8 +17,9 @@ from a2d.methods.pkd import PatientKD, normalised_distance, pkd_layer_map
 from a2d.methods.tinybert import TinyBERT, attention_score_mse, tinybert_layer_map
 from a2d.models import build_model, use_attention_maps
 from a2d.utils import UserError
+from tests.methods import common
 
-VOCAB = 100
+VOCAB = common.VOCAB
 # student 2+2 layers, d_model 32; teacher 4+4 layers, d_model 48; 4 heads each
 STUDENT = ["encoder_layers=2", "decoder_layers=2", "encoder_attention_heads=4", "decoder_attention_heads=4",
            "d_model=32", "ffn_dim=64", "dropout=0.0"]
@@ -37,28 +38,12 @@ VARIANTS = [("tinybert", []), ("minilm", []), ("alp-kd", []), ("pkd", ["pkd_mapp
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def make_batch(seed: int = 0, b: int = 4, s: int = 7, t: int = 6) -> dict[str, torch.Tensor]:
-    """Right-padded src+eos / bos+tgt / tgt+eos with random lengths (pad 0, bos 2, eos 3); row 0 is full."""
-    g = torch.Generator().manual_seed(seed)
-    src = torch.zeros(b, s, dtype=torch.long)
-    dec = torch.zeros(b, t, dtype=torch.long)
-    labels = torch.full((b, t), -100, dtype=torch.long)
-    for i in range(b):
-        ls = s - 1 if i == 0 else int(torch.randint(2, s - 1, (1,), generator=g))
-        lt = t - 1 if i == 0 else int(torch.randint(1, t - 2, (1,), generator=g))
-        src[i, :ls] = torch.randint(4, VOCAB, (ls,), generator=g)
-        src[i, ls] = 3
-        y = torch.randint(4, VOCAB, (lt,), generator=g)
-        dec[i, 0], dec[i, 1:lt + 1] = 2, y
-        labels[i, :lt], labels[i, lt] = y, 3
-    return {"input_ids": src, "attention_mask": src.ne(0).long(), "decoder_input_ids": dec,
-            "decoder_attention_mask": labels.ne(-100).long(), "labels": labels, "ntokens": labels.ne(-100).sum()}
+def make_batch(seed: int = 0) -> dict[str, torch.Tensor]:
+    return common.make_batch(seed, pad=1)
 
 
 def forward(model, batch):
-    return model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                 decoder_input_ids=batch["decoder_input_ids"], decoder_attention_mask=batch["decoder_attention_mask"],
-                 output_attentions=True, output_hidden_states=True)
+    return common.forward(model, batch, output_attentions=True, output_hidden_states=True)
 
 
 def make(name, overrides=(), teacher=TEACHER, student=STUDENT, seeds=(1, 2)):

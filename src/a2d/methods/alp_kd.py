@@ -32,7 +32,7 @@ from transformers import MarianConfig
 from a2d.config import Config
 from a2d.losses import word_kd
 from a2d.methods.base import HIDDEN_STATES, LOGITS, DistillMethod, Progress
-from a2d.methods.pkd import SIDES, hidden_states, projection, real_tokens, require_teacher, token_masks, token_mse
+from a2d.methods.pkd import SIDES, hidden_states, projection, real_tokens, token_masks, token_mse
 
 
 def alp_fuse(student: torch.Tensor, teacher: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -66,7 +66,6 @@ class ALPKD(DistillMethod):
 
     def __init__(self, cfg: Config, student_config: MarianConfig, teacher_config: MarianConfig | None):
         super().__init__(cfg, student_config, teacher_config)
-        teacher_config = require_teacher(self.name, teacher_config)
         d_s, d_t = int(student_config.d_model), int(teacher_config.d_model)
         self.proj = nn.ModuleDict({side: projection(d_s, d_t, identity_if_equal=False) for side in self.sides})
         self.layers = {side: (int(getattr(student_config, f"{side}_layers")),

@@ -44,7 +44,7 @@ from transformers import MarianConfig
 from a2d.config import Config
 from a2d.losses import word_kd
 from a2d.methods.base import HIDDEN_STATES, LOGITS, DistillMethod, Progress
-from a2d.methods.pkd import hidden_states, real_tokens, require_teacher, token_masks, token_mse
+from a2d.methods.pkd import hidden_states, real_tokens, token_masks, token_mse
 from a2d.utils import UserError
 
 CKD_GROUPINGS = ("sc", "cc", "rc", "oc")
@@ -110,7 +110,6 @@ class CombinatorialKD(DistillMethod):
 
     def __init__(self, cfg: Config, student_config: MarianConfig, teacher_config: MarianConfig | None):
         super().__init__(cfg, student_config, teacher_config)
-        teacher_config = require_teacher(self.name, teacher_config)
         self.grouping = cfg.ckd_grouping
         self.groups = ckd_groups(int(student_config.encoder_layers), int(teacher_config.encoder_layers),
                                  self.grouping, seed=self.rc_seed)

@@ -46,7 +46,7 @@ from a2d.attention import collect_attention
 from a2d.config import Config
 from a2d.losses import attention_kl_per_query, word_kd
 from a2d.methods.base import ATTENTIONS, HIDDEN_STATES, LOGITS, DistillMethod, Progress
-from a2d.methods.pkd import SIDES, hidden_states, require_teacher, token_masks
+from a2d.methods.pkd import SIDES, hidden_states, token_masks
 from a2d.methods.tinybert import check_equal_heads
 
 # The self-attention kind and the Hugging Face attention field of each stack.
@@ -95,7 +95,6 @@ class MiniLM(DistillMethod):
 
     def __init__(self, cfg: Config, student_config: MarianConfig, teacher_config: MarianConfig | None):
         super().__init__(cfg, student_config, teacher_config)
-        teacher_config = require_teacher(self.name, teacher_config)
         check_equal_heads(self.name, student_config, teacher_config)
         self.heads = {side: int(getattr(student_config, f"{side}_attention_heads")) for side in SIDES}
         self._value_proj: dict[str, dict[str, nn.Linear]] | None = None  # plain dict: not submodules

@@ -42,12 +42,6 @@ SIDES = ("encoder", "decoder")
 # Helpers shared by the feature baselines.
 
 
-def require_teacher(name: str, teacher_config: MarianConfig | None) -> MarianConfig:
-    if teacher_config is None:
-        raise UserError(f"--method {name} needs a teacher (give --teacher RUN)")
-    return teacher_config
-
-
 def token_masks(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """``{"encoder": (B, S) bool, "decoder": (B, T) bool}``, True at real tokens.
 
@@ -161,7 +155,6 @@ class PatientKD(DistillMethod):
 
     def __init__(self, cfg: Config, student_config: MarianConfig, teacher_config: MarianConfig | None):
         super().__init__(cfg, student_config, teacher_config)
-        teacher_config = require_teacher(self.name, teacher_config)
         self.mapping = cfg.pkd_mapping
         self.layer_map = pkd_layer_map(int(student_config.encoder_layers), int(teacher_config.encoder_layers),
                                        self.mapping)
@@ -188,4 +181,4 @@ class PatientKD(DistillMethod):
 
 
 __all__ = ["PatientKD", "pkd_layer_map", "PKD_MAPPINGS", "normalised_distance", "masked_mse", "real_tokens",
-           "token_mse", "token_masks", "hidden_states", "projection", "uniform_layer_map", "require_teacher", "SIDES"]
+           "token_mse", "token_masks", "hidden_states", "projection", "uniform_layer_map", "SIDES"]

@@ -46,7 +46,7 @@ from a2d.attention import collect_attention
 from a2d.config import Config
 from a2d.losses import kind_weights, word_kd
 from a2d.methods.base import ATTENTIONS, HIDDEN_STATES, LOGITS, DistillMethod, Progress
-from a2d.methods.pkd import (SIDES, hidden_states, projection, real_tokens, require_teacher, token_masks, token_mse,
+from a2d.methods.pkd import (SIDES, hidden_states, projection, real_tokens, token_masks, token_mse,
                              uniform_layer_map)
 from a2d.utils import UserError
 
@@ -106,7 +106,6 @@ class TinyBERT(DistillMethod):
 
     def __init__(self, cfg: Config, student_config: MarianConfig, teacher_config: MarianConfig | None):
         super().__init__(cfg, student_config, teacher_config)
-        teacher_config = require_teacher(self.name, teacher_config)
         check_equal_heads(self.name, student_config, teacher_config)
         self.layer_maps = {side: tinybert_layer_map(int(getattr(student_config, f"{side}_layers")),
                                                     int(getattr(teacher_config, f"{side}_layers")))
