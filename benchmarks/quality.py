@@ -494,7 +494,8 @@ def train_job(job: Job, grid: Grid, data: Path, teacher_run: Path, seqkd: Path |
 
 
 def _metrics(run: Path) -> dict:
-    out = {"valid_best_bleu": None, "valid_best_epoch": None, "valid_epochs": 0, "final_att": None, "updates": None}
+    out = {"valid_best_bleu": None, "valid_best_epoch": None, "valid_epochs": 0, "valid_curve": [], "final_att": None,
+           "updates": None}
     path = run / "metrics.jsonl"
     if not path.is_file():
         return out
@@ -504,6 +505,7 @@ def _metrics(run: Path) -> dict:
         rec = json.loads(line)
         if rec.get("type") == "valid" and rec.get("valid_bleu") is not None:
             out["valid_epochs"] += 1
+            out["valid_curve"].append(round(float(rec["valid_bleu"]), 2))
             if out["valid_best_bleu"] is None or rec["valid_bleu"] > out["valid_best_bleu"]:
                 out["valid_best_bleu"], out["valid_best_epoch"] = float(rec["valid_bleu"]), rec.get("epoch")
         if rec.get("type") == "train" and "att" in rec:
@@ -567,6 +569,8 @@ def collect(grid: Grid, runs: Path, results: Path) -> tuple[dict[str, dict], dic
     for path in sorted((runs / grid.name).glob(f"*/*/{CELL_FILE}")):
         rec = _read_json(path)
         if rec.get("grid", grid.name) == grid.name and "id" in rec:
+            if "valid_curve" not in rec:  # cells scored before the curve was recorded
+                rec["valid_curve"] = _metrics(path.parent)["valid_curve"]
             records[rec["id"]] = rec
     return records, old
 
@@ -831,6 +835,21 @@ def render_markdown(grid: Grid, grid_file: str, records: dict, comps_list: list[
     lines += ["Best per-epoch validation BLEU of each run (the checkpoint that is scored on test; validation "
               "uses the preset's `valid_beam` and `valid_max_sentences`), mean over seeds."
               + (" Best A2D variant on validation: " + "; ".join(bests) + "." if bests else ""), ""]
+
+    # ---- validation curves
+    for d in dirs:
+        curves = []
+        for cell in [TEACHER] + [c.name for c in grid.cells.values() if c.main]:
+            recs = [r for r in _records(grid, records, d, cell) if r.get("valid_curve")]
+            if recs:
+                n = min(len(r["valid_curve"]) for r in recs)
+                label = "Teacher" if cell == TEACHER else grid.cells[cell].label
+                curves.append((label, [_mean([r["valid_curve"][e] for r in recs]) for e in range(n)]))
+        if curves:
+            n = max(len(c) for _, c in curves)
+            rows = [[label] + [_num(c[e]) if e < len(c) else "" for e in range(n)] for label, c in curves]
+            lines += [f"## {d}: validation BLEU after each epoch", ""] + _table(
+                ["model"] + [f"ep {e + 1}" for e in range(n)], rows) + [""]
 
     # ---- ablations
     def present(names) -> bool:

@@ -52,6 +52,8 @@ def test_quality_grid_runs_skips_and_reports(tmp_path, data_root, monkeypatch):
     assert cell["test_sentences"] == 30 and len(cell["hypotheses"]) == 30
     assert cell["train_seconds"] > 0 and cell["hardware"] and cell["commit"]
     assert cell["valid_best_bleu"] is not None and cell["final_att"] > 0
+    assert len(cell["valid_curve"]) == cell["valid_epochs"] >= 1
+    assert max(cell["valid_curve"]) == pytest.approx(cell["valid_best_bleu"], abs=0.01)
 
     md_path, json_path = results / "quality-smoke.md", results / "quality-smoke.json"
     md = md_path.read_text()
@@ -65,6 +67,9 @@ def test_quality_grid_runs_skips_and_reports(tmp_path, data_root, monkeypatch):
     assert float(t1[5][2]) >= 0 and float(t1[5][3]) >= 0
     valid = table(md, "Validation BLEU")
     assert valid[0] == ["model", "de-en valid BLEU", "en-de valid BLEU"] and len(valid) == 6
+    curve = table(md, "de-en: validation BLEU after each epoch")
+    assert curve[0][:2] == ["model", "ep 1"] and [r[0] for r in curve[1:]] == [r[0] for r in t1[1:]]
+    assert curve[5][len(cell["valid_curve"])] == f"{cell['valid_curve'][-1]:.2f}"  # A2D (per-query), last epoch
     heads = table(md, "Table 3")
     assert [r[0] for r in heads[1:]] == ["2", "4"] and len(heads[0]) == 9
     assert [r[0] for r in table(md, "Table 4")[1:]] == ["head-wise (`a2d`)", "layer-wise (`a2d-layerwise`)"]
