@@ -38,3 +38,15 @@ def test_yaml_file_errors(tmp_path):
     unknown.write_text("d_modl: 3\n")
     with pytest.raises(ConfigError, match="u.yaml: unknown key 'd_modl'"):
         load_config(unknown)
+
+
+def test_presets_layer_left_to_right(tmp_path):
+    cfg = load_config("paper-student+a2d-paper", ["lambda_att=0.5"])
+    assert (cfg.encoder_layers, cfg.d_model) == (3, 512)  # from the model preset
+    assert (cfg.kl_norm, cfg.aam, cfg.lambda_decay) == ("reference", "linear", 0.9)  # from the method preset
+    assert cfg.lambda_att == 0.5  # key=value still wins
+    mine = tmp_path / "mine.yaml"
+    mine.write_text("d_model: 256\nencoder_attention_heads: 8\n")
+    assert load_config(f"paper-student+{mine}").d_model == 256
+    with pytest.raises(ConfigError, match="unknown preset 'a2d-papr'"):
+        load_config("paper-student+a2d-papr")

@@ -147,6 +147,23 @@ def preset_names() -> list[str]:
     return sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
 
 
+def _preset_paths(preset: str | Path | None) -> list[Path]:
+    if preset is None:
+        return []
+    if Path(preset).is_file():
+        return [Path(preset)]
+    paths = []
+    for part in str(preset).split("+"):
+        path = Path(part)
+        if not path.suffix:
+            path = PRESET_DIR / f"{part}.yaml"
+            if not path.exists():
+                raise ConfigError(f"--preset {preset}: unknown preset {part!r} (choose from {', '.join(preset_names())}"
+                                  ", or give a YAML file; join several with +)")
+        paths.append(path)
+    return paths
+
+
 def read_yaml(path: Path) -> dict:
     try:
         data = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
@@ -164,19 +181,14 @@ def read_yaml(path: Path) -> dict:
 def load_config(preset: str | Path | None = None, overrides: list[str] | tuple = (), base: dict | None = None) -> Config:
     """Build a :class:`Config` from defaults, an optional base dict, a preset and ``key=value`` overrides.
 
-    ``preset`` is a preset name (``paper-teacher``, ``tiny-student``...) or a path to a YAML file.
+    ``preset`` is a preset name (``paper-teacher``, ``tiny-student``...) or a path to a YAML file; several
+    joined by ``+`` are layered left to right (``paper-student+a2d-paper``: the model, then the method's settings).
     """
     values: dict = {}
     if base:
         for k, v in base.items():
             values[k] = _coerce(k, v, "saved config")
-    if preset is not None:
-        path = Path(preset)
-        if not path.suffix:
-            path = PRESET_DIR / f"{preset}.yaml"
-            if not path.exists():
-                raise ConfigError(f"--preset {preset}: unknown preset (choose from {', '.join(preset_names())} "
-                                  "or give a YAML file)")
+    for path in _preset_paths(preset):
         for k, v in read_yaml(path).items():
             values[k] = _coerce(k, v, str(path))
     for item in overrides:
