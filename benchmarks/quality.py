@@ -768,8 +768,9 @@ def render_markdown(grid: Grid, grid_file: str, records: dict, comps_list: list[
     planned = len(dirs) * (1 + len(grid.cells) * n_seeds)
     done = sum(1 for d in dirs for c in [TEACHER, *grid.cells] for _ in _records(grid, records, d, c))
     any_rec = next(iter(records.values()), None)
-    hw = sorted({r["hardware"] for r in records.values()})
-    commits = sorted({r["commit"] for r in records.values()})
+    # a resumed run's record joins its pieces' hardware with "; " and its commits with ", "
+    hw = sorted({h for r in records.values() for h in r["hardware"].split("; ")})
+    commits = sorted({c for r in records.values() for c in r["commit"].split(", ")})
     total = sum(r.get("train_seconds") or 0.0 for r in records.values())
     student_overrides = [str(o) for o in grid.raw.get("student_overrides") or []]
     test_desc = "the whole test split" if not grid.test_max_sentences else \
