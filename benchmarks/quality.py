@@ -504,12 +504,12 @@ def _metrics(run: Path) -> dict:
             continue
         rec = json.loads(line)
         if rec.get("type") == "valid" and rec.get("valid_bleu") is not None:
-            out["valid_epochs"] += 1
             out["valid_curve"].append(round(float(rec["valid_bleu"]), 2))
             if out["valid_best_bleu"] is None or rec["valid_bleu"] > out["valid_best_bleu"]:
                 out["valid_best_bleu"], out["valid_best_epoch"] = float(rec["valid_bleu"]), rec.get("epoch")
         if rec.get("type") == "train" and "att" in rec:
             out["final_att"] = float(rec["att"])
+    out["valid_epochs"] = len(out["valid_curve"])
     state = _read_json(run / "last" / "trainer" / "state.json", {}) or {}
     out["updates"] = state.get("update")
     return out
