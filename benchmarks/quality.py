@@ -495,14 +495,27 @@ def train_job(job: Job, grid: Grid, data: Path, teacher_run: Path, seqkd: Path |
 
 def _metrics(run: Path) -> dict:
     out = {"valid_best_bleu": None, "valid_best_epoch": None, "valid_epochs": 0, "valid_curve": [], "final_att": None,
-           "updates": None}
+           "updates": None, "loss_terms": {}}
     path = run / "metrics.jsonl"
     if not path.is_file():
         return out
+    sums: dict[str, dict[int, list[float]]] = {}  # term -> epoch -> [sum, count]
     for line in path.read_text(encoding="utf-8").splitlines():
         if not line.strip():
             continue
         rec = json.loads(line)
+        if rec.get("type") == "train" and rec.get("epoch") is not None:
+            terms = {"ce": rec.get("ce")}
+            if "att" in rec:
+                terms["att"], terms["w_att"] = rec["att"], rec.get("w_att", 1.0)
+                terms["weighted_att"] = rec["att"] * rec.get("w_att", 1.0)
+            if "kd" in rec:
+                terms["weighted_kd"] = rec["kd"] * rec.get("w_kd", 1.0)
+            for key, value in terms.items():
+                if value is not None:
+                    acc = sums.setdefault(key, {}).setdefault(int(rec["epoch"]), [0.0, 0])
+                    acc[0] += float(value)
+                    acc[1] += 1
         if rec.get("type") == "valid" and rec.get("valid_bleu") is not None:
             out["valid_curve"].append(round(float(rec["valid_bleu"]), 2))
             if out["valid_best_bleu"] is None or rec["valid_bleu"] > out["valid_best_bleu"]:
@@ -510,6 +523,9 @@ def _metrics(run: Path) -> dict:
         if rec.get("type") == "train" and "att" in rec:
             out["final_att"] = float(rec["att"])
     out["valid_epochs"] = len(out["valid_curve"])
+    # mean of each logged training term per epoch (what the loss is made of, and how it moves)
+    out["loss_terms"] = {key: [round(total / n, 4) for _, (total, n) in sorted(by_epoch.items())]
+                         for key, by_epoch in sums.items()}
     state = _read_json(run / "last" / "trainer" / "state.json", {}) or {}
     out["updates"] = state.get("update")
     return out
@@ -569,8 +585,9 @@ def collect(grid: Grid, runs: Path, results: Path) -> tuple[dict[str, dict], dic
     for path in sorted((runs / grid.name).glob(f"*/*/{CELL_FILE}")):
         rec = _read_json(path)
         if rec.get("grid", grid.name) == grid.name and "id" in rec:
-            if "valid_curve" not in rec:  # cells scored before the curve was recorded
-                rec["valid_curve"] = _metrics(path.parent)["valid_curve"]
+            for key in ("valid_curve", "loss_terms"):  # cells scored before these were recorded
+                if key not in rec:
+                    rec[key] = _metrics(path.parent)[key]
             records[rec["id"]] = rec
     return records, old
 
@@ -851,6 +868,26 @@ def render_markdown(grid: Grid, grid_file: str, records: dict, comps_list: list[
             rows = [[label] + [_num(c[e]) if e < len(c) else "" for e in range(n)] for label, c in curves]
             lines += [f"## {d}: validation BLEU after each epoch", ""] + _table(
                 ["model"] + [f"ep {e + 1}" for e in range(n)], rows) + [""]
+
+    # ---- loss terms of the distilled students
+    for d in dirs:
+        rows, n = [], 0
+        for cell in [c for c in grid.cells.values() if c.main and c.method != "none"]:
+            recs = [r for r in _records(grid, records, d, cell.name) if (r.get("loss_terms") or {}).get("ce")]
+            if not recs:
+                continue
+            for key, name in (("ce", "CE"), ("weighted_att", "lambda * L_att"), ("weighted_kd", "mu * KD")):
+                if all(key in r["loss_terms"] for r in recs):
+                    k = min(len(r["loss_terms"][key]) for r in recs)
+                    n = max(n, k)
+                    rows.append([f"{cell.label}: {name}"] + [_num(_mean([r["loss_terms"][key][e] for r in recs]))
+                                                           for e in range(k)])
+        if rows:
+            rows = [r + [""] * (n + 1 - len(r)) for r in rows]
+            lines += [f"## {d}: training loss terms per epoch", ""] + _table(
+                ["term (mean per epoch)"] + [f"ep {e + 1}" for e in range(n)], rows) + [
+                "", "Means of the logged training terms over each epoch's logged updates, weights applied "
+                "(lambda decays as the cell's schedule says); the loss is their sum.", ""]
 
     # ---- ablations
     def present(names) -> bool:

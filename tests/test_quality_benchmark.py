@@ -54,6 +54,10 @@ def test_quality_grid_runs_skips_and_reports(tmp_path, data_root, monkeypatch):
     assert cell["valid_best_bleu"] is not None and cell["final_att"] > 0
     assert len(cell["valid_curve"]) == cell["valid_epochs"] >= 1
     assert max(cell["valid_curve"]) == pytest.approx(cell["valid_best_bleu"], abs=0.01)
+    terms = cell["loss_terms"]
+    assert set(terms) == {"ce", "att", "w_att", "weighted_att", "weighted_kd"}
+    assert len(terms["ce"]) == len(terms["weighted_att"]) == cell["valid_epochs"]
+    assert terms["weighted_att"][0] == pytest.approx(terms["att"][0] * terms["w_att"][0], rel=1e-3)
 
     md_path, json_path = results / "quality-smoke.md", results / "quality-smoke.json"
     md = md_path.read_text()
@@ -70,6 +74,11 @@ def test_quality_grid_runs_skips_and_reports(tmp_path, data_root, monkeypatch):
     curve = table(md, "de-en: validation BLEU after each epoch")
     assert curve[0][:2] == ["model", "ep 1"] and [r[0] for r in curve[1:]] == [r[0] for r in t1[1:]]
     assert curve[5][len(cell["valid_curve"])] == f"{cell['valid_curve'][-1]:.2f}"  # A2D (per-query), last epoch
+    losses = table(md, "de-en: training loss terms per epoch")
+    assert losses[0][:2] == ["term (mean per epoch)", "ep 1"]
+    assert "Vanilla KD: mu * KD" in [r[0] for r in losses] and "No KD: CE" not in [r[0] for r in losses]
+    row = next(r for r in losses if r[0] == "A2D (per-query, convex): lambda * L_att")
+    assert row[1] == f"{terms['weighted_att'][0]:.2f}"
     heads = table(md, "Table 3")
     assert [r[0] for r in heads[1:]] == ["2", "4"] and len(heads[0]) == 9
     assert [r[0] for r in table(md, "Table 4")[1:]] == ["head-wise (`a2d`)", "layer-wise (`a2d-layerwise`)"]
