@@ -23,6 +23,9 @@ Outputs (rewritten atomically after every finished cell):
   comparisons and the alignment figures. Results found in ``RUNS/<name>/*/*/cell.json`` are merged with
   those already in this file, so pieces run elsewhere are merged by copying their ``cell.json`` files
   (each holds its hypotheses and the references, all the paired test needs) into the same layout.
+* ``RESULTS/quality-<name>-hyps/<dir>/<cell>-s<seed>.hyp.gz`` (and ``<dir>/test.ref.gz``): every cell's
+  test translations, checked against the JSON's sha256 when read back, so cells trained later (on
+  another machine, or after the run folders are gone) are still compared with the paired test.
 * ``RESULTS/quality-<name>.md``: Table 1 (rows: teacher, then the grid's ``methods`` in order; per
   direction ``BLEU ± half-width of the 95% CI`` and the paired bootstrap p-values against the No-KD and
   the vanilla-KD student of the same seed), the validation BLEU of every student (defaults are chosen
@@ -71,6 +74,7 @@ A generated ablation cell whose name the grid's ``methods`` already defines is t
 from __future__ import annotations
 
 import argparse
+import gzip
 import hashlib
 import json
 import re
@@ -91,7 +95,7 @@ from a2d.methods import get_method
 from a2d.recipes.distill import distill
 from a2d.recipes.distill_data import distill_data
 from a2d.recipes.train import train
-from a2d.utils import UserError, atomic_dir, atomic_write_text
+from a2d.utils import UserError, atomic_dir, atomic_write_bytes, atomic_write_text
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_RESULTS = REPO / "benchmarks" / "results"
@@ -577,11 +581,71 @@ def results_paths(grid: Grid, results: Path) -> tuple[Path, Path]:
     return results / f"quality-{grid.name}.json", results / f"quality-{grid.name}.md"
 
 
-def collect(grid: Grid, runs: Path, results: Path) -> tuple[dict[str, dict], dict]:
-    """All results: those in the results JSON, then every ``cell.json`` under ``RUNS/<name>`` (these win)."""
+def hyps_dir(grid: Grid, results: Path) -> Path:
+    return results / f"quality-{grid.name}-hyps"
+
+
+def _gz_lines(lines: list[str]) -> bytes:
+    """gzip of the lines, byte-for-byte reproducible (no file name, mtime 0)."""
+    return gzip.compress("".join(x + "\n" for x in lines).encode("utf-8"), mtime=0)
+
+
+def _read_gz_lines(path: Path) -> list[str] | None:
+    try:
+        text = gzip.decompress(path.read_bytes()).decode("utf-8")
+    except FileNotFoundError:
+        return None
+    except (OSError, EOFError, UnicodeDecodeError) as e:
+        raise UserError(f"{path}: not a readable gzip text file ({e}); remove it") from None
+    lines = text.split("\n")
+    if lines and lines[-1] == "":
+        lines.pop()
+    return lines
+
+
+def save_hypotheses(grid: Grid, results: Path, records: dict[str, dict]) -> None:
+    """Keep every cell's test translations (and each direction's references) beside the results JSON.
+
+    ``RESULTS/quality-<name>-hyps/<direction>/<cell>-s<seed>.hyp.gz`` and ``<direction>/test.ref.gz``, so
+    the paired tests of cells trained later can still be run once the run folders are gone.
+    """
+    store = hyps_dir(grid, results)
+    for rec in records.values():
+        for key, path, sha in (("hypotheses", store / f"{rec['id']}.hyp.gz", rec.get("hyp_sha256")),
+                               ("references", store / rec["direction"] / "test.ref.gz", rec.get("ref_sha256"))):
+            if key not in rec:
+                continue
+            current = _read_gz_lines(path)
+            if current is None or _sha(current) != sha:
+                atomic_write_bytes(path, _gz_lines(rec[key]))
+
+
+def load_hypotheses(grid: Grid, results: Path, records: dict[str, dict], log) -> None:
+    """Give records read from the results JSON their stored hypotheses and references, where they match."""
+    store = hyps_dir(grid, results)
+    for rec in records.values():
+        for key, path, sha in (("hypotheses", store / f"{rec['id']}.hyp.gz", rec.get("hyp_sha256")),
+                               ("references", store / rec["direction"] / "test.ref.gz", rec.get("ref_sha256"))):
+            if key in rec:
+                continue
+            lines = _read_gz_lines(path)
+            if lines is None:
+                continue
+            if _sha(lines) == sha:
+                rec[key] = lines
+            else:
+                log(f"note: {path} does not hold the {key} {rec['id']} was scored with (sha256 differs); ignored")
+
+
+def collect(grid: Grid, runs: Path, results: Path, log=print) -> tuple[dict[str, dict], dict]:
+    """All results: those in the results JSON, then every ``cell.json`` under ``RUNS/<name>`` (these win).
+
+    Records from the JSON get their hypotheses back from ``RESULTS/quality-<name>-hyps`` where stored.
+    """
     json_path, _ = results_paths(grid, results)
     old = _read_json(json_path, {}) or {}
     records = {r["id"]: r for r in old.get("cells", [])}
+    load_hypotheses(grid, results, records, log)
     for path in sorted((runs / grid.name).glob(f"*/*/{CELL_FILE}")):
         rec = _read_json(path)
         if rec.get("grid", grid.name) == grid.name and "id" in rec:
@@ -694,7 +758,8 @@ def _format_summary(summary: dict) -> str:
 
 
 def write_report(grid: Grid, runs: Path, results: Path, log, figures: bool = True) -> tuple[Path, Path]:
-    records, old = collect(grid, runs, results)
+    records, old = collect(grid, runs, results, log)
+    save_hypotheses(grid, results, records)
     comps = comparisons(grid, records, old.get("comparisons", []), log)
     alignment = old.get("alignment", {})
     if figures:
@@ -1005,7 +1070,7 @@ def run_grid(grid: Grid, runs: Path, results: Path, only: list[str] | None, log=
 
 
 def dry_run(grid: Grid, runs: Path, results: Path, only: list[str] | None, log=print) -> None:
-    known, _ = collect(grid, runs, results)
+    known, _ = collect(grid, runs, results, log)
     jobs = plan(grid, runs)
     todo = 0
     for d in grid.directions:

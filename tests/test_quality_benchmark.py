@@ -107,6 +107,25 @@ def test_quality_grid_runs_skips_and_reports(tmp_path, data_root, monkeypatch):
     assert q.main(argv + ["--report-only"]) == 0
     assert md_path.read_text() == md
 
+    # the stored translations let the paired tests be redone without the run folders
+    hyps = results / "quality-smoke-hyps"
+    assert (hyps / "de-en" / "a2d-s1.hyp.gz").is_file() and (hyps / "en-de" / "test.ref.gz").is_file()
+    assert q._read_gz_lines(hyps / "de-en" / "a2d-s1.hyp.gz") == cell["hypotheses"]
+    from a2d.evaluate import paired_bootstrap
+    monkeypatch.setattr(q, "paired_bootstrap", paired_bootstrap)
+    json_path.write_text(json.dumps({**info, "comparisons": []}))
+    assert q.main(argv + ["--report-only"]) == 0
+    redone = json.loads(json_path.read_text())["comparisons"]
+    assert [(c["system"], c["baseline"], c["p_value"]) for c in redone] == \
+        [(c["system"], c["baseline"], c["p_value"]) for c in info["comparisons"]]
+    # a stored file that does not match the scored translations is ignored, with a note
+    (hyps / "de-en" / "a2d-s1.hyp.gz").write_bytes(q._gz_lines(["tampered"] * 30))
+    notes = []
+    records, _ = q.collect(grid, runs, results, log=notes.append)
+    assert "hypotheses" not in records["de-en/a2d-s1"]
+    assert any("a2d-s1.hyp.gz" in n and "sha256 differs" in n for n in notes)
+    assert "hypotheses" in records["de-en/kd-s1"]
+
     # cell.json files copied back from "another machine" merge; a finished run without cell.json is only scored
     shutil.move(tmp_path / "elsewhere", runs)
     kd_run = runs / "smoke" / "de-en" / "kd-s1"
