@@ -51,6 +51,15 @@ def test_resume_matches_uninterrupted_run(small_data, tmp_path):
     assert [x["update"] for x in lines if x["type"] == "train"] == list(range(1, 9))
 
 
+def test_progress_bar_is_quiet_when_stderr_is_not_a_terminal(small_data, tmp_path, capfd):
+    """Logs of long runs (nohup, CI) get one bar line a minute, not one per logged update."""
+    cfg = load_config("tiny-student", TINY + ["max_tokens=400", "log_every=1", "max_steps=8"])
+    train(cfg, small_data, tmp_path / "run", log=quiet)
+    err = capfd.readouterr().err
+    draws = err.replace("\r", "\n").count("epoch 1:")
+    assert 1 <= draws <= 3, err  # opened, maybe once more, closed; never once per logged update
+
+
 def test_new_run_refuses_to_overwrite(small_data, tmp_path):
     (tmp_path / "run").mkdir()
     (tmp_path / "run" / "something").write_text("x")

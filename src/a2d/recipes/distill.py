@@ -163,7 +163,8 @@ def distill(cfg: Config, data_dir: Path, out: Path, teacher_path: Path | None, r
             bar.update(1)
             if state.update % cfg.log_every == 0:
                 lr, tps = scheduler.get_last_lr()[0], speed.rate()
-                bar.set_postfix(loss=f"{loss.item():.3f}", ce=f"{ce.item():.3f}", tok_s=f"{tps:,.0f}")
+                bar.set_postfix(loss=f"{loss.item():.3f}", ce=f"{ce.item():.3f}", tok_s=f"{tps:,.0f}",
+                                refresh=False)
                 metrics.write(type="train", update=state.update, epoch=state.epoch, loss=loss.item(), ce=ce.item(),
                               lr=lr, tokens_per_s=tps, **{k: v.item() for k, v in terms.items()},
                               **{f"w_{k}": v for k, v in weights.items()})

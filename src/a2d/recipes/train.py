@@ -94,7 +94,7 @@ def train(cfg: Config, data_dir: Path, out: Path, resume: bool = False, log=prin
             bar.update(1)
             if state.update % cfg.log_every == 0:
                 lr, tps = scheduler.get_last_lr()[0], speed.rate()
-                bar.set_postfix(loss=f"{loss.item():.3f}", lr=f"{lr:.2e}", tok_s=f"{tps:,.0f}")
+                bar.set_postfix(loss=f"{loss.item():.3f}", lr=f"{lr:.2e}", tok_s=f"{tps:,.0f}", refresh=False)
                 metrics.write(type="train", update=state.update, epoch=state.epoch, loss=loss.item(),
                               ce=loss.item(), lr=lr, tokens_per_s=tps)
             if cfg.save_every and state.update % cfg.save_every == 0:
