@@ -23,9 +23,10 @@ Outputs (rewritten atomically after every finished cell):
   comparisons and the alignment figures. Results found in ``RUNS/<name>/*/*/cell.json`` are merged with
   those already in this file, so pieces run elsewhere are merged by copying their ``cell.json`` files
   (each holds its hypotheses and the references, all the paired test needs) into the same layout.
-* ``RESULTS/quality-<name>-hyps/<dir>/<cell>-s<seed>.hyp.gz`` (and ``<dir>/test.ref.gz``): every cell's
-  test translations, checked against the JSON's sha256 when read back, so cells trained later (on
-  another machine, or after the run folders are gone) are still compared with the paired test.
+* ``RESULTS/quality-<name>-hyps/<dir>/<cell>-s<seed>.hyp.gz``: every cell's test translations, checked
+  against the JSON's sha256 when read back, so cells trained later (on another machine, or after the run
+  folders are gone) are still compared with the paired test; the references come from the prepared
+  test data, never from the repository.
 * ``RESULTS/quality-<name>.md``: Table 1 (rows: teacher, then the grid's ``methods`` in order; per
   direction ``BLEU ± half-width of the 95% CI`` and the paired bootstrap p-values against the No-KD and
   the vanilla-KD student of the same seed), the validation BLEU of every student (defaults are chosen
@@ -604,37 +605,44 @@ def _read_gz_lines(path: Path) -> list[str] | None:
 
 
 def save_hypotheses(grid: Grid, results: Path, records: dict[str, dict]) -> None:
-    """Keep every cell's test translations (and each direction's references) beside the results JSON.
+    """Keep every cell's test translations beside the results JSON.
 
-    ``RESULTS/quality-<name>-hyps/<direction>/<cell>-s<seed>.hyp.gz`` and ``<direction>/test.ref.gz``, so
-    the paired tests of cells trained later can still be run once the run folders are gone.
+    ``RESULTS/quality-<name>-hyps/<direction>/<cell>-s<seed>.hyp.gz``, so the paired tests of cells trained
+    later can still be run once the run folders are gone. The references are not stored (they are the
+    corpus's): they are read back from the prepared test data, checked against the JSON's sha256.
     """
     store = hyps_dir(grid, results)
     for rec in records.values():
-        for key, path, sha in (("hypotheses", store / f"{rec['id']}.hyp.gz", rec.get("hyp_sha256")),
-                               ("references", store / rec["direction"] / "test.ref.gz", rec.get("ref_sha256"))):
-            if key not in rec:
-                continue
+        if "hypotheses" in rec:
+            path = store / f"{rec['id']}.hyp.gz"
             current = _read_gz_lines(path)
-            if current is None or _sha(current) != sha:
-                atomic_write_bytes(path, _gz_lines(rec[key]))
+            if current is None or _sha(current) != rec.get("hyp_sha256"):
+                atomic_write_bytes(path, _gz_lines(rec["hypotheses"]))
 
 
-def load_hypotheses(grid: Grid, results: Path, records: dict[str, dict], log) -> None:
-    """Give records read from the results JSON their stored hypotheses and references, where they match."""
+def load_hypotheses(grid: Grid, runs: Path, results: Path, records: dict[str, dict], log) -> None:
+    """Give records read from the results JSON their stored hypotheses, and the references of the
+    prepared test data (``RUNS/data-<dir>``, present whenever a cell of that direction is run), where
+    each matches the sha256 the cell was scored with."""
     store = hyps_dir(grid, results)
+    refs: dict[str, list[str] | None] = {}
     for rec in records.values():
-        for key, path, sha in (("hypotheses", store / f"{rec['id']}.hyp.gz", rec.get("hyp_sha256")),
-                               ("references", store / rec["direction"] / "test.ref.gz", rec.get("ref_sha256"))):
-            if key in rec:
-                continue
-            lines = _read_gz_lines(path)
-            if lines is None:
-                continue
-            if _sha(lines) == sha:
-                rec[key] = lines
-            else:
-                log(f"note: {path} does not hold the {key} {rec['id']} was scored with (sha256 differs); ignored")
+        d = rec["direction"]
+        if d not in refs:
+            ref_file = eval_dir(grid, runs, d) / f"test.{d.split('-')[-1]}"
+            refs[d] = _read_lines(ref_file) if ref_file.is_file() else None
+        if "references" not in rec and refs[d] is not None and _sha(refs[d]) == rec.get("ref_sha256"):
+            rec["references"] = refs[d]
+        if "hypotheses" in rec:
+            continue
+        path = store / f"{rec['id']}.hyp.gz"
+        lines = _read_gz_lines(path)
+        if lines is None:
+            continue
+        if _sha(lines) == rec.get("hyp_sha256"):
+            rec["hypotheses"] = lines
+        else:
+            log(f"note: {path} does not hold the translations {rec['id']} was scored with (sha256 differs); ignored")
 
 
 def collect(grid: Grid, runs: Path, results: Path, log=print) -> tuple[dict[str, dict], dict]:
@@ -645,7 +653,7 @@ def collect(grid: Grid, runs: Path, results: Path, log=print) -> tuple[dict[str,
     json_path, _ = results_paths(grid, results)
     old = _read_json(json_path, {}) or {}
     records = {r["id"]: r for r in old.get("cells", [])}
-    load_hypotheses(grid, results, records, log)
+    load_hypotheses(grid, runs, results, records, log)
     for path in sorted((runs / grid.name).glob(f"*/*/{CELL_FILE}")):
         rec = _read_json(path)
         if rec.get("grid", grid.name) == grid.name and "id" in rec:

@@ -102,14 +102,14 @@ def test_quality_grid_runs_skips_and_reports(tmp_path, data_root, monkeypatch):
     assert md_path.read_text() == md
 
     # --report-only rebuilds both files from the results JSON alone (runs/ is not in the repository)
-    shutil.move(runs, tmp_path / "elsewhere")
+    shutil.move(runs / "smoke", tmp_path / "elsewhere")  # the run folders; the prepared data stays
     md_path.unlink()
     assert q.main(argv + ["--report-only"]) == 0
     assert md_path.read_text() == md
 
     # the stored translations let the paired tests be redone without the run folders
     hyps = results / "quality-smoke-hyps"
-    assert (hyps / "de-en" / "a2d-s1.hyp.gz").is_file() and (hyps / "en-de" / "test.ref.gz").is_file()
+    assert (hyps / "de-en" / "a2d-s1.hyp.gz").is_file() and not list(hyps.glob("*/*.ref*"))  # refs: corpus
     assert q._read_gz_lines(hyps / "de-en" / "a2d-s1.hyp.gz") == cell["hypotheses"]
     from a2d.evaluate import paired_bootstrap
     monkeypatch.setattr(q, "paired_bootstrap", paired_bootstrap)
@@ -127,7 +127,7 @@ def test_quality_grid_runs_skips_and_reports(tmp_path, data_root, monkeypatch):
     assert "hypotheses" in records["de-en/kd-s1"]
 
     # cell.json files copied back from "another machine" merge; a finished run without cell.json is only scored
-    shutil.move(tmp_path / "elsewhere", runs)
+    shutil.move(tmp_path / "elsewhere", runs / "smoke")
     kd_run = runs / "smoke" / "de-en" / "kd-s1"
     (kd_run / "cell.json").unlink()
     from a2d.evaluate import evaluate_model
