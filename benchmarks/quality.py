@@ -393,11 +393,15 @@ def _sha(lines: list[str]) -> str:
     return hashlib.sha256("".join(x + "\n" for x in lines).encode("utf-8")).hexdigest()
 
 
-def _read_lines(path: Path) -> list[str]:
-    lines = path.read_text(encoding="utf-8").split("\n")
+def _split_lines(text: str) -> list[str]:
+    lines = text.split("\n")
     if lines and lines[-1] == "":
         lines.pop()
     return lines
+
+
+def _read_lines(path: Path) -> list[str]:
+    return _split_lines(path.read_text(encoding="utf-8"))
 
 
 def _read_json(path: Path, default=None):
@@ -598,10 +602,7 @@ def _read_gz_lines(path: Path) -> list[str] | None:
         return None
     except (OSError, EOFError, UnicodeDecodeError) as e:
         raise UserError(f"{path}: not a readable gzip text file ({e}); remove it") from None
-    lines = text.split("\n")
-    if lines and lines[-1] == "":
-        lines.pop()
-    return lines
+    return _split_lines(text)
 
 
 def save_hypotheses(grid: Grid, results: Path, records: dict[str, dict]) -> None:
@@ -625,14 +626,15 @@ def load_hypotheses(grid: Grid, runs: Path, results: Path, records: dict[str, di
     prepared test data (``RUNS/data-<dir>``, present whenever a cell of that direction is run), where
     each matches the sha256 the cell was scored with."""
     store = hyps_dir(grid, results)
-    refs: dict[str, list[str] | None] = {}
+    refs: dict[str, tuple[list[str], str] | None] = {}  # direction -> (references, their sha256)
     for rec in records.values():
         d = rec["direction"]
         if d not in refs:
             ref_file = eval_dir(grid, runs, d) / f"test.{d.split('-')[-1]}"
-            refs[d] = _read_lines(ref_file) if ref_file.is_file() else None
-        if "references" not in rec and refs[d] is not None and _sha(refs[d]) == rec.get("ref_sha256"):
-            rec["references"] = refs[d]
+            lines = _read_lines(ref_file) if ref_file.is_file() else None
+            refs[d] = (lines, _sha(lines)) if lines is not None else None
+        if "references" not in rec and refs[d] is not None and refs[d][1] == rec.get("ref_sha256"):
+            rec["references"] = refs[d][0]
         if "hypotheses" in rec:
             continue
         path = store / f"{rec['id']}.hyp.gz"
