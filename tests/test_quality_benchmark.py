@@ -88,8 +88,19 @@ def test_quality_grid_runs_skips_and_reports(tmp_path, data_root, monkeypatch):
 
     info = json.loads(json_path.read_text())
     assert len(info["cells"]) == len(jobs) and not any("hypotheses" in c for c in info["cells"])
-    # per direction: the 8 other students vs nokd, 8 vs kd, a2d-heads-2 vs nokd-heads-2
-    assert len(info["comparisons"]) == 2 * (8 + 8 + 1)
+    # per direction: the 8 other students vs nokd, 8 vs kd, a2d-heads-2 vs nokd-heads-2, and against `a2d` the
+    # cell that names it (a2d-reference) and the Table 4/5 cells (a2d-layerwise, a2d-att-dec-cross)
+    assert len(info["comparisons"]) == 2 * (8 + 8 + 1 + 3)
+    variants = table(md, "Variants against the cell they vary")
+    assert variants[0][:6] == ["variant", "vs", "de-en BLEU", "difference", "p", "valid difference"]
+    assert [r[0] for r in variants[1:]] == ["A2D (reference, linear) (`a2d-reference`)",
+                                            "A2D (layer-wise) (`a2d-layerwise`)", "A2D, dec-cross (`a2d-att-dec-cross`)"]
+    ref_vs_a2d = next(c for c in info["comparisons"] if c["direction"] == "de-en" and c["system"] == "a2d-reference"
+                      and c["baseline"] == "a2d")
+    assert variants[1][1] == "`a2d`" and variants[1][3] == f"{ref_vs_a2d['delta']:+.2f}"
+    assert variants[1][4] == f"{ref_vs_a2d['p_value']:.3f}"
+    assert ref_vs_a2d["delta"] == pytest.approx(cell_bleu(info, "de-en/a2d-reference-s1") - cell_bleu(info, "de-en/a2d-s1"),
+                                                abs=0.01)
     assert all(0.0 <= c["p_value"] <= 1.0 for c in info["comparisons"])
 
     # a second run trains and scores nothing
@@ -149,6 +160,9 @@ def test_grid_errors(tmp_path):
     assert q.main([str(bad), "--dry-run"]) == 2
     bad.write_text(SMOKE.read_text().replace("kd: {method: kd}", "kd: {method: kd, overrides: [lr=fast]}"))
     with pytest.raises(q.UserError, match="cell kd"):
+        q.load_grid(bad)
+    bad.write_text(SMOKE.read_text().replace("compare_to: a2d", "compare_to: a2d-typo"))
+    with pytest.raises(q.UserError, match="a2d-reference: compare_to 'a2d-typo'"):
         q.load_grid(bad)
     bad.write_text(SMOKE.read_text() + "colour: blue\n")
     with pytest.raises(q.UserError, match="unknown key"):
