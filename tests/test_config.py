@@ -50,3 +50,14 @@ def test_presets_layer_left_to_right(tmp_path):
     assert load_config(f"paper-student+{mine}").d_model == 256
     with pytest.raises(ConfigError, match="unknown preset 'a2d-papr'"):
         load_config("paper-student+a2d-papr")
+
+
+def test_a2d_defaults_and_paper_presets():
+    """The package's A2D defaults (chosen on the tiny grids' validation BLEU, README "Why these defaults") and
+    the paper's settings, which stay reachable as presets."""
+    tiny = load_config("tiny-student")
+    assert (tiny.kl_norm, tiny.aam, tiny.lambda_att, tiny.lambda_decay, tiny.mu_kd) == \
+        ("per-query", "convex", 0.1, 0.9, 1.0)
+    assert load_config("paper-student").lambda_att == 1.0
+    paper = load_config("paper-student+a2d-paper")
+    assert (paper.kl_norm, paper.aam, paper.lambda_att) == ("reference", "linear", 1.0)

@@ -73,7 +73,8 @@ class Config:
     method: str = _f("a2d", "distillation method (see `a2d methods`)")
     mu_kd: float = _f(1.0, "weight of word-level KD (mu in L = CE + lambda*L_att + mu*L_KD)", low=0.0)
     kd_temperature: float = _f(1.0, "softmax temperature of word-level KD", low=1e-3)
-    lambda_att: float = _f(1.0, "initial weight of the attention loss (lambda)", low=0.0)
+    lambda_att: float = _f(0.1, "initial weight of the attention loss (lambda; the paper presets set 1.0)",
+                           low=0.0)
     lambda_decay: float = _f(0.9, "lambda = lambda_att * decay^(epoch-1) (or per update)", low=0.0, high=1.0)
     lambda_decay_unit: str = _f("epoch", "decay lambda per epoch or per update", choices=("epoch", "update"))
     att_kinds: str = _f("all", "attention kinds that take part (Table 5)",

@@ -41,7 +41,8 @@ def test_a2d_distill_lowers_att_and_leaves_teacher_alone(small_data, teacher, tm
     late = sum(x["att"] for x in train_lines[-3:]) / 3
     assert late < early
     # epoch 2 lambda = 0.9 * epoch 1 lambda (paper schedule)
-    assert train_lines[-1]["w_att"] == pytest.approx(0.9)
+    assert train_lines[0]["w_att"] == pytest.approx(cfg.lambda_att)
+    assert train_lines[-1]["w_att"] == pytest.approx(0.9 * cfg.lambda_att)
     # the teacher's files are untouched
     after = load_file(teacher / "best" / "model.safetensors")
     assert all(torch.equal(before[k], after[k]) for k in before)
