@@ -11,9 +11,10 @@ writing ``test.json``/``test.hyp`` beside the run, and its result to ``cell.json
 Sequence-level KD cells train on the teacher's beam translations, written once per direction by
 ``distill_data`` into ``RUNS/<name>/<src>-<tgt>/seqkd-data-b<beam>``.
 
-A cell whose ``cell.json`` exists is skipped; a run that was started and not finished is resumed
-(``resume=True``); a finished run without ``cell.json`` is only scored; so the grid can be run in pieces
-(``--only``), interrupted, and continued on other machines. To redo a cell, remove its run folder.
+A cell whose result is in its ``cell.json``, or in the results JSON while its run folder is absent, is
+skipped; a run that was started and not finished is resumed (``resume=True``); a finished run without
+``cell.json`` is only scored; so the grid can be run in pieces (``--only``), interrupted, and continued on
+other machines or in later sessions. To redo a cell, remove its run folder and pass ``--redo``.
 Training wall time is measured per piece (updated at every epoch end, so an interrupted piece still
 counts up to its last checkpoint) and summed; every piece records its hardware and commit.
 
@@ -27,6 +28,11 @@ Outputs (rewritten atomically after every finished cell):
   against the JSON's sha256 when read back, so cells trained later (on another machine, or after the run
   folders are gone) are still compared with the paired test; the references come from the prepared
   test data, never from the repository.
+* ``RESULTS/quality-<name>-teachers/<dir>/`` (grids with ``store_teachers: true``): the teacher's weights
+  and vocabulary (its ``best/`` folder) with a manifest of sha256 sums, written once the teacher is scored.
+  When the teacher's run folder is gone, students are distilled from this copy, so a grid can go on in
+  another session with the teacher its earlier students had. A teacher whose students exist is never
+  trained again: without its run or a stored copy such a grid stops with an error (name a new grid).
 * ``RESULTS/quality-<name>.md``: Table 1 (rows: teacher, then the grid's ``methods`` in order; per
   direction ``BLEU ± half-width of the 95% CI`` and the paired bootstrap p-values against the No-KD and
   the vanilla-KD student of the same seed), the validation BLEU of every student (defaults are chosen
@@ -49,6 +55,7 @@ Grid file (YAML; every key but ``name``, ``teacher``, ``student_preset`` and ``m
     beam: 5                          # beam of the test translations
     seq_kd_beam: 5                   # beam of the teacher's translations for seq-kd cells
     bootstrap_samples: 1000          # resamples of the paired bootstrap test
+    store_teachers: false            # keep each teacher's weights in RESULTS/quality-<name>-teachers/
     seeds: [1]                       # every student cell runs once per seed (override seed=S)
     teacher: {preset: tiny-teacher, overrides: [max_epochs=20]}   # one teacher per direction
     student_preset: tiny-student     # preset of every student cell (a cell may set its own `preset`)
@@ -98,12 +105,13 @@ from a2d.methods import get_method
 from a2d.recipes.distill import distill
 from a2d.recipes.distill_data import distill_data
 from a2d.recipes.train import train
-from a2d.utils import UserError, atomic_dir, atomic_write_bytes, atomic_write_text
+from a2d.utils import UserError, atomic_dir, atomic_write_bytes, atomic_write_text, sha256_file
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_RESULTS = REPO / "benchmarks" / "results"
 DEFAULT_RUNS = Path("runs") / "quality"
 CELL_FILE = "cell.json"
+MANIFEST = "teacher.json"  # in a stored teacher's folder
 WALL_FILE = "wall.json"
 TEACHER = "teacher"
 
@@ -114,7 +122,7 @@ A2D_METHODS = ("a2d", "a2d-layerwise")
 ATT_KINDS = ("all", "enc-self", "dec-all", "dec-self", "dec-cross")
 GRID_KEYS = {"name", "corpus", "directions", "vocab_size", "max_train", "test_max_sentences", "beam", "seq_kd_beam",
              "bootstrap_samples", "seeds", "teacher", "student_preset", "student_overrides", "baselines", "methods",
-             "ablations"}
+             "ablations", "store_teachers"}
 CELL_KEYS = {"method", "overrides", "preset", "label", "compare_to"}
 ABLATION_KEYS = {"base", "heads", "granularity", "att_kinds"}
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
@@ -149,6 +157,7 @@ class Grid:
     beam: int
     seq_kd_beam: int
     bootstrap_samples: int
+    store_teachers: bool
     seeds: list[int]
     teacher_preset: str
     teacher_overrides: list[str]
@@ -179,6 +188,12 @@ def _int(value, where: str, low: int = 1, allow_none: bool = False):
     if not isinstance(value, int) or isinstance(value, bool) or value < low:
         raise UserError(f"{where}: expected an integer >= {low}" + (" or null" if allow_none else "")
                         + f", got {value!r}")
+    return value
+
+
+def _bool(value, where: str) -> bool:
+    if not isinstance(value, bool):
+        raise UserError(f"{where}: expected true or false, got {value!r}")
     return value
 
 
@@ -267,6 +282,7 @@ def load_grid(path: Path | str) -> Grid:
                 beam=_int(raw.get("beam", 5), f"{path}: beam"),
                 seq_kd_beam=_int(raw.get("seq_kd_beam", 5), f"{path}: seq_kd_beam"),
                 bootstrap_samples=_int(raw.get("bootstrap_samples", 1000), f"{path}: bootstrap_samples", low=2),
+                store_teachers=_bool(raw.get("store_teachers", False), f"{path}: store_teachers"),
                 seeds=list(seeds), teacher_preset=str(teacher["preset"]),
                 teacher_overrides=_str_list(teacher.get("overrides"), f"{path}: teacher: overrides"),
                 cells=cells, baselines=baselines)
@@ -653,6 +669,44 @@ def load_hypotheses(grid: Grid, runs: Path, results: Path, records: dict[str, di
             rec["hypotheses"] = lines
         else:
             log(f"note: {path} does not hold the translations {rec['id']} was scored with (sha256 differs); ignored")
+
+
+def teacher_store(grid: Grid, results: Path, direction: str) -> Path:
+    return results / f"quality-{grid.name}-teachers" / direction
+
+
+def store_teacher(grid: Grid, results: Path, job: Job, record: dict, log) -> Path:
+    """Copy the scored teacher's model folder (``RUN/best``: weights, configs, vocabulary) into the store,
+    with a manifest naming the results record it belongs to (by its translations' sha256) and each file's sha256."""
+    out = teacher_store(grid, results, job.direction)
+    manifest = _read_json(out / MANIFEST)
+    if manifest and manifest.get("hyp_sha256") == record["hyp_sha256"]:
+        return out
+    files = sorted(p for p in (job.run / "best").iterdir() if p.is_file())
+    with atomic_dir(out) as tmp:
+        for f in files:
+            shutil.copyfile(f, tmp / f.name)
+        info = {"id": job.id, "bleu": record["bleu"], "hyp_sha256": record["hyp_sha256"], "commit": record["commit"],
+                "stored": now(), "files": {f.name: sha256_file(f) for f in files}}
+        (tmp / MANIFEST).write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
+    size = sum(f.stat().st_size for f in files) / 2**20
+    log(f"   {job.id}: stored the teacher ({size:.1f} MiB) in {out}")
+    return out
+
+
+def stored_teacher(grid: Grid, results: Path, direction: str, record: dict | None) -> Path | None:
+    """The stored copy of the teacher the results describe (``record``), every file checked; None if none is stored."""
+    out = teacher_store(grid, results, direction)
+    manifest = _read_json(out / MANIFEST)
+    if manifest is None:
+        return None
+    if record is None or manifest.get("hyp_sha256") != record.get("hyp_sha256"):
+        raise UserError(f"{out}: holds another teacher than the {direction} teacher of {results_paths(grid, results)[0]} "
+                        "(their test translations differ); remove one of them")
+    for name, sha in manifest.get("files", {}).items():
+        if not (out / name).is_file() or sha256_file(out / name) != sha:
+            raise UserError(f"{out / name}: missing or changed since the teacher was stored (sha256 differs)")
+    return out
 
 
 def collect(grid: Grid, runs: Path, results: Path, log=print) -> tuple[dict[str, dict], dict]:
@@ -1073,9 +1127,12 @@ def _matches(job: Job, only: list[str] | None) -> bool:
     return not only or any(s in job.id for s in only)
 
 
-def run_grid(grid: Grid, runs: Path, results: Path, only: list[str] | None, log=print) -> None:
+def run_grid(grid: Grid, runs: Path, results: Path, only: list[str] | None, log=print, redo: bool = False) -> None:
     jobs = plan(grid, runs)
     done = {j.id for j in jobs if (j.run / CELL_FILE).is_file()}
+    if not redo:  # results in the JSON count as done, also when their run folders are gone
+        known, _ = collect(grid, runs, results, log=lambda _msg: None)
+        done |= {j.id for j in jobs if j.id in known and run_status(j.run) == "new"}
     selected = [j for j in jobs if _matches(j, only)]
     if only and not selected:
         raise UserError(f"--only {' '.join(only)}: matches none of the {len(jobs)} cells (see --dry-run)")
@@ -1087,22 +1144,16 @@ def run_grid(grid: Grid, runs: Path, results: Path, only: list[str] | None, log=
         evaldir = ensure_eval_dir(grid, runs, d)
         teacher = next(j for j in jobs if j.direction == d and j.cell is None)
         needs_teacher = any(j.cell is None or j.cell.needs_teacher for j in pending)
+        teacher_path = teacher.run
         if needs_teacher:
-            if teacher.id in done and run_status(teacher.run) != "finished":
-                raise UserError(f"{teacher.id}: its cell.json exists but the run {teacher.run} is not here to distill "
-                                "from; copy the teacher's run folder, or remove its cell.json")
-            train_job(teacher, grid, data, teacher.run, None, log)
-            if teacher.id not in done:
-                evaluate_job(teacher, grid, evaldir, log)
-                done.add(teacher.id)
-                write_report(grid, runs, results, log, figures=False)
+            teacher_path = ensure_teacher(grid, runs, results, teacher, data, evaldir, done, log)
         seqkd = None
         if any(j.cell is not None and j.cell.method == "seq-kd" for j in pending):
-            seqkd = ensure_seqkd_data(grid, runs, d, data, teacher.run, log)
+            seqkd = ensure_seqkd_data(grid, runs, d, data, teacher_path, log)
         for job in pending:
             if job.cell is None:
                 continue
-            train_job(job, grid, data, teacher.run, seqkd, log)
+            train_job(job, grid, data, teacher_path, seqkd, log)
             evaluate_job(job, grid, evaldir, log)
             done.add(job.id)
             write_report(grid, runs, results, log, figures=False)
@@ -1110,7 +1161,55 @@ def run_grid(grid: Grid, runs: Path, results: Path, only: list[str] | None, log=
     log(f"wrote {json_path} and {md_path}")
 
 
-def dry_run(grid: Grid, runs: Path, results: Path, only: list[str] | None, log=print) -> None:
+def _distilled(record: dict) -> bool:
+    method = record.get("method")
+    if record.get("role") != "student" or not method:
+        return False
+    try:
+        return method == "seq-kd" or get_method(method).needs_teacher
+    except UserError:
+        return True  # a method this version does not know: assume it had a teacher
+
+
+def ensure_teacher(grid: Grid, runs: Path, results: Path, job: Job, data: Path, evaldir: Path, done: set, log) -> Path:
+    """The teacher students are distilled from: its run folder (trained and scored first where need be), or,
+    when the run is gone, the stored copy of the teacher the results describe. A teacher whose distilled
+    students are in the results is never replaced by a newly trained one."""
+    if run_status(job.run) != "finished":
+        if (job.run / CELL_FILE).is_file():
+            raise UserError(f"{job.id}: its cell.json exists but the run {job.run} is not here to distill "
+                            "from; copy the teacher's run folder, or remove its cell.json")
+        records, _ = collect(grid, runs, results, log=lambda _msg: None)
+        record = records.get(job.id)
+        if record is not None:
+            stored = stored_teacher(grid, results, job.direction, record)
+            if stored is not None:
+                log(f"== {job.id}: its run is not here; distilling from the stored teacher {stored} "
+                    f"(test BLEU {record['bleu']:.2f})")
+                return stored
+            students = sorted(r["id"] for r in records.values() if r["direction"] == job.direction and _distilled(r))
+            if students:
+                raise UserError(f"{job.id}: {results_paths(grid, results)[0]} holds the teacher that "
+                                f"{', '.join(students)} were distilled from, but its run {job.run} is not here and no "
+                                f"copy is stored in {teacher_store(grid, results, job.direction)}; a teacher trained "
+                                "now would be another one. Copy its run folder back, or run these cells in a grid "
+                                "with a new name")
+            log(f"   {job.id}: its run is not here and no student was distilled from it yet: training it again "
+                "(the new teacher's result replaces the old one)")
+            done.discard(job.id)
+    train_job(job, grid, data, job.run, None, log)
+    if (job.run / CELL_FILE).is_file():
+        record = _read_json(job.run / CELL_FILE)
+    else:
+        record = evaluate_job(job, grid, evaldir, log)
+        done.add(job.id)
+        write_report(grid, runs, results, log, figures=False)
+    if grid.store_teachers:
+        store_teacher(grid, results, job, record, log)
+    return job.run
+
+
+def dry_run(grid: Grid, runs: Path, results: Path, only: list[str] | None, log=print, redo: bool = False) -> None:
     known, _ = collect(grid, runs, results, log)
     jobs = plan(grid, runs)
     todo = 0
@@ -1125,8 +1224,14 @@ def dry_run(grid: Grid, runs: Path, results: Path, only: list[str] | None, log=p
             continue
         status = run_status(job.run)
         rec = known.get(job.id)
-        if (job.run / CELL_FILE).is_file():
+        local = (job.run / CELL_FILE).is_file()
+        if local or (rec is not None and not redo and status == "new"):
             state = f"done: test BLEU {rec['bleu']:.2f}"
+            if not local and job.cell is None:
+                stored = (teacher_store(grid, results, job.direction) / MANIFEST).is_file()
+                state += " (stored copy)" if stored else " (run not here)"
+            elif not local:
+                state += " (in the JSON)"
             wanted = None if job.cell is None else job.cell.overrides + [f"seed={job.seed}"]
             if wanted and rec.get("overrides") and rec["overrides"] != wanted:
                 state += " [other overrides than the grid's now]"
@@ -1156,16 +1261,19 @@ def main(argv: list[str] | None = None) -> int:
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument("--dry-run", action="store_true", help="print the planned cells and which are done")
     mode.add_argument("--report-only", action="store_true", help="rebuild the JSON and markdown, train nothing")
+    parser.add_argument("--redo", action="store_true",
+                        help="train the selected cells again although their results are in the JSON (a cell whose run "
+                             "folder holds cell.json is still skipped: remove the run folder to redo it)")
     args = parser.parse_args(argv)
     try:
         grid = load_grid(args.grid)
         if args.dry_run:
-            dry_run(grid, args.runs_dir, args.results_dir, args.only)
+            dry_run(grid, args.runs_dir, args.results_dir, args.only, redo=args.redo)
         elif args.report_only:
             json_path, md_path = write_report(grid, args.runs_dir, args.results_dir, print)
             print(f"wrote {json_path} and {md_path}")
         else:
-            run_grid(grid, args.runs_dir, args.results_dir, args.only)
+            run_grid(grid, args.runs_dir, args.results_dir, args.only, redo=args.redo)
     except (UserError, ConfigError) as e:
         print(f"quality: error: {e}", file=sys.stderr)
         return 2

@@ -177,3 +177,57 @@ def test_shipped_grids_load(path):
     assert grid.cells and grid.directions
     for cell in grid.cells.values():
         grid.cell_config(cell, grid.seeds[0])  # raises on a bad override
+
+
+def test_stored_teacher_lets_a_grid_go_on(tmp_path, data_root, monkeypatch):
+    """With store_teachers, students trained after the run folders are gone are distilled from the same teacher;
+    without a stored copy, a teacher with distilled students is never silently trained again."""
+    import yaml
+
+    q = load_script()
+    raw = yaml.safe_load(SMOKE.read_text())
+    raw.update(name="keep", directions=["de-en"], store_teachers=True, methods={"kd": {"method": "kd"}})
+    raw.pop("ablations")
+    grid_file = tmp_path / "keep.yaml"
+    grid_file.write_text(yaml.safe_dump(raw))
+    runs, results = tmp_path / "runs", tmp_path / "results"
+    argv = [str(grid_file), "--runs-dir", str(runs), "--results-dir", str(results)]
+    assert q.main(argv) == 0
+
+    store = results / "quality-keep-teachers" / "de-en"
+    manifest = json.loads((store / "teacher.json").read_text())
+    info = json.loads((results / "quality-keep.json").read_text())
+    assert manifest["hyp_sha256"] == next(c["hyp_sha256"] for c in info["cells"] if c["id"] == "de-en/teacher")
+    assert {"model.safetensors", "config.json", "sentencepiece.model"} <= set(manifest["files"])
+    teacher_bytes = (runs / "keep" / "de-en" / "teacher" / "best" / "model.safetensors").read_bytes()
+    assert (store / "model.safetensors").read_bytes() == teacher_bytes
+
+    # the run folders are gone (a new session): results in the JSON count as done, nothing is trained
+    shutil.rmtree(runs / "keep")
+    lines = []
+    q.dry_run(q.load_grid(grid_file), runs, results, None, log=lines.append)
+    assert any("de-en/teacher" in x and "stored copy" in x for x in lines)
+    assert any("de-en/kd-s1" in x and "done" in x for x in lines) and lines[-1].startswith("0 cell(s)")
+
+    def no_teacher_training(*args, **kwargs):
+        raise AssertionError("the teacher was trained again")
+
+    monkeypatch.setattr(q, "train", no_teacher_training)
+    assert q.main(argv) == 0
+    # a student trained now (--redo) is distilled from the stored copy, not from a new teacher
+    seen = []
+    distill = q.distill
+    monkeypatch.setattr(q, "distill", lambda cfg, data, out, teacher, **kw: seen.append(teacher) or
+                        distill(cfg, data, out, teacher, **kw))
+    assert q.main(argv + ["--only", "de-en/kd", "--redo"]) == 0
+    assert seen == [store] and (runs / "keep" / "de-en" / "kd-s1" / "cell.json").is_file()
+
+    # a changed stored file is refused; with no stored copy, the teacher of existing students is not replaced
+    shutil.rmtree(runs / "keep")
+    (store / "config.json").write_text("{}")
+    with pytest.raises(q.UserError, match="changed since the teacher was stored"):
+        q.run_grid(q.load_grid(grid_file), runs, results, ["de-en/kd"], log=lambda _: None, redo=True)
+    shutil.rmtree(store)
+    with pytest.raises(q.UserError, match="holds the teacher that de-en/kd-s1 were distilled from"):
+        q.run_grid(q.load_grid(grid_file), runs, results, ["de-en/kd"], log=lambda _: None, redo=True)
+    assert not (runs / "keep" / "de-en" / "teacher").exists()
