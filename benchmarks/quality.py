@@ -56,6 +56,10 @@ Grid file (YAML; every key but ``name``, ``teacher``, ``student_preset`` and ``m
     seq_kd_beam: 5                   # beam of the teacher's translations for seq-kd cells
     bootstrap_samples: 1000          # resamples of the paired bootstrap test
     store_teachers: false            # keep each teacher's weights in RESULTS/quality-<name>-teachers/
+    continue_from: null              # another grid's name: use its data and its teacher (run folder or stored
+                                     # copy; the teacher settings must match), and start each student from that
+                                     # grid's finished run of the same cell and seed when only max_epochs differs
+                                     # (smaller there): the same student as trained from the start, sooner
     seeds: [1]                       # every student cell runs once per seed (override seed=S)
     teacher: {preset: tiny-teacher, overrides: [max_epochs=20]}   # one teacher per direction
     student_preset: tiny-student     # preset of every student cell (a cell may set its own `preset`)
@@ -92,7 +96,7 @@ import shutil
 import statistics
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -122,7 +126,7 @@ A2D_METHODS = ("a2d", "a2d-layerwise")
 ATT_KINDS = ("all", "enc-self", "dec-all", "dec-self", "dec-cross")
 GRID_KEYS = {"name", "corpus", "directions", "vocab_size", "max_train", "test_max_sentences", "beam", "seq_kd_beam",
              "bootstrap_samples", "seeds", "teacher", "student_preset", "student_overrides", "baselines", "methods",
-             "ablations", "store_teachers"}
+             "ablations", "store_teachers", "continue_from"}
 CELL_KEYS = {"method", "overrides", "preset", "label", "compare_to"}
 ABLATION_KEYS = {"base", "heads", "granularity", "att_kinds"}
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
@@ -166,6 +170,12 @@ class Grid:
     heads_rows: list[tuple[int, str | None, str]] = field(default_factory=list)  # (N, nokd cell, A2D cell)
     granularity_rows: list[tuple[str, str]] = field(default_factory=list)  # (label, cell)
     att_kind_rows: list[tuple[str, str]] = field(default_factory=list)  # (kind, cell)
+    continue_from: str | None = None  # another grid: its data and teacher, and its shorter student runs to go on from
+
+    @property
+    def teacher_grid(self) -> str:
+        """The grid whose teacher this one distils from (itself, or the grid it continues)."""
+        return self.continue_from or self.name
 
     def teacher_config(self):
         return load_config(self.teacher_preset, self.teacher_overrides)
@@ -194,6 +204,14 @@ def _int(value, where: str, low: int = 1, allow_none: bool = False):
 def _bool(value, where: str) -> bool:
     if not isinstance(value, bool):
         raise UserError(f"{where}: expected true or false, got {value!r}")
+    return value
+
+
+def _continue_from(value, path: Path, name: str) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str) or not NAME_RE.match(value) or value == name:
+        raise UserError(f"{path}: continue_from: expected the name of another grid, got {value!r}")
     return value
 
 
@@ -285,7 +303,7 @@ def load_grid(path: Path | str) -> Grid:
                 store_teachers=_bool(raw.get("store_teachers", False), f"{path}: store_teachers"),
                 seeds=list(seeds), teacher_preset=str(teacher["preset"]),
                 teacher_overrides=_str_list(teacher.get("overrides"), f"{path}: teacher: overrides"),
-                cells=cells, baselines=baselines)
+                cells=cells, baselines=baselines, continue_from=_continue_from(raw.get("continue_from"), path, name))
     _add_ablations(grid, raw.get("ablations"))
 
     # every configuration must resolve now, not hours into the grid
@@ -369,7 +387,7 @@ class Job:
 def plan(grid: Grid, runs: Path) -> list[Job]:
     jobs = []
     for d in grid.directions:
-        jobs.append(Job(d, None, None, runs / grid.name / d / TEACHER))
+        jobs.append(Job(d, None, None, runs / grid.teacher_grid / d / TEACHER))
         for cell in grid.cells.values():
             for seed in grid.seeds:
                 jobs.append(Job(d, cell, seed, runs / grid.name / d / f"{cell.name}-s{seed}"))
@@ -487,6 +505,41 @@ def ensure_seqkd_data(grid: Grid, runs: Path, direction: str, data: Path, teache
     return out
 
 
+def continuable(job: Job, grid: Grid) -> tuple[Path | None, str]:
+    """The finished run of the grid this one continues that ``job`` can go on from, or None, and why.
+
+    It is the run of the same cell and seed (``RUNS/<continue_from>/<dir>/<cell>-s<seed>``) whose settings are the
+    job's but for a smaller or equal ``max_epochs``. Nothing before that epoch depends on ``max_epochs`` (the
+    inverse-sqrt schedule, lambda's decay and the batch order do not; resuming restores every random state), so
+    going on from its last checkpoint trains the same student as starting over, in the epochs not yet run."""
+    source = job.run.parents[2] / grid.continue_from / job.direction / job.run.name
+    status = run_status(source)
+    if status != "finished":
+        return None, f"{source} is " + ("not finished" if status == "started" else "not a finished run")
+    want = grid.cell_config(job.cell, job.seed).to_dict()
+    differ = _config_differences(source / "config.yaml", {k: v for k, v in want.items() if k != "max_epochs"})
+    if differ:
+        return None, f"{source} was trained with {', '.join(differ)}"
+    had = read_yaml(source / "config.yaml").get("max_epochs", want["max_epochs"])
+    if had > want["max_epochs"]:
+        return None, f"{source} was trained for up to {had} epochs, more than this grid's {want['max_epochs']}"
+    state = _read_json(source / "last" / "trainer" / "state.json", {})
+    return source, f"{source} (max_epochs {had} -> {want['max_epochs']}, {state.get('epoch', 1) - 1} epoch(s) done)"
+
+
+def copy_to_continue(source: Path, run: Path, cfg) -> None:
+    """Copy a finished run (not its test results) to ``run`` as a run to resume under ``cfg``, in one piece."""
+    from a2d.config import save_config
+
+    with atomic_dir(run) as tmp:
+        shutil.copytree(source, tmp, dirs_exist_ok=True, ignore=shutil.ignore_patterns(CELL_FILE, "test.json", "test.hyp"))
+        state_file = tmp / "last" / "trainer" / "state.json"
+        state = json.loads(state_file.read_text(encoding="utf-8"))
+        state["finished"] = False
+        state_file.write_text(json.dumps(state), encoding="utf-8")
+        save_config(cfg, tmp / "config.yaml")
+
+
 def train_job(job: Job, grid: Grid, data: Path, teacher_run: Path, seqkd: Path | None, log) -> None:
     """Train (or resume) the job's run, adding this piece's wall time to ``RUN/wall.json``."""
     run = job.run
@@ -496,9 +549,21 @@ def train_job(job: Job, grid: Grid, data: Path, teacher_run: Path, seqkd: Path |
     if status == "broken":
         log(f"   {job.id}: {run} holds files but no checkpoint (interrupted before its first save): starting over")
         shutil.rmtree(run)
+        status = "new"
+    source = None
+    if status == "new" and job.cell is not None and grid.continue_from:
+        source, why = continuable(job, grid)
+        if source is not None:
+            log(f"== {job.id}: continuing {why}")
+            copy_to_continue(source, run, grid.cell_config(job.cell, job.seed))
+            status = "started"
+        else:
+            log(f"   {job.id}: not continuing a run of grid {grid.continue_from}: {why}; training from the start")
     pieces = (_read_json(run / WALL_FILE, {}) or {}).get("pieces", []) if status == "started" else []
     piece = {"hardware": hardware(), "commit": commit(), "started": now(), "seconds": 0.0,
              "resumed": status == "started"}
+    if source is not None:
+        piece["continued_from"] = str(source)
     start = time.perf_counter()
 
     def record() -> None:
@@ -589,6 +654,8 @@ def evaluate_job(job: Job, grid: Grid, evaldir: Path, log) -> dict:
         **_metrics(run),
         "train_seconds": round(sum(p.get("seconds", 0.0) for p in pieces), 1) if pieces else None,
         "pieces": pieces,
+        **({"continued_from": next(p["continued_from"] for p in pieces if "continued_from" in p)}
+           if any("continued_from" in p for p in pieces) else {}),
         "hardware": "; ".join(dict.fromkeys(p["hardware"] for p in pieces)) if pieces else hardware(),
         "commit": ", ".join(dict.fromkeys(p["commit"] for p in pieces)) if pieces else commit(),
         "eval_hardware": hardware(), "eval_commit": commit(), "eval_seconds": round(time.perf_counter() - start, 1),
@@ -672,7 +739,7 @@ def load_hypotheses(grid: Grid, runs: Path, results: Path, records: dict[str, di
 
 
 def teacher_store(grid: Grid, results: Path, direction: str) -> Path:
-    return results / f"quality-{grid.name}-teachers" / direction
+    return results / f"quality-{grid.teacher_grid}-teachers" / direction
 
 
 def store_teacher(grid: Grid, results: Path, job: Job, record: dict, log) -> Path:
@@ -725,7 +792,27 @@ def collect(grid: Grid, runs: Path, results: Path, log=print) -> tuple[dict[str,
                 if key not in rec:
                     rec[key] = _metrics(path.parent)[key]
             records[rec["id"]] = rec
+    if grid.continue_from:
+        _add_source_teachers(grid, runs, results, records, log)
     return records, old
+
+
+def _add_source_teachers(grid: Grid, runs: Path, results: Path, records: dict[str, dict], log) -> None:
+    """A grid that continues another shares its teacher: the teacher's record comes from that grid's teacher
+    run (``RUNS/<continue_from>/<dir>/teacher/cell.json``) or, when the run is gone, from that grid's results."""
+    source = None
+    for d in grid.directions:
+        tid = f"{d}/{TEACHER}"
+        path = runs / grid.teacher_grid / d / TEACHER / CELL_FILE
+        if path.is_file():
+            records[tid] = _read_json(path)
+            continue
+        if tid in records:
+            continue
+        if source is None:
+            source, _ = collect(replace(grid, name=grid.teacher_grid, continue_from=None), runs, results, log)
+        if tid in source:
+            records[tid] = source[tid]
 
 
 def comparisons(grid: Grid, records: dict[str, dict], old: list[dict], log) -> list[dict]:
@@ -1184,9 +1271,14 @@ def ensure_teacher(grid: Grid, runs: Path, results: Path, job: Job, data: Path, 
         if record is not None:
             stored = stored_teacher(grid, results, job.direction, record)
             if stored is not None:
+                if grid.continue_from:
+                    _check_same_teacher(grid, stored / "config.yaml", job.id)
                 log(f"== {job.id}: its run is not here; distilling from the stored teacher {stored} "
                     f"(test BLEU {record['bleu']:.2f})")
                 return stored
+            if grid.continue_from:
+                raise UserError(f"{job.id}: the teacher of grid {grid.continue_from} that this grid continues is "
+                                f"neither in {job.run} nor stored in {teacher_store(grid, results, job.direction)}")
             students = sorted(r["id"] for r in records.values() if r["direction"] == job.direction and _distilled(r))
             if students:
                 raise UserError(f"{job.id}: {results_paths(grid, results)[0]} holds the teacher that "
@@ -1197,6 +1289,12 @@ def ensure_teacher(grid: Grid, runs: Path, results: Path, job: Job, data: Path, 
             log(f"   {job.id}: its run is not here and no student was distilled from it yet: training it again "
                 "(the new teacher's result replaces the old one)")
             done.discard(job.id)
+        elif grid.continue_from:
+            raise UserError(f"{job.id}: grid {grid.continue_from}, which this grid continues, has no {job.direction} "
+                            f"teacher: neither a finished run {job.run} nor a result in "
+                            f"{results / f'quality-{grid.continue_from}.json'}; run that grid's teacher first")
+    if grid.continue_from and run_status(job.run) == "finished":
+        _check_same_teacher(grid, job.run / "config.yaml", job.id)
     train_job(job, grid, data, job.run, None, log)
     if (job.run / CELL_FILE).is_file():
         record = _read_json(job.run / CELL_FILE)
@@ -1207,6 +1305,24 @@ def ensure_teacher(grid: Grid, runs: Path, results: Path, job: Job, data: Path, 
     if grid.store_teachers:
         store_teacher(grid, results, job, record, log)
     return job.run
+
+
+def _config_differences(config_file: Path, want: dict) -> list[str]:
+    """The settings of ``want`` that the run's saved config.yaml holds with another value (keys it lacks: skipped)."""
+    try:
+        had = read_yaml(config_file)
+    except ConfigError as e:
+        raise UserError(str(e)) from None
+    return [f"{k}={had[k]!r} (not {want[k]!r})" for k in want if k in had and had[k] != want[k]]
+
+
+def _check_same_teacher(grid: Grid, config_file: Path, what: str) -> None:
+    """A grid that continues another distils from that grid's teacher: its own teacher settings must be the same."""
+    if config_file.is_file():
+        differ = _config_differences(config_file, grid.teacher_config().to_dict())
+        if differ:
+            raise UserError(f"{grid.path}: teacher: the teacher of grid {grid.continue_from} ({what}) was trained with "
+                            f"{', '.join(differ)}; give this grid the same teacher settings")
 
 
 def dry_run(grid: Grid, runs: Path, results: Path, only: list[str] | None, log=print, redo: bool = False) -> None:
@@ -1239,6 +1355,8 @@ def dry_run(grid: Grid, runs: Path, results: Path, only: list[str] | None, log=p
             todo += 1
             state = {"finished": "trained, to score", "started": "started, to resume", "broken": "to restart",
                      "new": "to train"}[status]
+            if status == "new" and job.cell is not None and grid.continue_from and continuable(job, grid)[0]:
+                state = f"to continue {grid.continue_from}'s run"
             if rec is not None:
                 state += " (replaces a result in the JSON)"
         

@@ -231,3 +231,60 @@ def test_stored_teacher_lets_a_grid_go_on(tmp_path, data_root, monkeypatch):
     with pytest.raises(q.UserError, match="holds the teacher that de-en/kd-s1 were distilled from"):
         q.run_grid(q.load_grid(grid_file), runs, results, ["de-en/kd"], log=lambda _: None, redo=True)
     assert not (runs / "keep" / "de-en" / "teacher").exists()
+
+
+def test_continue_from_goes_on_from_shorter_runs(tmp_path, data_root):
+    """A grid with continue_from distils from the other grid's teacher and continues its finished shorter runs;
+    a continued student is the student trained from the start for the same number of epochs, bit for bit."""
+    import yaml
+
+    q = load_script()
+    raw = yaml.safe_load(SMOKE.read_text())
+    raw.pop("ablations")
+    fixed = [o for o in raw["student_overrides"] if not o.startswith(("max_epochs", "max_steps"))] + ["max_steps=0"]
+    short = {**raw, "name": "short", "directions": ["de-en"], "store_teachers": True,
+             "student_overrides": fixed + ["max_epochs=1"],
+             "methods": {"nokd": {"method": "none"}, "a2d": {"method": "a2d"}}}
+    long = {**short, "name": "long", "continue_from": "short", "student_overrides": fixed + ["max_epochs=2"]}
+    runs, results = tmp_path / "runs", tmp_path / "results"
+    files = {}
+    for grid in (short, long):
+        files[grid["name"]] = tmp_path / f"{grid['name']}.yaml"
+        files[grid["name"]].write_text(yaml.safe_dump(grid))
+    argv = lambda name, *extra: [str(files[name]), "--runs-dir", str(runs), "--results-dir", str(results), *extra]
+    assert q.main(argv("short")) == 0
+
+    lines = []
+    q.dry_run(q.load_grid(files["long"]), runs, results, None, log=lines.append)
+    assert any("de-en/teacher" in x and "done" in x for x in lines)
+    assert any("de-en/a2d-s1" in x and "to continue short's run" in x for x in lines)
+    assert q.main(argv("long")) == 0
+    assert not (runs / "long" / "de-en" / "teacher").exists()  # the short grid's teacher, not a new one
+    info = json.loads((results / "quality-long.json").read_text())
+    cells = {c["id"]: c for c in info["cells"]}
+    short_info = {c["id"]: c for c in json.loads((results / "quality-short.json").read_text())["cells"]}
+    assert cells["de-en/teacher"]["hyp_sha256"] == short_info["de-en/teacher"]["hyp_sha256"]
+    for name in ("nokd", "a2d"):
+        cell = cells[f"de-en/{name}-s1"]
+        assert cell["continued_from"].endswith(f"short/de-en/{name}-s1") and len(cell["pieces"]) == 2
+        assert cell["valid_epochs"] == 2 and cell["valid_curve"][0] == short_info[f"de-en/{name}-s1"]["valid_curve"][0]
+    assert yaml.safe_load((runs / "long" / "de-en" / "a2d-s1" / "config.yaml").read_text())["max_epochs"] == 2
+
+    # the same cells trained from the start (no shorter run to go on from): the same translations
+    shutil.rmtree(runs / "long")
+    for name in ("nokd", "a2d"):
+        shutil.rmtree(runs / "short" / "de-en" / f"{name}-s1")
+    assert q.main(argv("long", "--results-dir", str(tmp_path / "fresh"))) == 0
+    fresh = {c["id"]: c for c in json.loads((tmp_path / "fresh" / "quality-long.json").read_text())["cells"]}
+    for name in ("nokd", "a2d"):
+        cid = f"de-en/{name}-s1"
+        assert "continued_from" not in fresh[cid] and len(fresh[cid]["pieces"]) == 1
+        assert fresh[cid]["hyp_sha256"] == cells[cid]["hyp_sha256"], cid
+        assert fresh[cid]["valid_curve"] == cells[cid]["valid_curve"], cid
+
+    # another teacher setting than the continued grid's teacher is refused
+    shutil.rmtree(runs / "long" / "de-en" / "a2d-s1")
+    files["long"].write_text(yaml.safe_dump({**long, "teacher": {**long["teacher"],
+                                                                  "overrides": long["teacher"]["overrides"] + ["lr=1e-3"]}}))
+    with pytest.raises(q.UserError, match="teacher of grid short .* was trained with lr="):
+        q.run_grid(q.load_grid(files["long"]), runs, results, ["de-en/a2d"], log=lambda _: None, redo=True)
