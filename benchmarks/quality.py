@@ -456,9 +456,13 @@ def _read_json(path: Path, default=None):
 
 
 # =============================================================================================== stages
-def ensure_data(grid: Grid, runs: Path, direction: str, log) -> Path:
+def ensure_data(grid: Grid, runs: Path, direction: str, log, results: Path | None = None) -> Path:
     out = data_dir(grid, runs, direction)
     src, tgt = direction.split("-")
+    # A stored teacher outlives the data it was trained on: the data is prepared again with the teacher's own
+    # SentencePiece model (training a new one gives the same pieces but not the same file, and the students
+    # must share the teacher's vocabulary byte for byte).
+    stored_vocab = _stored_teacher_vocab(grid, results, direction)
     request = {"corpus": grid.corpus, "vocab_size": grid.vocab_size, "max_train": grid.max_train}
     if (out / "meta.json").is_file():
         recorded = _read_json(out / "quality-data.json") or {"max_train": _read_json(out / "meta.json")["max_train"]}
@@ -466,13 +470,35 @@ def ensure_data(grid: Grid, runs: Path, direction: str, log) -> Path:
         if differ:
             raise UserError(f"{out} was prepared with {', '.join(f'{k}={recorded[k]}' for k in differ)}; the grid asks "
                             f"for {', '.join(f'{k}={request[k]}' for k in differ)}: use another --runs-dir")
+        _check_teacher_vocab(stored_vocab, out)
         return out
     log(f"== prepare {grid.corpus} {direction} -> {out}")
     meta = prepare(out, locate_corpus(grid.corpus, src, tgt), src, tgt, vocab_size=grid.vocab_size,
-                   max_train=grid.max_train, log=log)
+                   max_train=grid.max_train, vocab=stored_vocab, log=log)
     atomic_write_text(out / "quality-data.json", json.dumps(request, indent=2) + "\n")
     log("\n".join(summary_lines(meta)))
     return out
+
+
+def _stored_teacher_vocab(grid: Grid, results: Path | None, direction: str) -> Path | None:
+    """The stored teacher's ``sentencepiece.model`` for ``direction``, checked against its manifest; None if none."""
+    if results is None:
+        return None
+    store = teacher_store(grid, results, direction)
+    manifest = _read_json(store / MANIFEST)
+    if not manifest:
+        return None
+    spm_file = store / "sentencepiece.model"
+    want = manifest.get("files", {}).get(spm_file.name)
+    if want is None or not spm_file.is_file() or sha256_file(spm_file) != want:
+        raise UserError(f"{spm_file}: missing or changed since the teacher was stored (sha256 differs)")
+    return spm_file
+
+
+def _check_teacher_vocab(stored_vocab: Path | None, data: Path) -> None:
+    if stored_vocab is not None and sha256_file(data / "sentencepiece.model") != sha256_file(stored_vocab):
+        raise UserError(f"{data}: prepared with another SentencePiece model than the stored teacher's {stored_vocab}; "
+                        "remove this data directory and run again (it is prepared anew with the teacher's model)")
 
 
 def ensure_eval_dir(grid: Grid, runs: Path, direction: str) -> Path:
@@ -1227,7 +1253,7 @@ def run_grid(grid: Grid, runs: Path, results: Path, only: list[str] | None, log=
         pending = [j for j in selected if j.direction == d and j.id not in done]
         if not pending:
             continue
-        data = ensure_data(grid, runs, d, log)
+        data = ensure_data(grid, runs, d, log, results)
         evaldir = ensure_eval_dir(grid, runs, d)
         teacher = next(j for j in jobs if j.direction == d and j.cell is None)
         needs_teacher = any(j.cell is None or j.cell.needs_teacher for j in pending)

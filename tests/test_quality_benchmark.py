@@ -219,8 +219,20 @@ def test_stored_teacher_lets_a_grid_go_on(tmp_path, data_root, monkeypatch):
     distill = q.distill
     monkeypatch.setattr(q, "distill", lambda cfg, data, out, teacher, **kw: seen.append(teacher) or
                         distill(cfg, data, out, teacher, **kw))
+    # on a new machine the data is gone too: it is prepared again with the stored teacher's vocabulary
+    # (a newly trained SentencePiece model has the same pieces but not the same bytes, and is refused)
+    data = q.data_dir(q.load_grid(grid_file), runs, "de-en")
+    shutil.rmtree(data)
     assert q.main(argv + ["--only", "de-en/kd", "--redo"]) == 0
     assert seen == [store] and (runs / "keep" / "de-en" / "kd-s1" / "cell.json").is_file()
+    assert (data / "sentencepiece.model").read_bytes() == (store / "sentencepiece.model").read_bytes()
+    assert json.loads((data / "meta.json").read_text())["vocab_from"]["path"] == str((store / "sentencepiece.model").resolve())
+    # data prepared with another vocabulary is refused with the way out, before any training
+    (data / "sentencepiece.model").write_bytes(b"other")
+    shutil.rmtree(runs / "keep" / "de-en" / "kd-s1")
+    with pytest.raises(q.UserError, match="another SentencePiece model than the stored teacher's"):
+        q.run_grid(q.load_grid(grid_file), runs, results, ["de-en/kd"], log=lambda _: None, redo=True)
+    shutil.rmtree(data)
 
     # a changed stored file is refused; with no stored copy, the teacher of existing students is not replaced
     shutil.rmtree(runs / "keep")

@@ -47,7 +47,7 @@ def cmd_prepare(args):
         if args.test_src:
             splits["test"] = (Path(args.test_src), Path(args.test_tgt))
     meta = prepare(Path(args.out), splits, args.src, args.tgt, vocab_size=args.vocab_size,
-                   max_train=args.max_train, max_len=args.max_len, log=print)
+                   max_train=args.max_train, max_len=args.max_len, vocab=args.vocab, log=print)
     print("\n".join(summary_lines(meta)))
 
 
@@ -160,6 +160,8 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument(f"--{split}-{side}", help=f"{split} {side} text file (plain or .gz)")
     p.add_argument("--out", required=True)
     p.add_argument("--vocab-size", type=int, default=8000)
+    p.add_argument("--vocab", help="encode with this SentencePiece model (e.g. a teacher's MODEL/sentencepiece.model) "
+                                   "instead of training one; --vocab-size is then not used")
     p.add_argument("--max-train", type=int, help="use only the first N training pairs")
     p.add_argument("--max-len", type=int, default=250, help="drop training pairs longer than this (subwords)")
     p.set_defaults(func=cmd_prepare)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -52,11 +53,14 @@ class _Split:
 
 def prepare(out_dir: Path | str, splits: dict[str, tuple[Path, Path]], src_lang: str, tgt_lang: str,
             vocab_size: int = 8000, max_train: int | None = None, max_len: int = 250, seed: int = 1,
-            log: Callable[[str], None] = print) -> dict:
+            vocab: Path | str | None = None, log: Callable[[str], None] = print) -> dict:
     """Prepare ``splits`` (``{split: (src_file, tgt_file)}``, needs ``train`` and ``valid``) into ``out_dir``.
 
     Every input is read and checked before anything is written. ``max_train`` keeps only the first N train
     pairs; ``max_len`` is the longest side (in subwords, without ``</s>``) a training pair may have.
+    ``vocab`` is an existing SentencePiece model (a teacher's ``sentencepiece.model``) to encode with instead
+    of training one; ``vocab_size`` is then not used. A student distilled from a teacher must share its
+    vocabulary, so data for a teacher trained elsewhere is prepared with the teacher's own model.
     Progress goes to ``log``; the per-split counts do not (print :func:`summary_lines` of the result).
     Returns the metadata written to ``meta.json``.
     """
@@ -68,13 +72,22 @@ def prepare(out_dir: Path | str, splits: dict[str, tuple[Path, Path]], src_lang:
         if not part.src:
             raise UserError(f"{part.src_path}, {part.tgt_path}: no sentence pairs with two non-empty sides")
     sources = {name: {"src": _source(part.src_path), "tgt": _source(part.tgt_path)} for name, part in data.items()}
+    given = None
+    if vocab is not None:
+        given = Path(vocab)
+        Vocabulary(given)  # a clear error now if it is missing or not one of ours, before anything is written
 
     with atomic_dir(out_dir) as tmp:
-        log(f"training a joint SentencePiece model (vocab_size={vocab_size}) on {len(data['train'].src)} "
-            "train pairs")
-        vocab = _train_vocab(tmp, data["train"], vocab_size, seed)
-        if len(vocab) < vocab_size:
-            log(f"note: the training text supports only {len(vocab)} pieces, fewer than --vocab-size {vocab_size}")
+        if given is not None:
+            shutil.copyfile(given, tmp / SPM_FILE)
+            vocab = Vocabulary(tmp / SPM_FILE)
+            log(f"encoding with the given SentencePiece model {given} ({len(vocab)} pieces)")
+        else:
+            log(f"training a joint SentencePiece model (vocab_size={vocab_size}) on {len(data['train'].src)} "
+                "train pairs")
+            vocab = _train_vocab(tmp, data["train"], vocab_size, seed)
+            if len(vocab) < vocab_size:
+                log(f"note: the training text supports only {len(vocab)} pieces, fewer than --vocab-size {vocab_size}")
         for part in data.values():
             _encode(part, vocab, max_len, drop_long=part.name == "train")
             if not part.src:
@@ -91,6 +104,7 @@ def prepare(out_dir: Path | str, splits: dict[str, tuple[Path, Path]], src_lang:
             "splits": {name: {"lines": p.lines, "kept": len(p.src), "dropped_empty": p.dropped_empty,
                               "dropped_long": p.dropped_long} for name, p in data.items()},
             "sources": sources,
+            "vocab_from": _source(given) if given is not None else None,
             "sentencepiece_sha256": sha256_file(tmp / SPM_FILE),
             "a2d_version": a2d.__version__,
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
