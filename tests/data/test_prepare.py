@@ -242,3 +242,30 @@ def test_load_meta_errors(tmp_path):
     (tmp_path / "meta.json").write_text("{broken")
     with pytest.raises(UserError, match="meta.json: not valid JSON"):
         load_meta(tmp_path)
+
+
+def test_given_vocabulary(small_inputs, tmp_path):
+    """--vocab: the data is encoded with an existing model (a teacher's), copied byte for byte, none trained."""
+    first = tmp_path / "first"
+    prepare(first, small_inputs, "de", "en", vocab_size=300, log=_quiet)
+    model = first / "sentencepiece.model"
+    lines = []
+    again = tmp_path / "again"
+    meta = prepare(again, small_inputs, "de", "en", vocab_size=5000, vocab=model, log=lines.append)
+    assert (again / "sentencepiece.model").read_bytes() == model.read_bytes()
+    assert meta["vocab_size"] == 300 and meta["vocab_from"]["path"] == str(model.resolve())
+    assert not any("training a joint" in x for x in lines)
+    a, b = ParallelData.load(first, "train"), ParallelData.load(again, "train")
+    assert [a[i] for i in range(len(a))] == [b[i] for i in range(len(b))]
+    assert load_meta(first)["vocab_from"] is None
+
+
+def test_given_vocabulary_errors(small_inputs, tmp_path):
+    out = tmp_path / "out"
+    with pytest.raises(UserError, match=r"^\S*missing.model: no SentencePiece model here$"):
+        prepare(out, small_inputs, "de", "en", vocab=tmp_path / "missing.model", log=_quiet)
+    junk = tmp_path / "junk.model"
+    junk.write_text("not a model\n")
+    with pytest.raises(UserError, match=r"junk.model: cannot be loaded \(not a SentencePiece model\)$"):
+        prepare(out, small_inputs, "de", "en", vocab=junk, log=_quiet)
+    assert not out.exists()

@@ -39,7 +39,11 @@ class Vocabulary:
         self.path = Path(model_file)
         if not self.path.is_file():
             raise UserError(f"{self.path}: no SentencePiece model here")
-        self.sp = spm.SentencePieceProcessor(model_file=str(self.path))
+        try:
+            self.sp = spm.SentencePieceProcessor(model_file=str(self.path))
+        except (RuntimeError, OSError) as e:
+            reason = str(e).rsplit(": ", 1)[0] if "could not parse" not in str(e) else "not a SentencePiece model"
+            raise UserError(f"{self.path}: cannot be loaded ({reason})") from None
         if (self.sp.pad_id(), self.sp.unk_id(), self.sp.bos_id(), self.sp.eos_id()) != (PAD, UNK, BOS, EOS):
             raise UserError(f"{self.path}: special ids are not pad=0 unk=1 bos=2 eos=3; "
                             "prepare the data with `a2d prepare`")
