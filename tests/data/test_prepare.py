@@ -269,3 +269,14 @@ def test_given_vocabulary_errors(small_inputs, tmp_path):
     with pytest.raises(UserError, match=r"junk.model: cannot be loaded \(not a SentencePiece model\)$"):
         prepare(out, small_inputs, "de", "en", vocab=junk, log=_quiet)
     assert not out.exists()
+
+
+def test_prepare_is_reproducible(small_inputs, tmp_path):
+    """The same text gives the same vocabulary file byte for byte (no temporary input path is recorded in it),
+    so data prepared again on a new machine still matches a model trained on the first preparation."""
+    a, b = tmp_path / "a", tmp_path / "b"
+    prepare(a, small_inputs, "de", "en", vocab_size=300, log=_quiet)
+    prepare(b, small_inputs, "de", "en", vocab_size=300, log=_quiet)
+    assert (a / "sentencepiece.model").read_bytes() == (b / "sentencepiece.model").read_bytes()
+    assert b"spm_train" not in (a / "sentencepiece.model").read_bytes()
+    assert (a / "train.safetensors").read_bytes() == (b / "train.safetensors").read_bytes()

@@ -5,6 +5,7 @@ A data directory, and every checkpoint, carries the model file as ``sentencepiec
 """
 from __future__ import annotations
 
+import io
 import shutil
 from pathlib import Path
 
@@ -18,18 +19,30 @@ PAD, UNK, BOS, EOS = 0, 1, 2, 3
 
 def train_sentencepiece(text_files: list[Path], out_dir: Path, vocab_size: int, model_type: str = "unigram",
                         character_coverage: float = 1.0, input_sentence_size: int = 2_000_000, seed: int = 1) -> Path:
-    """Train one joint model over ``text_files`` (plain text, a sentence per line); return its path."""
+    """Train one joint model over ``text_files`` (plain text, a sentence per line); return its path.
+
+    The sentences are streamed to the trainer rather than named by path, so the model file records no input
+    path and the same text gives the same file byte for byte (a retrained vocabulary matches a stored one).
+    """
     out_dir = Path(out_dir)
-    prefix = out_dir / "sentencepiece"
+
+    def sentences():
+        for path in text_files:
+            with open(path, encoding="utf-8") as f:
+                for line in f:
+                    yield line.rstrip("\n")
+
     spm.set_random_generator_seed(seed)
+    model = io.BytesIO()
     spm.SentencePieceTrainer.train(
-        input=",".join(str(p) for p in text_files), model_prefix=str(prefix), vocab_size=vocab_size,
+        sentence_iterator=sentences(), model_writer=model, vocab_size=vocab_size,
         model_type=model_type, character_coverage=character_coverage, pad_id=PAD, unk_id=UNK, bos_id=BOS,
         eos_id=EOS, input_sentence_size=input_sentence_size, shuffle_input_sentence=True,
         hard_vocab_limit=False, minloglevel=2, num_threads=2,
     )
-    prefix.with_suffix(".vocab").unlink(missing_ok=True)
-    return prefix.with_suffix(".model")
+    path = out_dir / SPM_FILE
+    path.write_bytes(model.getvalue())
+    return path
 
 
 class Vocabulary:
