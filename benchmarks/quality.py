@@ -488,11 +488,8 @@ def _stored_teacher_vocab(grid: Grid, results: Path | None, direction: str) -> P
     manifest = _read_json(store / MANIFEST)
     if not manifest:
         return None
-    spm_file = store / "sentencepiece.model"
-    want = manifest.get("files", {}).get(spm_file.name)
-    if want is None or not spm_file.is_file() or sha256_file(spm_file) != want:
-        raise UserError(f"{spm_file}: missing or changed since the teacher was stored (sha256 differs)")
-    return spm_file
+    _check_stored_files(store, manifest, ["sentencepiece.model"])
+    return store / "sentencepiece.model"
 
 
 def _check_teacher_vocab(stored_vocab: Path | None, data: Path) -> None:
@@ -796,10 +793,16 @@ def stored_teacher(grid: Grid, results: Path, direction: str, record: dict | Non
     if record is None or manifest.get("hyp_sha256") != record.get("hyp_sha256"):
         raise UserError(f"{out}: holds another teacher than the {direction} teacher of {results_paths(grid, results)[0]} "
                         "(their test translations differ); remove one of them")
-    for name, sha in manifest.get("files", {}).items():
-        if not (out / name).is_file() or sha256_file(out / name) != sha:
-            raise UserError(f"{out / name}: missing or changed since the teacher was stored (sha256 differs)")
+    _check_stored_files(out, manifest, list(manifest.get("files", {})))
     return out
+
+
+def _check_stored_files(store: Path, manifest: dict, names: list[str]) -> None:
+    """Each named file of a stored teacher is there with the sha256 its manifest recorded."""
+    files = manifest.get("files", {})
+    for name in names:
+        if name not in files or not (store / name).is_file() or sha256_file(store / name) != files[name]:
+            raise UserError(f"{store / name}: missing or changed since the teacher was stored (sha256 differs)")
 
 
 def collect(grid: Grid, runs: Path, results: Path, log=print) -> tuple[dict[str, dict], dict]:

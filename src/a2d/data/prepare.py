@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -72,15 +71,13 @@ def prepare(out_dir: Path | str, splits: dict[str, tuple[Path, Path]], src_lang:
         if not part.src:
             raise UserError(f"{part.src_path}, {part.tgt_path}: no sentence pairs with two non-empty sides")
     sources = {name: {"src": _source(part.src_path), "tgt": _source(part.tgt_path)} for name, part in data.items()}
-    given = None
-    if vocab is not None:
-        given = Path(vocab)
-        Vocabulary(given)  # a clear error now if it is missing or not one of ours, before anything is written
+    given = Path(vocab) if vocab is not None else None
+    if given is not None:
+        vocab = Vocabulary(given)  # a clear error now if it is missing or not one of ours, before anything is written
 
     with atomic_dir(out_dir) as tmp:
         if given is not None:
-            shutil.copyfile(given, tmp / SPM_FILE)
-            vocab = Vocabulary(tmp / SPM_FILE)
+            vocab.save(tmp)
             log(f"encoding with the given SentencePiece model {given} ({len(vocab)} pieces)")
         else:
             log(f"training a joint SentencePiece model (vocab_size={vocab_size}) on {len(data['train'].src)} "

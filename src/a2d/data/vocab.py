@@ -55,7 +55,7 @@ class Vocabulary:
         try:
             self.sp = spm.SentencePieceProcessor(model_file=str(self.path))
         except (RuntimeError, OSError) as e:
-            reason = str(e).rsplit(": ", 1)[0] if "could not parse" not in str(e) else "not a SentencePiece model"
+            reason = "not a SentencePiece model" if "could not parse" in str(e) else str(e)
             raise UserError(f"{self.path}: cannot be loaded ({reason})") from None
         if (self.sp.pad_id(), self.sp.unk_id(), self.sp.bos_id(), self.sp.eos_id()) != (PAD, UNK, BOS, EOS):
             raise UserError(f"{self.path}: special ids are not pad=0 unk=1 bos=2 eos=3; "
