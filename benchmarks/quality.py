@@ -73,6 +73,8 @@ Grid file (YAML; every key but ``name``, ``teacher``, ``student_preset`` and ``m
       a2d: {method: a2d, label: "A2D (per-query KL, convex AAM)"}
       a2d-reference: {method: a2d, overrides: [kl_norm=reference, aam=linear], compare_to: a2d}
                                      # compare_to: also paired-test this cell against that one ("Variants" table)
+      a2d-t2: {method: a2d, overrides: [kd_temperature=2], compare_to: a2d, seeds: [1]}
+                                     # seeds: run for some of the grid's seeds only (default: all of them)
     ablations:                       # extra cells; each varies the `base` A2D cell (its method, preset, overrides)
       base: a2d                      # default a2d
       heads: [2, 4, 8, 16]           # Table 3: cells <base>-heads-N and <nokd>-heads-N with N encoder and
@@ -129,7 +131,7 @@ ATT_KINDS = ("all", "enc-self", "dec-all", "dec-self", "dec-cross")
 GRID_KEYS = {"name", "corpus", "directions", "vocab_size", "max_train", "test_max_sentences", "beam", "seq_kd_beam",
              "bootstrap_samples", "seeds", "teacher", "student_preset", "student_overrides", "baselines", "methods",
              "ablations", "store_teachers", "continue_from"}
-CELL_KEYS = {"method", "overrides", "preset", "label", "compare_to"}
+CELL_KEYS = {"method", "overrides", "preset", "label", "compare_to", "seeds"}
 ABLATION_KEYS = {"base", "heads", "granularity", "att_kinds", "seeds"}
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
 
@@ -214,6 +216,17 @@ def _bool(value, where: str) -> bool:
     return value
 
 
+def _some_seeds(value, seeds: list[int], where: str) -> list[int] | None:
+    """A cell's own seeds: None (the grid's), or some of the grid's, each once (the paired tests need the baselines'
+    runs of the same seeds)."""
+    if value is None:
+        return None
+    if not isinstance(value, list) or not value or len(set(value)) != len(value) \
+            or any(isinstance(s, bool) or s not in seeds for s in value):
+        raise UserError(f"{where}: expected a list of some of the grid's seeds ({', '.join(map(str, seeds))}), each once")
+    return list(value)
+
+
 def _continue_from(value, path: Path, name: str) -> str | None:
     if value is None:
         return None
@@ -283,7 +296,8 @@ def load_grid(path: Path | str) -> Grid:
             label = LABELS.get(method, method) + ("" if cname == canonical else f" [{cname}]")
         own = _str_list(spec.get("overrides"), f"{path}: methods: {cname}: overrides")
         cells[cname] = Cell(cname, method, str(spec.get("preset", student_preset)), student_overrides + own, str(label),
-                            compare_to=None if spec.get("compare_to") is None else str(spec["compare_to"]))
+                            compare_to=None if spec.get("compare_to") is None else str(spec["compare_to"]),
+                            seeds=_some_seeds(spec.get("seeds"), seeds, f"{path}: methods: {cname}: seeds"))
     for cell in cells.values():
         if cell.compare_to is not None and (cell.compare_to not in cells or cell.compare_to == cell.name):
             raise UserError(f"{path}: methods: {cell.name}: compare_to {cell.compare_to!r}: not another cell of methods")
@@ -338,16 +352,12 @@ def _add_ablations(grid: Grid, spec) -> None:
         raise UserError(f"{where}: base {base_name!r}: must be a cell of method a2d in methods")
     nokd = grid.cells.get(grid.baselines["nokd"]) if grid.baselines["nokd"] else None
     grid.ablation_base = base.name
-    seeds = spec.get("seeds")
-    if seeds is not None and (not isinstance(seeds, list) or not seeds or len(set(seeds)) != len(seeds)
-                              or any(s not in grid.seeds or isinstance(s, bool) for s in seeds)):
-        raise UserError(f"{where}: seeds: expected a list of some of the grid's seeds "
-                        f"({', '.join(map(str, grid.seeds))}), each once")
+    seeds = _some_seeds(spec.get("seeds"), grid.seeds, f"{where}: seeds")
 
     def add(name: str, like: Cell, method: str, extra: list[str], label: str, compare: bool = False) -> str:
         if name not in grid.cells:  # a cell the grid defines itself is used as it is
             grid.cells[name] = Cell(name, method, like.preset, like.overrides + extra, label, main=False,
-                                    compare_to=like.name if compare else None, seeds=seeds and list(seeds))
+                                    compare_to=like.name if compare else None, seeds=seeds)
         return name
 
     heads = spec.get("heads") or []
@@ -1049,7 +1059,6 @@ def _table(header: list[str], rows: list[list[str]]) -> list[str]:
 def render_markdown(grid: Grid, grid_file: str, records: dict, comps_list: list[dict], alignment: dict) -> str:
     comps = {(c["direction"], c["seed"], c["baseline"], c["system"]): c for c in comps_list}
     dirs = grid.directions
-    n_seeds = len(grid.seeds)
     nokd, kd = grid.baselines["nokd"], grid.baselines["kd"]
     planned = len(dirs) * (1 + sum(len(grid.cell_seeds(c)) for c in grid.cells.values()))
     done = sum(1 for d in dirs for c in [TEACHER, *grid.cells] for _ in _records(grid, records, d, c))
@@ -1094,7 +1103,8 @@ def render_markdown(grid: Grid, grid_file: str, records: dict, comps_list: list[
             continue
         row = [cell.label]
         for d in dirs:
-            row += [_bleu(_records(grid, records, d, cell.name), n_seeds), _p(grid, comps, d, nokd, cell.name),
+            row += [_bleu(_records(grid, records, d, cell.name), len(grid.cell_seeds(cell))),
+                    _p(grid, comps, d, nokd, cell.name),
                     _p(grid, comps, d, kd, cell.name)]
         rows.append(row)
     lines += ["## Table 1: test BLEU", ""] + _table(header, rows) + [

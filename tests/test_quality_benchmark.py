@@ -169,7 +169,7 @@ def test_grid_errors(tmp_path):
         q.load_grid(bad)
 
 
-def test_ablation_tables_compare_rows_over_the_same_seeds(tmp_path):
+def test_cells_of_some_seeds_and_ablation_tables_over_shared_seeds(tmp_path):
     """An ablation run on seed 1 only is set beside its base's seed-1 result, not the mean of the base's seeds."""
     q = load_script()
     path = tmp_path / "two-seeds.yaml"
@@ -204,6 +204,16 @@ def test_ablation_tables_compare_rows_over_the_same_seeds(tmp_path):
 
     path.write_text(text + "  seeds: [3]\n")
     with pytest.raises(q.UserError, match="ablations: seeds: expected a list of some of the grid's seeds"):
+        q.load_grid(path)
+    # a Table 1 cell may run for some seeds too
+    path.write_text(text.replace("kd: {method: kd}", "kd: {method: kd, seeds: [2]}"))
+    grid = q.load_grid(path)
+    assert [j.id for j in q.plan(grid, tmp_path) if "/kd-" in j.id] == ["de-en/kd-s2"]
+    records["de-en/kd-s2"] = {**rec("kd", 2, 27.0, 26.0), "method": "kd"}
+    kd_row = next(r for r in table(q.render_markdown(grid, "x.yaml", records, [], {}), "Table 1") if r[0] == "Vanilla KD")
+    assert kd_row[1] == "27.00 ± 1.00"  # its one planned seed, not "(1/2 seeds)"
+    path.write_text(text.replace("kd: {method: kd}", "kd: {method: kd, seeds: [1, 1]}"))
+    with pytest.raises(q.UserError, match="methods: kd: seeds: expected a list of some"):
         q.load_grid(path)
 
 
