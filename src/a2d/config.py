@@ -53,6 +53,8 @@ class Config:
     label_smoothing: float = _f(0.1, "label smoothing of the cross-entropy", low=0.0, high=0.99)
     clip_norm: float = _f(0.0, "gradient-norm clipping; 0 disables", low=0.0)
     max_tokens: int = _f(4096, "padded tokens (source or target) per batch and process", low=16)
+    update_freq: int = _f(1, "batches per update and process (fairseq's --update-freq): their gradients are "
+                          "averaged, as data-parallel processes' are", low=1)
     max_epochs: int = _f(100, "epochs at most", low=1)
     max_steps: int = _f(0, "updates at most; 0 means no limit", low=0)
     patience: int = _f(10, "stop after this many epochs without a better validation BLEU; 0 disables", low=0)
@@ -88,6 +90,13 @@ class Config:
                   "student maps) or linear (free weights and bias, the paper's 1x1 convolution)",
                   choices=("convex", "linear"))
     aam_lr: float = _f(0.0, "learning rate of the method's own modules (AAM); 0: same as lr", low=0.0)
+    loss_mixing: str = _f("standard", "standard: L = CE + sum of weighted terms, each a mean over real target "
+                          "tokens; reference: the authors' mixing, 0.5*CE + 0.5*mu*KD as means over all target "
+                          "positions, padding included (use with kl_norm=reference, as preset a2d-paper does)",
+                          choices=("standard", "reference"))
+    teacher_precision: str = _f("same", "same: the teacher runs under the student's mixed precision (bf16 KD "
+                                "targets); fp32: the teacher runs in full fp32, as the authors ran it",
+                                choices=("same", "fp32"))
 
     # --- baselines (a2d distill --method NAME); see each method's module docstring ---
     selective_word_rate: float = _f(0.5, "selective-kd: share of target tokens that receive KD", low=0.0, high=1.0)
@@ -116,6 +125,10 @@ class Config:
 
 
 _FIELDS = {f.name: f for f in dataclasses.fields(Config)}
+
+#: Settings that fix the shape of a run's model or method modules: ``--resume`` refuses to change them.
+SHAPE_KEYS = ("encoder_layers", "decoder_layers", "encoder_attention_heads", "decoder_attention_heads", "d_model",
+              "ffn_dim", "max_positions", "activation_function", "method", "att_kinds", "att_granularity", "aam")
 
 
 def _coerce(key: str, value, source: str):
@@ -216,4 +229,4 @@ def describe_keys() -> str:
     return "\n".join(lines)
 
 
-__all__ = ["Config", "ConfigError", "load_config", "save_config", "preset_names", "describe_keys", "read_yaml"]
+__all__ = ["Config", "ConfigError", "SHAPE_KEYS", "load_config", "save_config", "preset_names", "describe_keys", "read_yaml"]

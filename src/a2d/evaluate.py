@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from a2d.data.vocab import SPM_FILE
-from a2d.utils import UserError, atomic_write_text, sha256_file
+from a2d.utils import UserError, atomic_write_text, check_output_file, sha256_file
 
 #: sacreBLEU's default seed for its bootstrap resampling (``SACREBLEU_SEED``); we pin it explicitly.
 BOOTSTRAP_SEED = 12345
@@ -120,6 +120,23 @@ def _sacrebleu_seed(seed: int):
             os.environ["SACREBLEU_SEED"] = old
 
 
+def bleu_metric_for(tgt_lang: str | None = None, **kwargs):
+    """sacreBLEU's BLEU with the tokenizer its defaults pick for the target language.
+
+    13a for most languages; ``zh`` for Chinese, ``ja-mecab`` for Japanese and ``ko-mecab`` for Korean
+    (the signature records which). ``tgt_lang`` may carry a region or script (``zh-Hans``, ``ja_JP``).
+    """
+    from sacrebleu.metrics import BLEU
+
+    lang = (tgt_lang or "").replace("_", "-").split("-")[0].lower() or None
+    try:
+        return BLEU(trg_lang=lang or "", **kwargs)
+    except RuntimeError as e:  # the Japanese and Korean tokenizers need extra packages
+        hint = next((line.strip() for line in str(e).splitlines() if "pip install" in line), "")
+        raise UserError(f"BLEU for target language {tgt_lang!r} needs its tokenizer's packages"
+                        + (f" ({hint})" if hint else "")) from None
+
+
 def _check_lengths(hypotheses, references, what: str = "hypotheses") -> None:
     if len(hypotheses) != len(references):
         raise ValueError(f"{len(hypotheses)} {what} but {len(references)} references")
@@ -137,23 +154,24 @@ def _percentile_ci(metric, hypotheses: list[str], references: list[str], n_boots
 
 
 def score(hypotheses: list[str], references: list[str], n_bootstrap: int = 1000,
-          seed: int = BOOTSTRAP_SEED) -> dict:
+          seed: int = BOOTSTRAP_SEED, tgt_lang: str | None = None) -> dict:
     """Corpus BLEU with a 95% bootstrap confidence interval, and chrF, computed by sacreBLEU.
 
     Returns ``{"bleu", "bleu_ci": [low, high], "bleu_mean", "chrf", "signature", "chrf_signature",
     "sentences"}``. ``bleu_ci`` holds the 2.5th and 97.5th percentiles of ``n_bootstrap`` resampled
     corpus BLEU scores (sacreBLEU's resampling with a fixed seed, so the result is deterministic);
     sacreBLEU itself prints these as ``μ = bleu_mean ± (high - low) / 2``. With ``n_bootstrap <= 1``
-    no resampling is done and ``bleu_ci`` is ``[bleu, bleu]``.
+    no resampling is done and ``bleu_ci`` is ``[bleu, bleu]``. ``tgt_lang`` picks BLEU's tokenizer
+    (:func:`bleu_metric_for`).
     """
-    from sacrebleu.metrics import BLEU, CHRF
+    from sacrebleu.metrics import CHRF
 
     hypotheses, references = list(hypotheses), list(references)
     _check_lengths(hypotheses, references)
     if not hypotheses:
         raise ValueError("no sentences to score")
     n_bootstrap = int(n_bootstrap)
-    bleu_metric, chrf_metric = BLEU(), CHRF()
+    bleu_metric, chrf_metric = bleu_metric_for(tgt_lang), CHRF()
     with _sacrebleu_seed(seed):
         bleu = bleu_metric.corpus_score(hypotheses, [references], n_bootstrap=max(1, n_bootstrap))
         if n_bootstrap > 1 and hypotheses:
@@ -174,7 +192,7 @@ def score(hypotheses: list[str], references: list[str], n_bootstrap: int = 1000,
 
 
 def paired_bootstrap(baseline_hyps: list[str], system_hyps: dict[str, list[str]], references: list[str],
-                     n_samples: int = 1000, seed: int = BOOTSTRAP_SEED) -> dict[str, dict]:
+                     n_samples: int = 1000, seed: int = BOOTSTRAP_SEED, tgt_lang: str | None = None) -> dict[str, dict]:
     """Paired bootstrap resampling (sacreBLEU's ``--paired-bs``) of each system against the baseline.
 
     Returns, per system name, ``{"bleu", "p_value", "bleu_mean", "bleu_ci_halfwidth" (of the 95%
@@ -183,7 +201,7 @@ def paired_bootstrap(baseline_hyps: list[str], system_hyps: dict[str, list[str]]
     under resampling. A system whose output equals the baseline's gets ``p_value`` 1.0 (sacreBLEU
     itself would report ``1 / (n_samples + 1)`` there, as no resample difference exceeds 0).
     """
-    from sacrebleu.metrics import BLEU, CHRF
+    from sacrebleu.metrics import CHRF
     from sacrebleu.significance import PairedTest
 
     references = list(references)
@@ -195,7 +213,7 @@ def paired_bootstrap(baseline_hyps: list[str], system_hyps: dict[str, list[str]]
     if not system_hyps:
         return {}
     named = [("__baseline__", list(baseline_hyps))] + [(name, list(h)) for name, h in system_hyps.items()]
-    metrics = {"BLEU": BLEU(references=[references]), "chrF": CHRF(references=[references])}
+    metrics = {"BLEU": bleu_metric_for(tgt_lang, references=[references]), "chrF": CHRF(references=[references])}
     with _sacrebleu_seed(seed):
         test = PairedTest(named, metrics, references=None, test_type="bs", n_samples=int(n_samples))
         signatures, results = test()
@@ -223,13 +241,11 @@ def paired_bootstrap(baseline_hyps: list[str], system_hyps: dict[str, list[str]]
 # a2d evaluate
 # ---------------------------------------------------------------------------------------------
 def _read_lines(path: Path) -> list[str]:
+    from a2d.data.corpus import read_lines
+
     if not path.is_file():
         raise UserError(f"{path}: no such file (is the split name right?)")
-    text = path.read_text(encoding="utf-8")
-    lines = text.split("\n")
-    if lines and lines[-1] == "":
-        lines.pop()
-    return [line.rstrip("\r") for line in lines]
+    return read_lines(path)
 
 
 def evaluate_model(model_path: Path | str, data_dir: Path | str, split: str = "test", beam: int = 5,
@@ -243,6 +259,11 @@ def evaluate_model(model_path: Path | str, data_dir: Path | str, split: str = "t
     """
     from a2d.models import load_model
 
+    if beam < 1:
+        raise UserError(f"--beam {beam}: must be at least 1")
+    if out is not None:
+        check_output_file(out)
+        check_output_file(Path(out).with_suffix(".hyp"))
     data_dir = Path(data_dir)
     if not data_dir.is_dir():
         raise UserError(f"{data_dir}: no such data directory")
@@ -273,7 +294,7 @@ def evaluate_model(model_path: Path | str, data_dir: Path | str, split: str = "t
     hypotheses = translate(model, vocab, sources, beam=beam, max_len_a=max_len_a, max_len_b=max_len_b,
                            max_tokens=max_tokens, progress=progress)
     seconds = time.perf_counter() - start
-    result = score(hypotheses, references)
+    result = score(hypotheses, references, tgt_lang=tgt)
     result.update({
         "model": str(model_path), "data": str(data_dir), "split": split, "src": src, "tgt": tgt, "beam": beam,
         "max_len_a": max_len_a, "max_len_b": max_len_b, "decode_seconds": round(seconds, 3),
@@ -287,4 +308,4 @@ def evaluate_model(model_path: Path | str, data_dir: Path | str, split: str = "t
     return result
 
 
-__all__ = ["translate", "score", "paired_bootstrap", "evaluate_model", "BOOTSTRAP_SEED"]
+__all__ = ["translate", "score", "bleu_metric_for", "paired_bootstrap", "evaluate_model", "BOOTSTRAP_SEED"]

@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file
 from transformers import MarianConfig, MarianMTModel
 from transformers.utils import logging as hf_logging
@@ -111,8 +112,15 @@ def freeze_positions(model: MarianMTModel) -> MarianMTModel:
 
 def load_weights(model: MarianMTModel, folder: Path | str) -> MarianMTModel:
     """Load ``folder/model.safetensors`` into an already built ``model`` of the same shape (used by ``--resume``)."""
-    state = load_file(Path(folder) / "model.safetensors")
-    missing, unexpected = model.load_state_dict(state, strict=False)
+    path = Path(folder) / "model.safetensors"
+    try:
+        state = load_file(path)
+    except (SafetensorError, OSError) as e:
+        raise UserError(f"{path}: cannot be read ({str(e).splitlines()[0] if str(e) else 'damaged'})") from None
+    try:
+        missing, unexpected = model.load_state_dict(state, strict=False)
+    except RuntimeError as e:  # a size mismatch: another model shape
+        raise UserError(f"{path}: weights of another shape than this model ({str(e).splitlines()[-1].strip()})") from None
     derived = {"lm_head.weight", "model.encoder.embed_tokens.weight", "model.decoder.embed_tokens.weight",
                "model.encoder.embed_positions.weight", "model.decoder.embed_positions.weight"}
     if unexpected or set(missing) - derived:

@@ -1,38 +1,20 @@
 """Pieces the two recipes (train a model, distill a student) share; the loops themselves live in the recipes.
 
-Checkpoints: ``RUN/best`` and ``RUN/last`` are ``save_pretrained`` folders (safetensors) with the
-vocabulary and the run's ``config.yaml``; ``RUN/last/trainer/`` adds what ``--resume`` needs
-(optimizer, scheduler, RNG, position in the data). Only the main process writes.
+Run folders (status, resume, checkpoints, the metrics log) are :mod:`a2d.rundir`'s.
 """
 from __future__ import annotations
 
-import json
 import math
-import random
 import time
-from dataclasses import asdict, dataclass
-from pathlib import Path
+from dataclasses import dataclass
 
 import torch
 from accelerate import Accelerator
-from safetensors.torch import load_file, save_file
 
-from a2d.config import Config, save_config
+from a2d.config import Config
 from a2d.data.vocab import Vocabulary
-from a2d.utils import UserError, atomic_dir, atomic_write_text
-
-
-@dataclass
-class TrainState:
-    """Where a run is; saved with ``last/`` so that ``--resume`` continues exactly."""
-
-    epoch: int = 1  # the epoch in progress (1-based)
-    update: int = 0  # updates done
-    batch_in_epoch: int = 0  # batches of this epoch already consumed (this process's shard)
-    best_bleu: float = -1.0
-    best_epoch: int = 0
-    bad_epochs: int = 0  # epochs since the best validation BLEU
-    finished: bool = False
+from a2d.rundir import TrainState
+from a2d.utils import UserError
 
 
 @dataclass
@@ -80,6 +62,50 @@ def inverse_sqrt_schedule(optimizer: torch.optim.Optimizer, cfg: Config) -> torc
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
+def check_data_fits(cfg: Config, data_dir, splits: dict, positions: dict[str, int] | None = None) -> None:
+    """Refuse, before anything is written, settings the data cannot be trained with.
+
+    ``splits`` maps a split name to its :class:`~a2d.data.prepare.ParallelData`; ``positions`` maps a
+    model (``"the model"``, ``"--teacher"``) to the sequence length it accepts. An example takes
+    ``max(src, tgt) + 1`` tokens (``</s>`` or ``<s>`` added) of both the batch budget and the positions.
+    """
+    positions = positions or {"max_positions": cfg.max_positions}
+    for name, data in splits.items():
+        if not len(data):
+            continue
+        longest = int(max(data.src_lens.max(), data.tgt_lens.max())) + 1
+        if name == "train" and longest > cfg.max_tokens:
+            raise UserError(f"max_tokens={cfg.max_tokens} is smaller than the longest training example of {data_dir} "
+                            f"({longest} tokens); raise max_tokens")
+        for what, limit in positions.items():
+            if longest > limit:
+                fix = ("raise max_positions" if what == "max_positions" else f"use data prepared with a smaller "
+                       "--max-len")
+                raise UserError(f"{what}={limit} is below the longest {name} example of {data_dir} ({longest} "
+                                f"tokens with </s>); {fix}, or prepare the data with --max-len {limit - 1}")
+
+
+def micro_batches(batches: list[list[int]], update_freq: int) -> list[list[list[int]]]:
+    """Consecutive groups of ``update_freq`` batches, one group per update (the last may be smaller)."""
+    return [batches[i:i + update_freq] for i in range(0, len(batches), update_freq)]
+
+
+def check_finite(accelerator: Accelerator, update: int, values: dict[str, torch.Tensor]) -> None:
+    """Stop with one line naming the update and the term when a loss is NaN or infinite (on any process).
+
+    Called before the backward pass, so no update is made and ``last/`` keeps the last good weights.
+    """
+    flags = torch.stack([torch.isfinite(v.detach().float()).all() for v in values.values()]).float()
+    if accelerator.num_processes > 1:
+        flags = accelerator.reduce(flags.to(accelerator.device), "min")
+    if bool(flags.all()):
+        return
+    bad = [name for name, ok in zip(values, flags.tolist()) if not ok]
+    raise UserError(f"update {update}: the loss term {', '.join(bad)} is not finite (NaN or inf); stopped "
+                    "before applying it, last/ holds the last good checkpoint (lower lr, set clip_norm, or "
+                    "check the data)")
+
+
 def to_device(batch: dict, device: torch.device) -> dict:
     return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
 
@@ -90,25 +116,6 @@ def model_inputs(batch: dict) -> dict:
 
 
 # --------------------------------------------------------------------------------------------- logging
-class MetricsLog:
-    """``RUN/metrics.jsonl``: one JSON object per line, ``type`` = ``train`` or ``valid``. Main process only."""
-
-    def __init__(self, path: Path, enabled: bool, resume_update: int | None = None):
-        self.path, self.enabled = path, enabled
-        if enabled and resume_update is not None and path.exists():
-            # Drop lines written after the checkpoint we resume from: they will be written again.
-            kept = [line for line in path.read_text(encoding="utf-8").splitlines()
-                    if line.strip() and json.loads(line).get("update", 0) <= resume_update]
-            atomic_write_text(path, "".join(line + "\n" for line in kept))
-        elif enabled and resume_update is None:
-            path.unlink(missing_ok=True)
-
-    def write(self, **record) -> None:
-        if self.enabled:
-            with open(self.path, "a", encoding="utf-8") as f:
-                f.write(json.dumps(record) + "\n")
-
-
 class Throughput:
     """Target tokens per second over the updates since the last call."""
 
@@ -166,75 +173,12 @@ def validate(accelerator: Accelerator, model, vocab: Vocabulary, valid, cfg: Con
     unwrapped.train()
     pairs = gather_object(list(zip(indices, hyps)))
     ordered = [h for _, h in sorted(pairs)]
-    bleu = score(ordered, valid.tgt_text[:n], n_bootstrap=1)["bleu"] if accelerator.is_main_process else 0.0
+    bleu = score(ordered, valid.tgt_text[:n], n_bootstrap=1, tgt_lang=valid.meta.get("tgt"))["bleu"] if accelerator.is_main_process else 0.0
     bleu = float(accelerator.reduce(torch.tensor([bleu], device=accelerator.device), "sum")[0])
     return {"valid_loss": float(sums[0] / sums[1].clamp(min=1)), "valid_bleu": bleu}
 
 
-# --------------------------------------------------------------------------------------------- checkpoints
-def save_model_dir(path: Path, model, vocab: Vocabulary, cfg: Config, extra_files: dict[str, str] | None = None,
-                   trainer: dict | None = None) -> None:
-    """Write a ``from_pretrained`` folder atomically: model (safetensors), vocabulary, ``config.yaml``.
-
-    ``trainer`` (optimizer, scheduler and state) goes to ``trainer/`` for ``--resume``.
-    """
-    with atomic_dir(path) as tmp:
-        model.save_pretrained(tmp, safe_serialization=True)
-        vocab.save(tmp)
-        save_config(cfg, tmp / "config.yaml")
-        for name, text in (extra_files or {}).items():
-            (tmp / name).write_text(text, encoding="utf-8")
-        if trainer is not None:
-            (tmp / "trainer").mkdir()
-            torch.save(trainer["optimizer"], tmp / "trainer" / "optimizer.pt")
-            torch.save(trainer["scheduler"], tmp / "trainer" / "scheduler.pt")
-            torch.save(trainer["rng"], tmp / "trainer" / "rng.pt")
-            (tmp / "trainer" / "state.json").write_text(json.dumps(asdict(trainer["state"]), indent=2))
-            for name, tensors in trainer.get("tensors", {}).items():
-                save_file(tensors, tmp / "trainer" / f"{name}.safetensors")
-
-
-def rng_state() -> dict:
-    state = {"torch": torch.get_rng_state(), "python": random.getstate()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def set_rng_state(state: dict) -> None:
-    torch.set_rng_state(state["torch"])
-    random.setstate(state["python"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def load_trainer(last: Path) -> dict:
-    """Read ``last/trainer`` (``weights_only=True``: tensors and plain containers, never arbitrary pickle)."""
-    folder = last / "trainer"
-    if not (folder / "state.json").exists():
-        raise UserError(f"{last}: no resumable checkpoint here (missing trainer/state.json)")
-    out = {
-        "optimizer": torch.load(folder / "optimizer.pt", weights_only=True),
-        "scheduler": torch.load(folder / "scheduler.pt", weights_only=True),
-        "rng": torch.load(folder / "rng.pt", weights_only=True),
-        "state": TrainState(**json.loads((folder / "state.json").read_text())),
-        "tensors": {p.stem: load_file(p) for p in folder.glob("*.safetensors")},
-    }
-    return out
-
-
-def prepare_out_dir(out: Path, resume: bool) -> None:
-    """A new run refuses to overwrite a finished or started run unless ``--resume`` is given."""
-    if resume:
-        if not (out / "last" / "trainer" / "state.json").exists():
-            raise UserError(f"--resume: {out} has no last/ checkpoint to resume from")
-        return
-    if out.exists() and any(out.iterdir()):
-        raise UserError(f"--out {out}: folder exists and is not empty (use --resume to continue it, "
-                        "or choose another folder)")
-    out.mkdir(parents=True, exist_ok=True)
-
-
+# --------------------------------------------------------------------------------------------- stopping
 def end_of_epoch(state: TrainState, cfg: Config, metrics: dict) -> bool:
     """Update the early-stopping record with this epoch's validation BLEU; return whether it is a new best."""
     improved = metrics["valid_bleu"] > state.best_bleu

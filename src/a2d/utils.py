@@ -24,6 +24,30 @@ class UserError(Exception):
     """A mistake in the user's input: the CLI prints its message on one line and exits with status 2."""
 
 
+def check_output_file(path: Path | str, option: str = "--out") -> Path:
+    """Refuse, before any work, an output file path that cannot be written: a folder, or a read-only place."""
+    path = Path(path)
+    if path.is_dir():
+        raise UserError(f"{option} {path}: is a folder; give a file name")
+    parent = path.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise UserError(f"{option} {path}: {parent} is a file, not a folder")
+    check_writable_dir(parent, option, shown=path)
+    return path
+
+
+def check_writable_dir(folder: Path | str, option: str = "--out", shown: Path | str | None = None) -> None:
+    """Create and remove a probe file in ``folder``; a one-line error if that fails (read-only, no space)."""
+    try:
+        fd, probe = tempfile.mkstemp(dir=folder, prefix=".a2d-probe.", suffix=".tmp")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise UserError(f"{option} {shown or folder}: cannot write in {folder} ({e.strerror})") from None
+
+
 def atomic_write_bytes(path: Path | str, data: bytes) -> None:
     """Write ``data`` to ``path`` through a temporary file in the same folder, then rename."""
     path = Path(path)

@@ -42,12 +42,22 @@ class DistillMethod(nn.Module):
     paper: str = ""  # "Author et al. YEAR, Title"
     needs: frozenset[str] = frozenset()
     needs_teacher: bool = True
+    # what the experiments (a2d.experiments) need to know about a method
+    label: str = ""  # its row in the result tables ("Vanilla KD"); empty: its name
+    generated_data: bool = False  # trains on the teacher's translations (`a2d distill-data`), not on the corpus
+    baseline: str | None = None  # the paired tests' baseline it is by default: "nokd" (no distillation) or "kd"
+    alignment: bool = False  # learns attention alignments that `a2d plot-alignment` draws (method.json)
 
     def __init__(self, cfg: Config, student_config: MarianConfig, teacher_config: MarianConfig | None):
         super().__init__()
         self.cfg = cfg
         if self.needs_teacher and teacher_config is None:
             raise UserError(f"--method {self.name} needs a teacher (give --teacher RUN)")
+        if ATTENTIONS in self.needs and float(getattr(student_config, "attention_dropout", 0.0) or 0.0) > 0:
+            # transformers returns attention probabilities after dropout: rows would no longer sum to 1
+            raise UserError(f"attention_dropout={student_config.attention_dropout}: --method {self.name} learns "
+                            "from the student's attention maps, which would be taken after dropout (rows no "
+                            "longer distributions); set attention_dropout=0")
 
     def attach(self, student: nn.Module, teacher: nn.Module | None) -> None:
         """Called once with both models, for a method that needs their weights (MiniLM's value projections).

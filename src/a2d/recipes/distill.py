@@ -12,12 +12,12 @@ The student in ``RUN/best`` is a plain model; the method's modules are saved bes
 """
 from __future__ import annotations
 
-import json
+import contextlib
 import sys
 from pathlib import Path
 
 import torch
-from safetensors.torch import save_file
+from accelerate.utils import broadcast_object_list, gather_object
 from tqdm.auto import tqdm
 
 from a2d.config import Config, save_config
@@ -26,11 +26,12 @@ from a2d.data.prepare import ParallelData, load_meta
 from a2d.data.vocab import Vocabulary
 from a2d.losses import label_smoothed_ce
 from a2d.methods import ATTENTIONS, HIDDEN_STATES, Progress, get_method
-from a2d.models import build_model, count_parameters, load_weights, load_model, use_attention_maps
-from a2d.training import (MetricsLog, RunResult, Throughput, TrainState, end_of_epoch, inverse_sqrt_schedule, load_trainer,
-                          make_accelerator, make_optimizer, model_inputs, prepare_out_dir, rng_state,
-                          save_model_dir, set_rng_state, should_stop, to_device, validate)
-from a2d.utils import UserError, atomic_write_text
+from a2d.models import build_model, count_parameters, load_model, load_weights, use_attention_maps
+from a2d.rundir import RunDir, TrainState, rng_state, set_rng_state
+from a2d.training import (RunResult, Throughput, check_data_fits, check_finite, end_of_epoch, inverse_sqrt_schedule,
+                          make_accelerator, make_optimizer, micro_batches, model_inputs, should_stop, to_device,
+                          validate)
+from a2d.utils import UserError
 
 
 def load_teacher(path: Path, vocab: Vocabulary, data_dir: Path):
@@ -44,29 +45,64 @@ def load_teacher(path: Path, vocab: Vocabulary, data_dir: Path):
     return teacher
 
 
+def distill_step(student, teacher, method, batch: dict, cfg: Config, progress: Progress,
+                 autocast=contextlib.nullcontext) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
+    """One batch: both forward passes and the loss, mixed where it can be read.
+
+    Returns ``(terms, weights)``: ``terms["loss"]`` is what is back-propagated, ``terms["ce"]`` L_CE, and the
+    method's own terms by name (fp32 whatever the models' precision); ``weights`` their weights (with
+    ``ce``). ``teacher_precision=fp32`` runs the teacher outside the student's mixed precision.
+    """
+    inputs = model_inputs(batch)
+    needs = method.needs
+    wants = {"output_attentions": ATTENTIONS in needs, "output_hidden_states": HIDDEN_STATES in needs}
+    teacher_out = None
+    if teacher is not None and method.needs_teacher:
+        with torch.no_grad(), (contextlib.nullcontext() if cfg.teacher_precision == "fp32" else autocast()):
+            teacher_out = teacher(**inputs, **wants)
+    with autocast():
+        student_out = student(**inputs, **wants)
+    ce = label_smoothed_ce(student_out.logits, batch["labels"], cfg.label_smoothing)
+    terms = method.loss_terms(batch, student_out, teacher_out, progress)
+    weights = {"ce": method.ce_weight, **method.weights(progress)}
+    if cfg.loss_mixing == "reference":  # the authors' 0.5*CE + 0.5*KD, means over all target positions
+        real_share = float(batch["labels"].ne(-100).sum()) / batch["labels"].numel()
+        weights["ce"] *= 0.5 * real_share
+        if "kd" in weights:
+            weights["kd"] *= 0.5 * real_share
+    loss = weights["ce"] * ce + sum(weights[k] * terms[k] for k in terms if weights.get(k, 0.0))
+    return {"loss": loss, "ce": ce, **terms}, weights
+
+
 def distill(cfg: Config, data_dir: Path, out: Path, teacher_path: Path | None, resume: bool = False,
             log=print) -> RunResult:
-    data_dir, out = Path(data_dir), Path(out)
+    data_dir, run = Path(data_dir), RunDir(out)
     accelerator = make_accelerator(cfg)
     main = accelerator.is_main_process
     method_cls = get_method(cfg.method)  # an unknown method fails here; a missing teacher when it is built
 
-    # ---- data, teacher, student, method
+    # ---- data, teacher, student, method; all checked before the run folder is touched
     load_meta(data_dir)  # a clear error if --data is not a prepared directory
     vocab = Vocabulary.load(data_dir)
     train_data, valid_data = ParallelData.load(data_dir, "train"), ParallelData.load(data_dir, "valid")
     teacher = load_teacher(Path(teacher_path), vocab, data_dir) if teacher_path else None
+    positions = {"max_positions": cfg.max_positions}
+    if teacher is not None:
+        positions["the teacher's max_position_embeddings"] = int(teacher.config.max_position_embeddings)
+    check_data_fits(cfg, data_dir, {"train": train_data, "valid": valid_data}, positions)
     student = build_model(cfg, len(vocab), seed=cfg.seed)
-    if resume:
-        load_weights(student, out / "last")
     method = method_cls(cfg, student.config, teacher.config if teacher is not None else None)
     method.check_data(train_data.meta)
     method.attach(student, teacher)
-    if main:  # only now, so a refused run leaves no folder behind
-        prepare_out_dir(out, resume)
+    resumed = [run.begin(resume, log) if main else False]
+    if accelerator.num_processes > 1:
+        broadcast_object_list(resumed)
+    resumed = resumed[0]
+    if resumed:
+        run.check_resumable(cfg, vocab)
+        load_weights(student, run.last)
     accelerator.wait_for_everyone()
-    needs = method.needs
-    if ATTENTIONS in needs:  # per-head probabilities come from the eager attention kernel
+    if ATTENTIONS in method.needs:  # per-head probabilities come from the eager attention kernel
         use_attention_maps(student)
         if teacher is not None:
             use_attention_maps(teacher)
@@ -81,22 +117,22 @@ def distill(cfg: Config, data_dir: Path, out: Path, teacher_path: Path | None, r
     optimizer = make_optimizer(cfg, param_groups())
     scheduler = inverse_sqrt_schedule(optimizer, cfg)
     state = TrainState()
-    if resume:
-        ckpt = load_trainer(out / "last")
+    if resumed:
+        ckpt = run.load_trainer(accelerator.process_index, accelerator.num_processes, log)
         if "method" in ckpt["tensors"]:
             method.load_state_dict(ckpt["tensors"]["method"])
         optimizer.load_state_dict(ckpt["optimizer"])
         scheduler.load_state_dict(ckpt["scheduler"])
         state = ckpt["state"]
         set_rng_state(ckpt["rng"])
-        log(f"resuming {out} at epoch {state.epoch}, update {state.update}")
+        log(f"resuming {run.path} at epoch {state.epoch}, update {state.update}")
     elif main:
-        save_config(cfg, out / "config.yaml")
+        save_config(cfg, run.config_file)
     student, optimizer = accelerator.prepare(student, optimizer)
     method.to(accelerator.device)
     if teacher is not None:
         teacher.to(accelerator.device)
-    metrics = MetricsLog(out / "metrics.jsonl", main, resume_update=state.update if resume else None)
+    metrics = run.metrics_log(main, state if resumed else None)
     if main:
         n_method = sum(p.numel() for p in method.parameters())
         log(f"student: {count_parameters(accelerator.unwrap_model(student)):,} parameters; method {cfg.method} "
@@ -104,21 +140,19 @@ def distill(cfg: Config, data_dir: Path, out: Path, teacher_path: Path | None, r
             + (f"{count_parameters(teacher):,} parameters" if teacher is not None else "none")
             + f"; {accelerator.num_processes} process(es) on {accelerator.device}")
 
-    def save(path: Path, with_trainer: bool) -> None:
-        trainer = None
+    def save(which: str) -> None:
         method_state = {k: v.detach().cpu().contiguous() for k, v in method.state_dict().items()}
-        if with_trainer:
-            trainer = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                       "rng": rng_state(), "state": state, "tensors": {"method": method_state} if method_state else {}}
+        trainer = None
+        if which == "last":  # every process's RNG state, so that each resumes its own dropout stream
+            rngs = gather_object([rng_state()]) if accelerator.num_processes > 1 else [rng_state()]
+            trainer = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": rngs,
+                       "state": state, "tensors": {"method": method_state} if method_state else {}}
         if not main:
             return
-        save_model_dir(path, accelerator.unwrap_model(student), vocab, cfg, trainer=trainer)
-        if not with_trainer and method_state:  # the method's modules of the best student, beside it
-            save_file(method_state, out / "method.safetensors.tmp")
-            (out / "method.safetensors.tmp").replace(out / "method.safetensors")
+        run.save(which, accelerator.unwrap_model(student), vocab, cfg, trainer=trainer)
+        if which == "best" and method_state:  # the method's modules of the best student, beside it
             describe = getattr(method, "describe", None)
-            info = {"method": cfg.method, **(describe() if describe else {})}
-            atomic_write_text(out / "method.json", json.dumps(info, indent=2))
+            run.save_method(method_state, {"method": cfg.method, **(describe() if describe else {})})
 
     # ---- the loop
     student.train()
@@ -128,26 +162,21 @@ def distill(cfg: Config, data_dir: Path, out: Path, teacher_path: Path | None, r
         batches = token_batches(train_data.src_lens, train_data.tgt_lens, cfg.max_tokens, shuffle=True,
                                 seed=cfg.seed, epoch=state.epoch)
         batches = shard_batches(batches, accelerator.process_index, accelerator.num_processes)
+        updates_per_epoch = len(micro_batches(batches, cfg.update_freq))
         bar = tqdm(total=len(batches), initial=state.batch_in_epoch, desc=f"epoch {state.epoch}",
                    disable=not main, leave=False, dynamic_ncols=True,
                    mininterval=1.0 if sys.stderr.isatty() else 60.0)
-        for idx in batches[state.batch_in_epoch:]:
-            batch = to_device(collate([train_data[i] for i in idx]), accelerator.device)
-            inputs = model_inputs(batch)
-            wants = {"output_attentions": ATTENTIONS in needs, "output_hidden_states": HIDDEN_STATES in needs}
-            progress = Progress(epoch=state.epoch, update=state.update, updates_per_epoch=len(batches))
-            with accelerator.autocast():
-                teacher_out = None
-                if teacher is not None and method_cls.needs_teacher:
-                    with torch.no_grad():
-                        teacher_out = teacher(**inputs, **wants)
-                student_out = student(**inputs, **wants)
-            # Loss arithmetic in fp32, whatever the models' precision.
-            ce = label_smoothed_ce(student_out.logits, batch["labels"], cfg.label_smoothing)
-            terms = method.loss_terms(batch, student_out, teacher_out, progress)
-            weights = method.weights(progress)
-            loss = method.ce_weight * ce + sum(weights[k] * terms[k] for k in terms if weights.get(k, 0.0))
-            accelerator.backward(loss)
+        for group in micro_batches(batches[state.batch_in_epoch:], cfg.update_freq):
+            progress = Progress(epoch=state.epoch, update=state.update, updates_per_epoch=updates_per_epoch)
+            ntokens = 0
+            for i, idx in enumerate(group):
+                batch = to_device(collate([train_data[j] for j in idx]), accelerator.device)
+                with contextlib.nullcontext() if i == len(group) - 1 else accelerator.no_sync(student):
+                    terms, weights = distill_step(student, teacher, method, batch, cfg, progress,
+                                                  accelerator.autocast)
+                    check_finite(accelerator, state.update + 1, terms)
+                    accelerator.backward(terms["loss"] / len(group))
+                ntokens += int(batch["ntokens"])
             if accelerator.num_processes > 1:  # the method's modules are not inside DDP: average their grads
                 for p in method.parameters():
                     if p.grad is not None:
@@ -158,18 +187,18 @@ def distill(cfg: Config, data_dir: Path, out: Path, teacher_path: Path | None, r
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
             state.update += 1
-            state.batch_in_epoch += 1
-            speed.add(int(batch["ntokens"]) * accelerator.num_processes)
-            bar.update(1)
+            state.batch_in_epoch += len(group)
+            speed.add(ntokens * accelerator.num_processes)
+            bar.update(len(group))
             if state.update % cfg.log_every == 0:
                 lr, tps = scheduler.get_last_lr()[0], speed.rate()
-                bar.set_postfix(loss=f"{loss.item():.3f}", ce=f"{ce.item():.3f}", tok_s=f"{tps:,.0f}",
+                values = {k: v.item() for k, v in terms.items()}
+                bar.set_postfix(loss=f"{values['loss']:.3f}", ce=f"{values['ce']:.3f}", tok_s=f"{tps:,.0f}",
                                 refresh=False)
-                metrics.write(type="train", update=state.update, epoch=state.epoch, loss=loss.item(), ce=ce.item(),
-                              lr=lr, tokens_per_s=tps, **{k: v.item() for k, v in terms.items()},
-                              **{f"w_{k}": v for k, v in weights.items()})
+                metrics.write(type="train", update=state.update, epoch=state.epoch, **values, lr=lr,
+                              tokens_per_s=tps, **{f"w_{k}": v for k, v in weights.items() if k != "ce"})
             if cfg.save_every and state.update % cfg.save_every == 0:
-                save(out / "last", with_trainer=True)
+                save("last")
             if cfg.max_steps and state.update >= cfg.max_steps:
                 break
         bar.close()
@@ -181,18 +210,18 @@ def distill(cfg: Config, data_dir: Path, out: Path, teacher_path: Path | None, r
                 log(f"epoch {state.epoch}: update {state.update}, valid loss {result['valid_loss']:.3f}, "
                     f"valid BLEU {result['valid_bleu']:.2f}" + (" (best)" if improved else ""))
             if improved:
-                save(out / "best", with_trainer=False)
+                save("best")
             state.epoch += 1
             state.batch_in_epoch = 0
         stop = should_stop(state, cfg)
         state.finished = stop is not None
-        save(out / "last", with_trainer=True)
-    if main and not (out / "best").exists():
-        save(out / "best", with_trainer=False)
+        save("last")
+    if not run.best.exists():
+        save("best")
     accelerator.wait_for_everyone()
     if main:
         log(f"stopped: {stop}; best valid BLEU {state.best_bleu:.2f} at epoch {state.best_epoch}")
     return RunResult(state, accelerator.unwrap_model(student), stop)
 
 
-__all__ = ["distill", "load_teacher"]
+__all__ = ["distill", "distill_step", "load_teacher"]
