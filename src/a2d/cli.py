@@ -47,7 +47,8 @@ def cmd_prepare(args):
         if args.test_src:
             splits["test"] = (Path(args.test_src), Path(args.test_tgt))
     meta = prepare(Path(args.out), splits, args.src, args.tgt, vocab_size=args.vocab_size,
-                   max_train=args.max_train, max_len=args.max_len, vocab=args.vocab, log=print)
+                   max_train=args.max_train, max_len=args.max_len, vocab=args.vocab, log=print,
+                   overwrite=args.overwrite)
     print("\n".join(summary_lines(meta)))
 
 
@@ -83,26 +84,43 @@ def cmd_evaluate(args):
         print(f"wrote {out} and {out.with_suffix('.hyp')}")
 
 
+def _stdin_lines() -> list[str]:
+    """Standard input as lines of text; bytes that are not UTF-8 are an error naming the line."""
+    lines = []
+    for number, raw in enumerate(sys.stdin.buffer, start=1):
+        try:
+            lines.append(raw.decode("utf-8").rstrip("\r\n"))
+        except UnicodeDecodeError:
+            raise UserError(f"stdin:{number}: not valid UTF-8") from None
+    return lines
+
+
 def cmd_translate(args):
     from a2d.evaluate import translate
     from a2d.models import load_model
 
+    if args.beam < 1:
+        raise UserError(f"--beam {args.beam}: must be at least 1")
     model, vocab = load_model(Path(args.model))
-    lines = [line.rstrip("\n") for line in sys.stdin]
+    lines = _stdin_lines()
     for hyp in translate(model, vocab, lines, beam=args.beam):
         print(hyp)
 
 
 def cmd_plot(args):
     from a2d.curves import plot_training_curves
+    from a2d.utils import check_output_file
 
+    check_output_file(args.out)
     plot_training_curves([Path(r) for r in args.runs], Path(args.out))
     print(f"wrote {args.out}")
 
 
 def cmd_plot_alignment(args):
     from a2d.analysis import format_summary, plot_alignment
+    from a2d.utils import check_output_file
 
+    check_output_file(args.out)
     summary = plot_alignment(Path(args.run), Path(args.out))
     print(format_summary(summary))
     print(f"wrote {args.out}")
@@ -164,6 +182,8 @@ def build_parser() -> argparse.ArgumentParser:
                                    "instead of training one; --vocab-size is then not used")
     p.add_argument("--max-train", type=int, help="use only the first N training pairs")
     p.add_argument("--max-len", type=int, default=250, help="drop training pairs longer than this (subwords)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace the prepared files of an --out that also holds other files (those are kept)")
     p.set_defaults(func=cmd_prepare)
 
     p = sub.add_parser("train", help="train a model with cross-entropy (a teacher, or a No-KD student)")
@@ -219,6 +239,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--teacher-epochs", type=int, default=5)
     p.add_argument("--student-epochs", type=int, default=4)
     p.set_defaults(func=cmd_demo)
+
+    from a2d.experiments import command as reproduce  # light: the grid's work is imported when it runs
+    p = sub.add_parser("reproduce", help="train, score and report a grid of teachers and students (benchmarks/grids/)")
+    reproduce.add_arguments(p)
+    p.set_defaults(func=reproduce.run)
     return parser
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file
 from transformers import MarianConfig, MarianMTModel
 from transformers.utils import logging as hf_logging
@@ -95,12 +95,29 @@ def load_model(path: Path | str, attn_implementation: str | None = None) -> tupl
         path = path / "last"
     if not (path / "config.json").exists():
         raise UserError(f"{path}: not a model folder (no config.json; give a run folder or its best/ or last/)")
+    check_safetensors(path)
     kwargs = {"attn_implementation": attn_implementation} if attn_implementation else {}
     try:
-        model = freeze_positions(MarianMTModel.from_pretrained(path, **kwargs))
-    except (OSError, ValueError) as e:
+        model = freeze_positions(MarianMTModel.from_pretrained(path, use_safetensors=True, **kwargs))
+    except (OSError, ValueError, SafetensorError) as e:
         raise UserError(f"{path}: cannot load the model ({str(e).splitlines()[0]})") from None
     return model, Vocabulary.load(path)
+
+
+def check_safetensors(path: Path) -> None:
+    """Weights are read from safetensors only, never from pickle (``pytorch_model.bin`` can run code)."""
+    files = sorted(path.glob("*.safetensors"))
+    if not files:
+        pickled = [p.name for p in path.glob("*.bin")] + [p.name for p in path.glob("*.pt*")]
+        found = f" (it has {', '.join(sorted(pickled))}: a pickle, which a2d never loads)" if pickled else ""
+        raise UserError(f"{path}: no model.safetensors{found}; save the model with "
+                        "save_pretrained(safe_serialization=True)")
+    for file in files:
+        try:
+            with safe_open(file, framework="pt"):
+                pass
+        except (SafetensorError, OSError) as e:
+            raise UserError(f"{file}: damaged or truncated ({str(e).splitlines()[0]})") from None
 
 
 def freeze_positions(model: MarianMTModel) -> MarianMTModel:

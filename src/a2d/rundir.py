@@ -32,7 +32,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from a2d.utils import UserError, atomic_dir, atomic_write_text
+from a2d.utils import UserError, atomic_dir, atomic_write_text, check_writable_dir
 
 CONFIG_FILE = "config.yaml"
 METRICS_FILE = "metrics.jsonl"
@@ -177,8 +177,7 @@ class RunDir:
             self.path.mkdir(parents=True, exist_ok=True)
         except OSError as e:
             raise UserError(f"--out {self.path}: cannot create ({e.strerror})") from None
-        if not os.access(self.path, os.W_OK | os.X_OK):
-            raise UserError(f"--out {self.path}: not writable")
+        check_writable_dir(self.path)
 
     def _swap_leftover(self, name: str) -> Path | None:
         """``.NAME.old`` left by a kill between the two renames of a checkpoint swap (``NAME`` then missing)."""

@@ -180,7 +180,7 @@ def test_overwrite_prepared_dir_but_not_other_dirs(small_inputs, tmp_path):
     other = tmp_path / "notes"
     other.mkdir()
     (other / "todo.txt").write_text("keep me")
-    with pytest.raises(UserError, match=f"^{other}: exists, is not empty and is not a prepared data directory"):
+    with pytest.raises(UserError, match=f"^--out {other}: holds files a2d prepare did not write \\(todo.txt\\)"):
         prepare(other, small_inputs, "de", "en", vocab_size=300, log=_quiet)
     assert [p.name for p in other.iterdir()] == ["todo.txt"]
     empty = tmp_path / "empty"
@@ -280,3 +280,24 @@ def test_prepare_is_reproducible(small_inputs, tmp_path):
     assert (a / "sentencepiece.model").read_bytes() == (b / "sentencepiece.model").read_bytes()
     assert b"spm_train" not in (a / "sentencepiece.model").read_bytes()
     assert (a / "train.safetensors").read_bytes() == (b / "train.safetensors").read_bytes()
+
+
+def test_a_users_file_in_a_prepared_dir_is_never_deleted(small_inputs, tmp_path):
+    out = tmp_path / "out"
+    prepare(out, small_inputs, "de", "en", vocab_size=300, log=_quiet)
+    (out / "notes.txt").write_text("mine")
+    before = (out / "train.safetensors").read_bytes()
+    with pytest.raises(UserError, match="notes.txt.*--overwrite"):
+        prepare(out, small_inputs, "de", "en", vocab_size=300, max_train=100, log=_quiet)
+    assert (out / "notes.txt").read_text() == "mine" and (out / "train.safetensors").read_bytes() == before
+    meta = prepare(out, small_inputs, "de", "en", vocab_size=300, max_train=100, log=_quiet, overwrite=True)
+    assert (out / "notes.txt").read_text() == "mine"
+    assert load_meta(out)["splits"]["train"]["lines"] == 100 and "notes.txt" not in meta["files"]
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no staging folder left
+    # a folder prepared before meta.json listed its files is still recognised as ours
+    meta = json.loads((out / "meta.json").read_text())
+    del meta["files"]
+    (out / "meta.json").write_text(json.dumps(meta))
+    (out / "notes.txt").unlink()
+    prepare(out, small_inputs, "de", "en", vocab_size=300, max_train=50, log=_quiet)
+    assert load_meta(out)["splits"]["train"]["lines"] == 50

@@ -17,7 +17,11 @@ from __future__ import annotations
 
 import itertools
 import json
+import os
+import shutil
+import tempfile
 from collections.abc import Callable
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -28,7 +32,7 @@ from safetensors.numpy import load_file, save_file
 import a2d
 from a2d.data.corpus import SPLITS, read_lines, read_parallel
 from a2d.data.vocab import SPM_FILE, Vocabulary, train_sentencepiece
-from a2d.utils import UserError, atomic_dir, sha256_file
+from a2d.utils import UserError, atomic_dir, check_writable_dir, sha256_file
 
 META_FILE = "meta.json"
 FORMAT_VERSION = 1
@@ -52,7 +56,7 @@ class _Split:
 
 def prepare(out_dir: Path | str, splits: dict[str, tuple[Path, Path]], src_lang: str, tgt_lang: str,
             vocab_size: int = 8000, max_train: int | None = None, max_len: int = 250, seed: int = 1,
-            vocab: Path | str | None = None, log: Callable[[str], None] = print) -> dict:
+            vocab: Path | str | None = None, log: Callable[[str], None] = print, overwrite: bool = False) -> dict:
     """Prepare ``splits`` (``{split: (src_file, tgt_file)}``, needs ``train`` and ``valid``) into ``out_dir``.
 
     Every input is read and checked before anything is written. ``max_train`` keeps only the first N train
@@ -60,11 +64,18 @@ def prepare(out_dir: Path | str, splits: dict[str, tuple[Path, Path]], src_lang:
     ``vocab`` is an existing SentencePiece model (a teacher's ``sentencepiece.model``) to encode with instead
     of training one; ``vocab_size`` is then not used. A student distilled from a teacher must share its
     vocabulary, so data for a teacher trained elsewhere is prepared with the teacher's own model.
+    An ``out_dir`` that holds a previous result of this function is replaced; one that holds other files
+    too is refused unless ``overwrite``, which replaces the prepared files and keeps the others.
     Progress goes to ``log``; the per-split counts do not (print :func:`summary_lines` of the result).
     Returns the metadata written to ``meta.json``.
     """
     out_dir = Path(out_dir)
     _check_options(out_dir, splits, src_lang, tgt_lang, vocab_size, max_train, max_len)
+    foreign = _foreign_files(out_dir)
+    if foreign and not overwrite:
+        raise UserError(f"--out {out_dir}: holds files a2d prepare did not write ({', '.join(foreign[:3])}"
+                        f"{', ...' if len(foreign) > 3 else ''}); choose another --out, or give --overwrite to "
+                        "replace the prepared files and keep these")
     data = _read_splits(splits, max_train)
     for part in data.values():
         _drop_empty(part)
@@ -75,7 +86,7 @@ def prepare(out_dir: Path | str, splits: dict[str, tuple[Path, Path]], src_lang:
     if given is not None:
         vocab = Vocabulary(given)  # a clear error now if it is missing or not one of ours, before anything is written
 
-    with atomic_dir(out_dir) as tmp:
+    with (atomic_dir(out_dir) if not foreign else _staging(out_dir)) as tmp:
         if given is not None:
             vocab.save(tmp)
             log(f"encoding with the given SentencePiece model {given} ({len(vocab)} pieces)")
@@ -106,9 +117,23 @@ def prepare(out_dir: Path | str, splits: dict[str, tuple[Path, Path]], src_lang:
             "a2d_version": a2d.__version__,
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         }
+        meta["files"] = sorted(p.name for p in tmp.iterdir())
         (tmp / META_FILE).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
     log(f"wrote {out_dir}")  # the caller prints summary_lines(meta)
     return meta
+
+
+@contextmanager
+def _staging(out_dir: Path):
+    """Like :func:`a2d.utils.atomic_dir`, but the result is moved into ``out_dir`` file by file, keeping the
+    files there that are not ours."""
+    tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.", suffix=".tmp"))
+    try:
+        yield tmp
+        _publish_into(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
 
 
 def _check_options(out_dir: Path, splits: dict, src_lang: str, tgt_lang: str, vocab_size: int,
@@ -131,12 +156,45 @@ def _check_options(out_dir: Path, splits: dict, src_lang: str, tgt_lang: str, vo
         raise UserError(f"--max-len {max_len}: must be at least 1")
     if max_train is not None and max_train < 1:
         raise UserError(f"--max-train {max_train}: must be at least 1")
-    if out_dir.exists():
-        if not out_dir.is_dir():
-            raise UserError(f"{out_dir}: exists and is not a directory")
-        if not (out_dir / META_FILE).is_file() and any(out_dir.iterdir()):
-            raise UserError(f"{out_dir}: exists, is not empty and is not a prepared data directory; "
-                            "choose another output directory or remove it")
+    if out_dir.exists() and not out_dir.is_dir():
+        raise UserError(f"--out {out_dir}: exists and is not a directory")
+    parent = out_dir if out_dir.exists() else out_dir.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    check_writable_dir(parent, shown=out_dir)
+
+
+def _foreign_files(out_dir: Path) -> list[str]:
+    """Names in an existing ``out_dir`` that a previous ``a2d prepare`` did not write there (all, if it is
+    not a prepared directory)."""
+    if not out_dir.is_dir():
+        return []
+    present = {p.name for p in out_dir.iterdir()}
+    try:
+        meta = json.loads((out_dir / META_FILE).read_text(encoding="utf-8"))
+        ours = set(meta.get("files") or _derived_files(meta)) | {META_FILE}
+    except (OSError, ValueError, TypeError, AttributeError, KeyError):
+        ours = set()
+    return sorted(present - ours)
+
+
+def _derived_files(meta: dict) -> list[str]:
+    """The files of a directory prepared before ``meta.json`` listed them."""
+    names = [SPM_FILE]
+    for split in meta["splits"]:
+        names += [f"{split}.{meta['src']}", f"{split}.{meta['tgt']}", f"{split}.safetensors"]
+    return names
+
+
+def _publish_into(tmp: Path, out_dir: Path) -> None:
+    """``--overwrite``: move the new files into ``out_dir`` one by one, ``meta.json`` last; leave foreign files.
+
+    ``meta.json`` goes first, so that a run killed half-way leaves a folder that is not taken for a prepared one.
+    """
+    (out_dir / META_FILE).unlink(missing_ok=True)
+    for path in sorted(tmp.iterdir(), key=lambda p: p.name == META_FILE):
+        os.replace(path, out_dir / path.name)
+    tmp.rmdir()
 
 
 def _read_splits(splits: dict[str, tuple[Path, Path]], max_train: int | None) -> dict[str, _Split]:
@@ -222,6 +280,9 @@ def load_meta(data_dir: Path | str) -> dict:
     return meta
 
 
+_ARRAYS = ("src_tokens", "tgt_tokens", "src_offsets", "tgt_offsets")
+
+
 class ParallelData:
     """One split of a prepared directory, held in memory as flat numpy arrays.
 
@@ -254,6 +315,9 @@ class ParallelData:
             arrays = load_file(str(tensor_file))
         except Exception as e:  # safetensors raises its own error types for damaged files
             raise UserError(f"{tensor_file}: cannot be read ({e}); run a2d prepare again") from None
+        missing = [k for k in _ARRAYS if k not in arrays]
+        if missing:
+            raise UserError(f"{tensor_file}: not written by a2d prepare (no {', '.join(missing)}); run a2d prepare again")
         src_text = read_lines(data_dir / f"{split}.{meta['src']}")
         tgt_text = read_lines(data_dir / f"{split}.{meta['tgt']}")
         n = len(arrays["src_offsets"]) - 1

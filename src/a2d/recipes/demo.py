@@ -6,7 +6,6 @@ there is skipped, so an interrupted demo continues where it stopped.
 """
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
@@ -14,12 +13,8 @@ from a2d.config import load_config
 from a2d.evaluate import evaluate_model
 from a2d.recipes.distill import distill
 from a2d.recipes.train import train
+from a2d.rundir import RunDir
 from a2d.utils import atomic_write_text
-
-
-def _done(run: Path) -> bool:
-    state = run / "last" / "trainer" / "state.json"
-    return state.exists() and json.loads(state.read_text()).get("finished", False)
 
 
 def demo(out: Path, max_train: int | None = 10000, teacher_epochs: int | None = None,
@@ -48,10 +43,11 @@ def demo(out: Path, max_train: int | None = 10000, teacher_epochs: int | None = 
     ]
     for name, preset, method, epochs in runs:
         run = out / name
-        if _done(run):
+        status = RunDir(run).status()
+        if status == "finished":
             log(f"== {name}: already trained, skipping")
             continue
-        resume = (run / "last" / "trainer" / "state.json").exists()
+        resume = status in ("started", "broken")  # broken: stopped before its first checkpoint
         log(f"== {name}: {preset}" + (f", method {method}" if method else "") + f", {epochs} epochs")
         overrides = [f"max_epochs={epochs}", f"patience={epochs}"]
         t = time.perf_counter()
