@@ -171,3 +171,20 @@ def test_evaluate_model_missing_split_and_meta(tiny, tmp_path):
     bare.mkdir()
     with pytest.raises(UserError, match="meta.json"):
         evaluate_model(tiny["model_dir"], bare, split="valid", progress=False)
+
+
+def test_bleu_tokenizer_follows_the_target_language():
+    from a2d.evaluate import score
+    from a2d.utils import UserError
+
+    hyps, refs = ["我喜欢这只小狗。"], ["我很喜欢这只小狗。"]
+    latin, chinese = score(hyps, refs, n_bootstrap=1), score(hyps, refs, n_bootstrap=1, tgt_lang="zh-Hans")
+    assert "tok:13a" in latin["signature"] and "tok:zh" in chinese["signature"]
+    assert latin["bleu"] == 0.0 < chinese["bleu"]  # 13a sees one word per sentence; zh splits the characters
+    assert "tok:13a" in score(["a dog"], ["a dog"], n_bootstrap=1, tgt_lang="en")["signature"]
+    try:
+        japanese = score(["犬です"], ["犬です"], n_bootstrap=1, tgt_lang="ja")
+    except UserError as e:  # its MeCab tokenizer is an extra
+        assert "sacrebleu[ja]" in str(e) and "\n" not in str(e)
+    else:
+        assert "tok:ja-mecab" in japanese["signature"]

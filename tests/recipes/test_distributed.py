@@ -1,4 +1,4 @@
-"""Data-parallel training: two CPU processes (gloo) under torch.distributed.run end with identical weights."""
+"""Data-parallel training and distillation: two CPU processes (gloo) under torch.distributed.run."""
 from __future__ import annotations
 
 import os
@@ -6,9 +6,25 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from a2d.config import load_config
+from a2d.recipes.distill import distill
+from a2d.recipes.train import train
 from tests.recipes.conftest import TINY
 
 WORKER = Path(__file__).with_name("ddp_worker.py")
+DISTILL_WORKER = Path(__file__).with_name("ddp_distill_worker.py")
+
+
+def launch(worker: Path, *args, port: int) -> None:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port),
+           str(worker), *map(str, args)]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
 
 
 def test_two_processes_end_with_identical_weights(small_data, tmp_path):
@@ -24,3 +40,55 @@ def test_two_processes_end_with_identical_weights(small_data, tmp_path):
     # only the main process wrote checkpoints and the metrics log
     assert (out / "last" / "model.safetensors").exists()
     assert len((out / "metrics.jsonl").read_text().splitlines()) == 4
+
+
+@pytest.fixture(scope="module")
+def ddp_teacher(small_data, tmp_path_factory):
+    run = tmp_path_factory.mktemp("ddp-teacher") / "t"
+    train(load_config("tiny-teacher", TINY + ["max_steps=3", "encoder_layers=3", "decoder_layers=3"]), small_data, run,
+          log=lambda *a: None)
+    return run
+
+
+# the method's AAM too is trained; lambda decays per update so that the schedule's position matters
+A2D = TINY + ["method=a2d", "max_tokens=500", "log_every=1", "lambda_decay_unit=update", "lambda_decay=0.9",
+              "valid_max_sentences=10"]
+
+
+def test_two_process_a2d_equals_one_process_over_the_same_global_batches(small_data, ddp_teacher, tmp_path):
+    """Rank r takes batches r, r+2, ...; one process with update_freq=2 takes batches (0, 1), (2, 3), ...
+
+    Both average the two batches' gradients, the student's (DDP) and the AAM's (reduced by hand).
+    """
+    cfg = A2D + ["dropout=0", "max_steps=4"]
+    launch(DISTILL_WORKER, small_data, ddp_teacher, tmp_path / "ddp", "new", *cfg, port=29541)
+    ranks = [load_file(tmp_path / "ddp" / f"rank{r}.safetensors") for r in range(2)]
+    assert all(torch.equal(ranks[0][k], ranks[1][k]) for k in ranks[0])
+    single = distill(load_config("tiny-student", cfg + ["update_freq=2"]), small_data, tmp_path / "one", ddp_teacher,
+                     log=lambda *a: None)
+    assert single.state.update == 4
+    weights = {**{f"student.{k}": v for k, v in single.model.state_dict().items()},
+               "student.shared": single.model.get_input_embeddings().weight}
+    diffs = {k: float((v - weights[k].detach()).abs().max()) for k, v in ranks[0].items()
+             if not k.endswith("k_proj.bias")}  # softmax ignores it: its gradient is rounding noise that Adam scales up
+    assert max(diffs.values()) < 1e-5, sorted(diffs.items(), key=lambda kv: -kv[1])[:3]
+    aam = [load_file(tmp_path / run / "last" / "trainer" / "method.safetensors") for run in ("ddp", "one")]
+    assert aam[0].keys() == aam[1].keys() and aam[0]
+    for k in aam[0]:
+        torch.testing.assert_close(aam[0][k], aam[1][k], atol=1e-5, rtol=0, msg=k)
+        assert not torch.equal(aam[0][k], torch.zeros_like(aam[0][k]))
+
+
+def test_two_process_resume_restores_each_ranks_rng(small_data, ddp_teacher, tmp_path):
+    """With dropout, each rank draws its own masks; a resumed run matches an uninterrupted one on both ranks."""
+    cfg = A2D + ["dropout=0.3"]
+    launch(DISTILL_WORKER, small_data, ddp_teacher, tmp_path / "straight", "new", *cfg, "max_steps=4", port=29542)
+    launch(DISTILL_WORKER, small_data, ddp_teacher, tmp_path / "split", "new", *cfg, "max_steps=2", port=29543)
+    launch(DISTILL_WORKER, small_data, ddp_teacher, tmp_path / "split", "resume", *cfg, "max_steps=4", port=29544)
+    rng = torch.load(tmp_path / "split" / "last" / "trainer" / "rng.pt", weights_only=True)
+    assert len(rng["ranks"]) == 2 and not torch.equal(rng["ranks"][0]["torch"], rng["ranks"][1]["torch"])
+    for r in range(2):
+        a = load_file(tmp_path / "straight" / f"rank{r}.safetensors")
+        b = load_file(tmp_path / "split" / f"rank{r}.safetensors")
+        assert (tmp_path / "split" / f"rank{r}.updates").read_text() == "4"
+        assert all(torch.equal(a[k], b[k]) for k in a), r
