@@ -48,7 +48,7 @@ def cmd_prepare(args):
             splits["test"] = (Path(args.test_src), Path(args.test_tgt))
     meta = prepare(Path(args.out), splits, args.src, args.tgt, vocab_size=args.vocab_size,
                    max_train=args.max_train, max_len=args.max_len, vocab=args.vocab, log=print,
-                   overwrite=args.overwrite)
+                   overwrite=args.overwrite, tokenizer=args.tokenizer)
     print("\n".join(summary_lines(meta)))
 
 
@@ -75,7 +75,8 @@ def cmd_evaluate(args):
     from a2d.evaluate import evaluate_model
 
     out = Path(args.out) if args.out else None
-    result = evaluate_model(Path(args.model), Path(args.data), split=args.split, beam=args.beam, out=out)
+    result = evaluate_model(Path(args.model), Path(args.data), split=args.split, beam=args.beam, out=out,
+                            max_tokens=args.max_tokens, threads=args.threads)
     lo, hi = result["bleu_ci"]
     print(f"BLEU {result['bleu']:.2f} (95% CI {lo:.2f}-{hi:.2f})  chrF {result['chrf']:.2f}  "
           f"{result['sentences']} sentences, {result['sentences_per_second']:.1f} sent/s")
@@ -101,10 +102,24 @@ def cmd_translate(args):
 
     if args.beam < 1:
         raise UserError(f"--beam {args.beam}: must be at least 1")
-    model, vocab = load_model(Path(args.model))
+    from a2d.export import is_exported
+
+    if is_exported(args.model):  # a CTranslate2 export (a2d export)
+        from a2d.ct2 import CT2Model
+
+        model = CT2Model(Path(args.model), threads=args.threads)
+        vocab = model.vocab
+    else:
+        model, vocab = load_model(Path(args.model))
     lines = _stdin_lines()
-    for hyp in translate(model, vocab, lines, beam=args.beam):
+    for hyp in translate(model, vocab, lines, beam=args.beam, max_tokens=args.max_tokens):
         print(hyp)
+
+
+def cmd_export(args):
+    from a2d.export import export
+
+    export(Path(args.model), Path(args.out), quantization=args.quantization)
 
 
 def cmd_plot(args):
@@ -165,6 +180,11 @@ def _run_args(p: argparse.ArgumentParser, teacher: bool) -> None:
     p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides (a2d config --keys)")
 
 
+def _decode_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--max-tokens", type=int, default=6000, help="source tokens per batch (default 6000)")
+    p.add_argument("--threads", type=int, default=1, help="CTranslate2 threads, for an exported --model (default 1)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="a2d", description="Align-to-Distill: distil translation Transformers.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -184,6 +204,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-len", type=int, default=250, help="drop training pairs longer than this (subwords)")
     p.add_argument("--overwrite", action="store_true",
                    help="replace the prepared files of an --out that also holds other files (those are kept)")
+    p.add_argument("--tokenizer", metavar="DIR", help="encode with the tokenizer of this model folder (a Hugging Face "
+                   "Marian folder, e.g. a downloaded OPUS-MT teacher) instead of training SentencePiece")
     p.set_defaults(func=cmd_prepare)
 
     p = sub.add_parser("train", help="train a model with cross-entropy (a teacher, or a No-KD student)")
@@ -207,12 +229,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", default="test")
     p.add_argument("--beam", type=int, default=5)
     p.add_argument("--out", help="write FILE.json and FILE.hyp")
+    _decode_args(p)
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("translate", help="translate stdin to stdout, one sentence per line")
     p.add_argument("--model", required=True)
     p.add_argument("--beam", type=int, default=5)
+    _decode_args(p)
     p.set_defaults(func=cmd_translate)
+
+    from a2d.export import QUANTIZATIONS
+    p = sub.add_parser("export", help="write a CTranslate2 model (ctranslate2's converter), tokenizer beside it")
+    p.add_argument("--model", required=True, help="a run folder, its best/ or last/, or a Hugging Face Marian folder")
+    p.add_argument("--out", required=True, help="the folder to write (must not exist)")
+    p.add_argument("--quantization", default="int8", choices=QUANTIZATIONS)
+    p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("plot", help="training/validation curves of one or more runs in one PNG")
     p.add_argument("runs", nargs="+", metavar="RUN")

@@ -50,8 +50,11 @@ def translate(model, vocab, sources: list[str], beam: int = 5, max_len_a: float 
     Each source is encoded with ``vocab``, truncated to the model's positions and closed with ``</s>``;
     sources are sorted longest first and batched so that ``batch_size * longest <= max_tokens``.
     Each batch may generate up to ``int(max_len_a * longest_source + max_len_b)`` new tokens.
-    Empty (or blank) sources give ``""`` without being decoded.
+    Empty (or blank) sources give ``""`` without being decoded. ``model`` may be a CTranslate2 export
+    (:class:`a2d.ct2.CT2Model`), which decodes the same way.
     """
+    if getattr(model, "is_ctranslate2", False):
+        return model.translate(sources, beam=beam, max_len_a=max_len_a, max_len_b=max_len_b, max_tokens=max_tokens)
     if beam < 1:
         raise ValueError(f"beam={beam}: must be >= 1")
     sources = list(sources)
@@ -250,7 +253,7 @@ def _read_lines(path: Path) -> list[str]:
 
 def evaluate_model(model_path: Path | str, data_dir: Path | str, split: str = "test", beam: int = 5,
                    out: Path | str | None = None, max_len_a: float = 1.2, max_len_b: int = 10,
-                   progress: bool = True, max_tokens: int = 6000) -> dict:
+                   progress: bool = True, max_tokens: int = 6000, threads: int = 1) -> dict:
     """Translate ``DATA_DIR/{split}.{src}`` with the checkpoint and score it against ``{split}.{tgt}``.
 
     With ``out`` the result is written there as JSON and the hypotheses, one per line, to
@@ -275,18 +278,28 @@ def evaluate_model(model_path: Path | str, data_dir: Path | str, split: str = "t
         src, tgt = meta["src"], meta["tgt"]
     except (json.JSONDecodeError, KeyError, TypeError) as e:
         raise UserError(f"{meta_path}: not a valid meta.json with src and tgt ({e})") from None
-    data_spm = data_dir / SPM_FILE
-    if not data_spm.is_file():
-        raise UserError(f"{data_spm}: missing (prepare the data with `a2d prepare`)")
+    from a2d.data.vocab import Vocabulary
+
+    if not (data_dir / SPM_FILE).is_file() and not (data_dir / "vocab.json").is_file():
+        raise UserError(f"{data_dir / SPM_FILE}: missing (prepare the data with `a2d prepare`)")
+    data_vocab = Vocabulary.load(data_dir)
     src_path, ref_path = data_dir / f"{split}.{src}", data_dir / f"{split}.{tgt}"
     sources, references = _read_lines(src_path), _read_lines(ref_path)
     if len(sources) != len(references):
         raise UserError(f"{src_path} has {len(sources)} lines but {ref_path} has {len(references)}")
 
-    model, vocab = load_model(model_path)
-    if sha256_file(vocab.path) != sha256_file(data_spm):
+    from a2d.export import is_exported
+
+    if is_exported(model_path):  # a CTranslate2 export (a2d export)
+        from a2d.ct2 import CT2Model
+
+        model = CT2Model(model_path, threads=threads)
+        vocab = model.vocab
+    else:
+        model, vocab = load_model(model_path)
+    if vocab.checksum() != data_vocab.checksum():
         raise UserError(f"{model_path} was trained with another vocabulary than {data_dir} "
-                        f"({vocab.path} and {data_spm} differ)")
+                        f"({vocab.path} and {data_vocab.path} differ)")
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model.to(device)
 

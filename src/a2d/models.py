@@ -23,8 +23,10 @@ hf_logging.set_verbosity_error()
 hf_logging.disable_progress_bar()
 
 
-def marian_config(cfg: Config, vocab_size: int) -> MarianConfig:
-    return MarianConfig(
+def marian_config(cfg: Config, vocab_size: int, layout: dict | None = None) -> MarianConfig:
+    """The model ``cfg`` describes; ``layout`` (a brought tokenizer's, :mod:`a2d.tokenizer`) replaces a2d's
+    own special ids, vocabulary sizes and embedding sharing by the teacher's."""
+    config = MarianConfig(
         vocab_size=vocab_size, d_model=cfg.d_model,
         encoder_layers=cfg.encoder_layers, decoder_layers=cfg.decoder_layers,
         encoder_attention_heads=cfg.encoder_attention_heads, decoder_attention_heads=cfg.decoder_attention_heads,
@@ -34,13 +36,16 @@ def marian_config(cfg: Config, vocab_size: int) -> MarianConfig:
         tie_word_embeddings=True, pad_token_id=PAD, bos_token_id=BOS, eos_token_id=EOS,
         decoder_start_token_id=BOS, forced_eos_token_id=None, init_std=cfg.d_model ** -0.5,
     )
+    for key, value in (layout or {}).items():
+        setattr(config, key, value)
+    return config
 
 
-def build_model(cfg: Config, vocab_size: int, seed: int | None = None) -> MarianMTModel:
-    """A freshly initialised model of the shape ``cfg`` describes."""
+def build_model(cfg: Config, vocab_size: int, seed: int | None = None, layout: dict | None = None) -> MarianMTModel:
+    """A freshly initialised model of the shape ``cfg`` describes (``layout``: see :func:`marian_config`)."""
     if seed is not None:
         torch.manual_seed(seed)
-    model = MarianMTModel(marian_config(cfg, vocab_size))
+    model = MarianMTModel(marian_config(cfg, vocab_size, layout))
     if cfg.init == "fairseq":
         fairseq_init(model)
     model.generation_config.max_length = cfg.max_positions
@@ -87,14 +92,9 @@ def count_parameters(model: torch.nn.Module) -> int:
 
 
 def load_model(path: Path | str, attn_implementation: str | None = None) -> tuple[MarianMTModel, Vocabulary]:
-    """Load a checkpoint folder (``RUN``, ``RUN/best`` or ``RUN/last``) and its vocabulary."""
-    path = Path(path)
-    if (path / "best" / "config.json").exists():
-        path = path / "best"
-    elif not (path / "config.json").exists() and (path / "last" / "config.json").exists():
-        path = path / "last"
-    if not (path / "config.json").exists():
-        raise UserError(f"{path}: not a model folder (no config.json; give a run folder or its best/ or last/)")
+    """Load a checkpoint folder (``RUN``, ``RUN/best`` or ``RUN/last``) or a Hugging Face Marian folder, and
+    its tokenizer (:meth:`a2d.data.vocab.Vocabulary.load`)."""
+    path = resolve_model_dir(path)
     check_safetensors(path)
     kwargs = {"attn_implementation": attn_implementation} if attn_implementation else {}
     try:
@@ -102,6 +102,31 @@ def load_model(path: Path | str, attn_implementation: str | None = None) -> tupl
     except (OSError, ValueError, SafetensorError) as e:
         raise UserError(f"{path}: cannot load the model ({str(e).splitlines()[0]})") from None
     return model, Vocabulary.load(path)
+
+
+def resolve_model_dir(path: Path | str) -> Path:
+    """The model folder that ``path`` names (``RUN`` gives ``RUN/best``, else ``RUN/last``); a one-line error for a
+    folder that is not a model or holds another model family than Marian."""
+    import json
+
+    path = Path(path)
+    if (path / "best" / "config.json").exists():
+        path = path / "best"
+    elif not (path / "config.json").exists() and (path / "last" / "config.json").exists():
+        path = path / "last"
+    if (path / "a2d_export.json").is_file():
+        raise UserError(f"{path}: a CTranslate2 export; this command needs the Hugging Face model folder it was made from")
+    if not (path / "config.json").exists():
+        raise UserError(f"{path}: not a model folder (no config.json; give a run folder, its best/ or last/, "
+                        "or a Hugging Face Marian folder)")
+    try:
+        family = json.loads((path / "config.json").read_text(encoding="utf-8")).get("model_type")
+    except (OSError, ValueError, AttributeError) as e:
+        raise UserError(f"{path / 'config.json'}: not a model config ({e})") from None
+    if family != "marian":
+        raise UserError(f"{path}: a {family or 'unknown'} model; a2d supports Marian models only (MarianMTModel "
+                        "folders: a2d's own, or OPUS-MT's saved with save_pretrained)")
+    return path
 
 
 def check_safetensors(path: Path) -> None:

@@ -230,7 +230,7 @@ class RunDir:
         path = self.path / which
         with atomic_dir(path) as tmp:
             model.save_pretrained(tmp, safe_serialization=True)
-            vocab.save(tmp)
+            vocab.save(tmp, model_folder=True)  # + MarianTokenizer files: AutoTokenizer loads the folder
             save_config(cfg, tmp / CONFIG_FILE)
             if trainer is not None:
                 folder = tmp / TRAINER_DIR

@@ -163,7 +163,11 @@ def validate(accelerator: Accelerator, model, vocab: Vocabulary, valid, cfg: Con
     unwrapped = accelerator.unwrap_model(model)
     batches = token_batches(valid.src_lens, valid.tgt_lens, cfg.max_tokens, shuffle=False, seed=0, epoch=0)
     mine = batches[rank::world]
-    total, tokens = validation_loss(unwrapped, mine, valid, collate, accelerator.device,
+    from functools import partial
+
+    from a2d.tokenizer import collate_ids
+
+    total, tokens = validation_loss(unwrapped, mine, valid, partial(collate, **collate_ids(vocab)), accelerator.device,
                                     lambda logits, labels: label_smoothed_ce(logits, labels, 0.0))
     sums = accelerator.reduce(torch.tensor([total, tokens], dtype=torch.float64, device=accelerator.device), "sum")
     n = len(valid) if not cfg.valid_max_sentences else min(cfg.valid_max_sentences, len(valid))

@@ -32,6 +32,7 @@ from safetensors.numpy import load_file, save_file
 import a2d
 from a2d.data.corpus import SPLITS, read_lines, read_parallel
 from a2d.data.vocab import SPM_FILE, Vocabulary, train_sentencepiece
+from a2d.tokenizer import MAX_UNKNOWN_RATE, check_unknown_rate
 from a2d.utils import UserError, atomic_dir, check_writable_dir, sha256_file
 
 META_FILE = "meta.json"
@@ -56,7 +57,8 @@ class _Split:
 
 def prepare(out_dir: Path | str, splits: dict[str, tuple[Path, Path]], src_lang: str, tgt_lang: str,
             vocab_size: int = 8000, max_train: int | None = None, max_len: int = 250, seed: int = 1,
-            vocab: Path | str | None = None, log: Callable[[str], None] = print, overwrite: bool = False) -> dict:
+            vocab: Path | str | None = None, log: Callable[[str], None] = print, overwrite: bool = False,
+            tokenizer: Path | str | None = None, max_unknown: float = MAX_UNKNOWN_RATE) -> dict:
     """Prepare ``splits`` (``{split: (src_file, tgt_file)}``, needs ``train`` and ``valid``) into ``out_dir``.
 
     Every input is read and checked before anything is written. ``max_train`` keeps only the first N train
@@ -64,6 +66,10 @@ def prepare(out_dir: Path | str, splits: dict[str, tuple[Path, Path]], src_lang:
     ``vocab`` is an existing SentencePiece model (a teacher's ``sentencepiece.model``) to encode with instead
     of training one; ``vocab_size`` is then not used. A student distilled from a teacher must share its
     vocabulary, so data for a teacher trained elsewhere is prepared with the teacher's own model.
+    ``tokenizer`` is a folder with a tokenizer (a Hugging Face Marian folder, e.g. an OPUS-MT teacher's, or
+    an a2d model folder): its files are copied in and the corpus is encoded with it (source with its
+    source side, target with its target side). A given vocabulary or tokenizer that maps more than
+    ``max_unknown`` of either side's train pieces to ``<unk>`` is refused.
     An ``out_dir`` that holds a previous result of this function is replaced; one that holds other files
     too is refused unless ``overwrite``, which replaces the prepared files and keeps the others.
     Progress goes to ``log``; the per-split counts do not (print :func:`summary_lines` of the result).
@@ -82,14 +88,19 @@ def prepare(out_dir: Path | str, splits: dict[str, tuple[Path, Path]], src_lang:
         if not part.src:
             raise UserError(f"{part.src_path}, {part.tgt_path}: no sentence pairs with two non-empty sides")
     sources = {name: {"src": _source(part.src_path), "tgt": _source(part.tgt_path)} for name, part in data.items()}
-    given = Path(vocab) if vocab is not None else None
-    if given is not None:
+    if vocab is not None and tokenizer is not None:
+        raise UserError("give --vocab or --tokenizer, not both")
+    given = Path(vocab) if vocab is not None else Path(tokenizer) if tokenizer is not None else None
+    if vocab is not None:
         vocab = Vocabulary(given)  # a clear error now if it is missing or not one of ours, before anything is written
+    elif tokenizer is not None:
+        vocab = _load_tokenizer(given)
 
     with (atomic_dir(out_dir) if not foreign else _staging(out_dir)) as tmp:
         if given is not None:
             vocab.save(tmp)
-            log(f"encoding with the given SentencePiece model {given} ({len(vocab)} pieces)")
+            log(f"encoding with the given {'tokenizer' if tokenizer is not None else 'SentencePiece model'} "
+                f"{given} ({len(vocab)} pieces)")
         else:
             log(f"training a joint SentencePiece model (vocab_size={vocab_size}) on {len(data['train'].src)} "
                 "train pairs")
@@ -98,6 +109,10 @@ def prepare(out_dir: Path | str, splits: dict[str, tuple[Path, Path]], src_lang:
                 log(f"note: the training text supports only {len(vocab)} pieces, fewer than --vocab-size {vocab_size}")
         for part in data.values():
             _encode(part, vocab, max_len, drop_long=part.name == "train")
+            if given is not None and part.name == "train":  # before anything is published
+                unknown = check_unknown_rate(part.src_ids, part.tgt_ids, vocab.unk_id, f"{given} on {part.src_path}",
+                                             max_unknown)
+                log(f"unknown pieces: {unknown[0]:.3%} of the source, {unknown[1]:.3%} of the target")
             if not part.src:
                 raise UserError(f"{part.src_path}, {part.tgt_path}: every pair is longer than --max-len {max_len}")
             _write_split(tmp, part, src_lang, tgt_lang)
@@ -112,8 +127,10 @@ def prepare(out_dir: Path | str, splits: dict[str, tuple[Path, Path]], src_lang:
             "splits": {name: {"lines": p.lines, "kept": len(p.src), "dropped_empty": p.dropped_empty,
                               "dropped_long": p.dropped_long} for name, p in data.items()},
             "sources": sources,
-            "vocab_from": _source(given) if given is not None else None,
-            "sentencepiece_sha256": sha256_file(tmp / SPM_FILE),
+            "vocab_from": _source(given) if given is not None and given.is_file() else None,
+            "sentencepiece_sha256": sha256_file(tmp / SPM_FILE) if (tmp / SPM_FILE).is_file() else None,
+            "tokenizer": {"kind": type(vocab).__name__, "from": str(given.resolve()), "sha256": vocab.checksum(),
+                          "unknown_rate": {"src": unknown[0], "tgt": unknown[1]}} if given is not None else None,
             "a2d_version": a2d.__version__,
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         }
@@ -134,6 +151,17 @@ def _staging(out_dir: Path):
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def _load_tokenizer(folder: Path):
+    """The tokenizer of a model folder (a hub Marian folder or an a2d one), with a one-line error otherwise."""
+    if not folder.is_dir():
+        raise UserError(f"--tokenizer {folder}: not a folder (give a model folder with its tokenizer files)")
+    if (folder / "config.json").is_file():
+        from a2d.models import resolve_model_dir
+
+        resolve_model_dir(folder)  # refuses another model family
+    return Vocabulary.load(folder)
 
 
 def _check_options(out_dir: Path, splits: dict, src_lang: str, tgt_lang: str, vocab_size: int,
@@ -237,7 +265,7 @@ def _train_vocab(tmp: Path, train: _Split, vocab_size: int, seed: int) -> Vocabu
 
 def _encode(part: _Split, vocab: Vocabulary, max_len: int, drop_long: bool) -> None:
     """Fill ``src_ids``/``tgt_ids``; drop (``drop_long``) or cut pairs with a side over ``max_len``."""
-    src_ids, tgt_ids = vocab.encode_batch(part.src), vocab.encode_batch(part.tgt)
+    src_ids, tgt_ids = vocab.encode_batch(part.src), vocab.encode_target_batch(part.tgt)
     if drop_long:
         keep = [i for i, (s, t) in enumerate(zip(src_ids, tgt_ids)) if len(s) <= max_len and len(t) <= max_len]
         part.dropped_long = len(src_ids) - len(keep)
@@ -341,7 +369,8 @@ class ParallelData:
 
 def summary_lines(meta: dict) -> list[str]:
     """Human-readable lines describing a prepared directory (what ``a2d prepare`` prints)."""
-    lines = [f"{meta['src']}-{meta['tgt']}: joint SentencePiece vocabulary of {meta['vocab_size']} pieces, "
+    kind = "the tokenizer of " + meta["tokenizer"]["from"] if meta.get("tokenizer") else "joint SentencePiece vocabulary"
+    lines = [f"{meta['src']}-{meta['tgt']}: {kind} of {meta['vocab_size']} pieces, "
              f"train pairs up to {meta['max_len']} subwords"]
     for name, s in meta["splits"].items():
         lines.append(f"  {name:<5} {s['lines']:>8} lines  {s['kept']:>8} kept  {s['dropped_empty']:>6} dropped "

@@ -1,7 +1,9 @@
 """The joint SentencePiece vocabulary shared by teacher and student.
 
 Ids are fixed by training: ``<pad>``=0, ``<unk>``=1, ``<s>``=2 (decoder start), ``</s>``=3 (end of sentence).
-A data directory, and every checkpoint, carries the model file as ``sentencepiece.model``.
+A data directory, and every checkpoint, carries the model file as ``sentencepiece.model``; a checkpoint
+also carries it as a Hugging Face ``MarianTokenizer`` (:func:`a2d.tokenizer.write_marian_tokenizer`).
+A tokenizer brought with a hub teacher is :class:`a2d.tokenizer.MarianVocabulary` (:meth:`Vocabulary.load`).
 """
 from __future__ import annotations
 
@@ -61,11 +63,27 @@ class Vocabulary:
             raise UserError(f"{self.path}: special ids are not pad=0 unk=1 bos=2 eos=3; "
                             "prepare the data with `a2d prepare`")
         self.pad_id, self.unk_id, self.bos_id, self.eos_id = PAD, UNK, BOS, EOS
+        self.decoder_start_id = BOS
+        self.layout: dict = {}  # a student on this vocabulary takes a2d's own ids (models.marian_config)
 
     @classmethod
-    def load(cls, directory: Path | str) -> "Vocabulary":
-        """Load ``sentencepiece.model`` from a data directory or a checkpoint directory."""
-        return cls(Path(directory) / SPM_FILE)
+    def load(cls, directory: Path | str):
+        """The tokenizer of a data directory or a model folder.
+
+        ``sentencepiece.model`` (a2d's own) gives a :class:`Vocabulary`; a Hugging Face Marian tokenizer
+        (``source.spm``, ``target.spm``, ``vocab.json``, e.g. a hub teacher's, or data prepared with
+        ``a2d prepare --tokenizer``) gives an :class:`a2d.tokenizer.MarianVocabulary`. Both offer the same methods.
+        """
+        from a2d.tokenizer import MarianVocabulary, is_marian_tokenizer_folder
+
+        directory = Path(directory)
+        if not (directory / SPM_FILE).is_file():
+            if is_marian_tokenizer_folder(directory):
+                return MarianVocabulary(directory)
+            if directory.is_dir():
+                raise UserError(f"{directory}: no tokenizer here (neither {SPM_FILE} nor a Marian tokenizer's "
+                                "source.spm, target.spm and vocab.json)")
+        return cls(directory / SPM_FILE)
 
     def __len__(self) -> int:
         return self.sp.get_piece_size()
@@ -77,12 +95,30 @@ class Vocabulary:
     def encode_batch(self, texts: list[str]) -> list[list[int]]:
         return self.sp.encode(texts)
 
+    # one joint model: the target side is encoded as the source side
+    encode_target = encode
+    encode_target_batch = encode_batch
+
     def decode(self, ids) -> str:
         """Detokenised text; special ids are dropped."""
         return self.sp.decode([int(i) for i in ids if int(i) > EOS])
 
-    def save(self, directory: Path | str) -> None:
-        shutil.copyfile(self.path, Path(directory) / SPM_FILE)
+    def pieces(self, ids) -> list[str]:
+        return [self.sp.id_to_piece(int(i)) for i in ids]
+
+    def piece_ids(self, pieces: list[str]) -> list[int]:
+        return [self.sp.piece_to_id(p) for p in pieces]
+
+    def save(self, directory: Path | str, model_folder: bool = False) -> None:
+        """Copy ``sentencepiece.model`` into ``directory``; for a model folder (``model_folder``) also the
+        MarianTokenizer files, so that ``AutoTokenizer.from_pretrained(directory)`` loads it."""
+        target = Path(directory) / SPM_FILE
+        if not target.exists() or not target.samefile(self.path):
+            shutil.copyfile(self.path, target)
+        if model_folder:
+            from a2d.tokenizer import write_marian_tokenizer
+
+            write_marian_tokenizer(directory, self.path)
 
     def checksum(self) -> str:
         from a2d.utils import sha256_file

@@ -28,6 +28,7 @@ from a2d.losses import label_smoothed_ce
 from a2d.methods import ATTENTIONS, HIDDEN_STATES, Progress, get_method
 from a2d.models import build_model, count_parameters, load_model, load_weights, use_attention_maps
 from a2d.rundir import RunDir, TrainState, rng_state, set_rng_state
+from a2d.tokenizer import collate_ids
 from a2d.training import (RunResult, Throughput, check_data_fits, check_finite, end_of_epoch, inverse_sqrt_schedule,
                           make_accelerator, make_optimizer, micro_batches, model_inputs, should_stop, to_device,
                           validate)
@@ -90,7 +91,7 @@ def distill(cfg: Config, data_dir: Path, out: Path, teacher_path: Path | None, r
     if teacher is not None:
         positions["the teacher's max_position_embeddings"] = int(teacher.config.max_position_embeddings)
     check_data_fits(cfg, data_dir, {"train": train_data, "valid": valid_data}, positions)
-    student = build_model(cfg, len(vocab), seed=cfg.seed)
+    student = build_model(cfg, len(vocab), seed=cfg.seed, layout=vocab.layout)  # a brought tokenizer's ids
     method = method_cls(cfg, student.config, teacher.config if teacher is not None else None)
     method.check_data(train_data.meta)
     method.attach(student, teacher)
@@ -170,7 +171,7 @@ def distill(cfg: Config, data_dir: Path, out: Path, teacher_path: Path | None, r
             progress = Progress(epoch=state.epoch, update=state.update, updates_per_epoch=updates_per_epoch)
             ntokens = 0
             for i, idx in enumerate(group):
-                batch = to_device(collate([train_data[j] for j in idx]), accelerator.device)
+                batch = to_device(collate([train_data[j] for j in idx], **collate_ids(vocab)), accelerator.device)
                 with contextlib.nullcontext() if i == len(group) - 1 else accelerator.no_sync(student):
                     terms, weights = distill_step(student, teacher, method, batch, cfg, progress,
                                                   accelerator.autocast)

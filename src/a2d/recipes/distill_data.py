@@ -5,7 +5,7 @@ bottom: check the inputs and load the teacher (it must share the data's vocabula
 sources in chunks, appending each finished chunk's hypotheses to a work file beside the output (so an
 interrupted run resumes from the last finished chunk); then write a new data directory in one piece:
 
-    sentencepiece.model, valid.*, test.*    copied unchanged (validation and test keep the human references)
+    tokenizer, valid.*, test.*              copied unchanged (validation and test keep the human references)
     train.{src}                             the same sources
     train.{tgt}                             the teacher's translations, one per line
     train.safetensors                       both sides encoded again, as ``a2d prepare`` does
@@ -30,7 +30,7 @@ from tqdm.auto import tqdm
 import a2d
 from a2d.data.corpus import _LINE_BREAK_TABLE, read_lines
 from a2d.data.prepare import META_FILE, ParallelData, _encode, _Split, _write_split, load_meta
-from a2d.data.vocab import SPM_FILE, Vocabulary
+from a2d.data.vocab import Vocabulary
 from a2d.evaluate import translate
 from a2d.models import load_model
 from a2d.utils import UserError, atomic_dir, atomic_write_text, sha256_file
@@ -125,7 +125,7 @@ def distill_data(teacher: Path, data_dir: Path, out_dir: Path, beam: int = 5, ma
     new_meta["a2d_version"] = a2d.__version__
     new_meta["created"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
     with atomic_dir(out_dir) as tmp:
-        shutil.copyfile(data_dir / SPM_FILE, tmp / SPM_FILE)
+        vocab.save(tmp)  # the data's tokenizer files, unchanged
         for split in meta["splits"]:
             if split == "train":
                 continue

@@ -24,6 +24,7 @@ from a2d.data.vocab import Vocabulary
 from a2d.losses import label_smoothed_ce
 from a2d.models import build_model, count_parameters, load_weights
 from a2d.rundir import RunDir, TrainState, rng_state, set_rng_state
+from a2d.tokenizer import collate_ids
 from a2d.training import (RunResult, Throughput, check_data_fits, check_finite, end_of_epoch, inverse_sqrt_schedule,
                           make_accelerator, make_optimizer, micro_batches, model_inputs, should_stop, to_device,
                           validate)
@@ -54,7 +55,7 @@ def train(cfg: Config, data_dir: Path, out: Path, resume: bool = False, log=prin
     if resumed:
         run.check_resumable(cfg, vocab)
     accelerator.wait_for_everyone()
-    model = build_model(cfg, len(vocab), seed=cfg.seed)
+    model = build_model(cfg, len(vocab), seed=cfg.seed, layout=vocab.layout)  # a brought tokenizer's ids
     optimizer = make_optimizer(cfg, [{"params": [p for p in model.parameters() if p.requires_grad]}])
     scheduler = inverse_sqrt_schedule(optimizer, cfg)
     state = TrainState()
@@ -98,7 +99,7 @@ def train(cfg: Config, data_dir: Path, out: Path, resume: bool = False, log=prin
         for group in micro_batches(batches[state.batch_in_epoch:], cfg.update_freq):
             ntokens = 0
             for i, idx in enumerate(group):
-                batch = to_device(collate([train_data[j] for j in idx]), accelerator.device)
+                batch = to_device(collate([train_data[j] for j in idx], **collate_ids(vocab)), accelerator.device)
                 last_micro = i == len(group) - 1
                 with contextlib.nullcontext() if last_micro else accelerator.no_sync(model):
                     terms = train_step(model, batch, cfg, accelerator.autocast)

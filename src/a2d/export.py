@@ -1,0 +1,182 @@
+"""``a2d export``: a model folder to a CTranslate2 model, with the ``ctranslate2`` package's own converter.
+
+The conversion is ``ctranslate2.converters.TransformersConverter`` (its Marian/BART weight mapping, its
+quantization). One behaviour is switched for Marian models: its stock Marian loader assumes OPUS-MT's
+layout (``<pad>`` is the last id and the decoder starts from a zero vector in its place) and drops that last
+row. a2d's models start the decoder from ``<s>`` (id 2) and keep ``<pad>`` at id 0, so the export uses
+the same package's BART mapping for Marian's layers (``_MarianAsHuggingFace``): the decoder starts
+from the embedding of ``decoder_start_token_id`` and every id is kept, which is what Hugging Face's
+``generate`` computes for any Marian folder, a2d's or the hub's; and each side gets its own number of
+attention heads (the stock mapping gives the decoder the encoder's). Ids a hub model never generates
+(``bad_words_ids`` in its generation config, OPUS-MT's ``<pad>``) are suppressed when translating
+(:mod:`a2d.ct2`).
+
+An exported folder::
+
+    model.bin, config.json, shared_vocabulary.json   CTranslate2's model
+    source.spm, target.spm, vocab.json, ...          the tokenizer (and sentencepiece.model for a2d's own)
+    a2d_export.json                                  what it was made from, quantization, decoding settings
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+import warnings
+from datetime import datetime, timezone
+from pathlib import Path
+
+import a2d
+from a2d.utils import UserError, atomic_dir, sha256_file
+
+EXPORT_FILE = "a2d_export.json"
+QUANTIZATIONS = ("int8", "int8_float32", "int16", "float16", "float32")
+
+
+def is_exported(folder: Path | str) -> bool:
+    return (Path(folder) / EXPORT_FILE).is_file() and (Path(folder) / "model.bin").is_file()
+
+
+def require_ctranslate2():
+    try:
+        import ctranslate2
+    except ImportError:
+        raise UserError("CTranslate2 is not installed: pip install 'align-to-distill[export]'") from None
+    return ctranslate2
+
+
+def check_quantization(quantization: str, device: str = "cpu") -> None:
+    """Refuse a quantization this machine's CTranslate2 cannot run, naming the ones it can."""
+    ctranslate2 = require_ctranslate2()
+
+    if quantization not in QUANTIZATIONS:
+        raise UserError(f"--quantization {quantization}: choose from {', '.join(QUANTIZATIONS)}")
+    supported = sorted(ctranslate2.get_supported_compute_types(device))
+    if quantization not in supported:
+        raise UserError(f"--quantization {quantization}: this machine's CTranslate2 ({device}) cannot run it "
+                        f"(it supports {', '.join(supported)})")
+
+
+def _loader_class():
+    from ctranslate2.converters import transformers as ct2t
+
+    class _MarianAsHuggingFace(ct2t.MarianMTLoader):
+        """Marian as Hugging Face runs it: start from ``decoder_start_token_id``'s embedding, keep every id."""
+
+        def get_model_spec(self, model):
+            # BartLoader.get_model_spec, with each side's own number of heads (it gives both the encoder's)
+            from ctranslate2.specs import transformer_spec
+
+            config = model.config
+            if config.activation_function not in ct2t._SUPPORTED_ACTIVATIONS:
+                raise ValueError(f"activation {config.activation_function!r} is not supported by CTranslate2")
+            side = dict(pre_norm=False, activation=ct2t._SUPPORTED_ACTIVATIONS[config.activation_function],
+                        layernorm_embedding=False)  # Marian is post-norm, no embedding layer norm
+            spec = transformer_spec.TransformerSpec(
+                transformer_spec.TransformerEncoderSpec(config.encoder_layers, config.encoder_attention_heads, **side),
+                transformer_spec.TransformerDecoderSpec(config.decoder_layers, config.decoder_attention_heads, **side))
+            self.set_encoder(spec.encoder, model.model.encoder)
+            self.set_decoder(spec.decoder, model.model.decoder)
+            self.set_linear(spec.decoder.projection, model.lm_head)
+            bias = getattr(model, "final_logits_bias", None)
+            if bias is not None and bias.nonzero().numel() != 0:
+                spec.decoder.projection.bias = bias.squeeze()
+            return spec
+
+        def set_config(self, config, model, tokenizer):
+            ct2t.BartLoader.set_config(self, config, model, tokenizer)
+            config.bos_token = tokenizer.bos_token or config.decoder_start_token
+
+        def set_decoder(self, spec, decoder):
+            ct2t.BartLoader.set_decoder(self, spec, decoder)
+
+        def get_vocabulary(self, model, tokenizer):
+            tokens = ct2t.BartLoader.get_vocabulary(self, model, tokenizer)
+            # embedding rows past the tokenizer's vocabulary (never produced by it) get placeholder names
+            return tokens + [f"<a2d_unused_{i}>" for i in range(len(tokens), model.config.vocab_size)]
+
+    return _MarianAsHuggingFace
+
+
+@contextlib.contextmanager
+def _marian_as_hugging_face():
+    from ctranslate2.converters import transformers as ct2t
+
+    loaders = ct2t._MODEL_LOADERS
+    saved = loaders.get("MarianConfig")
+    loaders["MarianConfig"] = _loader_class()()
+    try:
+        yield
+    finally:
+        loaders["MarianConfig"] = saved
+
+
+def _staged(model_dir: Path, vocab, stage: Path) -> Path:
+    """A folder the converter can read with AutoTokenizer: the model's files linked, the tokenizer's written."""
+    for path in model_dir.iterdir():
+        if path.is_file() and (path.suffix == ".safetensors" or path.name in ("config.json", "generation_config.json")):
+            os.symlink(path.resolve(), stage / path.name)
+    vocab.save(stage, model_folder=True)
+    return stage
+
+
+def export(model_path: Path | str, out: Path | str, quantization: str = "int8", log=print) -> dict:
+    """Convert the model folder (or run folder) ``model_path`` into a CTranslate2 model at ``out``."""
+    ctranslate2 = require_ctranslate2()
+    from ctranslate2.converters import TransformersConverter
+
+    from a2d.models import load_model, resolve_model_dir
+
+    out = Path(out)
+    if out.exists():
+        raise UserError(f"--out {out}: already exists; a2d export does not overwrite (remove it or choose another)")
+    check_quantization(quantization)
+    model_dir = resolve_model_dir(Path(model_path))
+    model, vocab = load_model(model_dir)  # the clear errors for a folder that is not a model (or not Marian)
+    if getattr(getattr(vocab, "hf", None), "separate_vocabs", False):
+        raise UserError(f"{model_dir}: separate source and target vocabularies (target_vocab.json) are not "
+                        "supported by a2d export")
+    bad_words = [ids for ids in (model.generation_config.bad_words_ids or []) if len(ids) == 1]
+    settings = {
+        "format": 1,
+        "quantization": quantization,
+        "source": str(model_dir.resolve()),
+        "source_sha256": sha256_file(model_dir / "model.safetensors"),
+        "max_position_embeddings": int(model.config.max_position_embeddings),
+        "suppress_tokens": sorted({vocab.pieces(ids)[0] for ids in bad_words}),
+        # Hugging Face ends a hypothesis that reaches the length limit with a forced </s>, one token early
+        "forced_eos": model.generation_config.forced_eos_token_id is not None,
+        "ctranslate2_version": ctranslate2.__version__,
+        "a2d_version": a2d.__version__,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+    del model
+    with tempfile.TemporaryDirectory(prefix=".a2d-export-", dir=out.parent if out.parent.exists() else None) as s:
+        stage = _staged(model_dir, vocab, Path(s))
+        with atomic_dir(out) as tmp, _marian_as_hugging_face():
+            try:
+                with warnings.catch_warnings():  # MarianTokenizer's "Recommended: pip install sacremoses"
+                    warnings.simplefilter("ignore")
+                    TransformersConverter(str(stage)).convert(str(tmp), quantization=quantization, force=True)
+            except (ValueError, RuntimeError, NotImplementedError, KeyError) as e:
+                raise UserError(f"{model_dir}: CTranslate2 cannot convert it ({str(e).splitlines()[0]})") from None
+            vocab.save(tmp, model_folder=True)
+            if vocab.layout:  # a brought tokenizer: the model's ids, as config.json is CTranslate2's now
+                (tmp / "a2d_tokenizer.json").write_text(json.dumps(vocab.layout, indent=2) + "\n", encoding="utf-8")
+            (tmp / EXPORT_FILE).write_text(json.dumps(settings, indent=2) + "\n", encoding="utf-8")
+    size = sum(p.stat().st_size for p in out.iterdir() if p.is_file())
+    log(f"wrote {out}: CTranslate2 {quantization} model, {size / 2**20:.1f} MiB")
+    return settings
+
+
+def folder_size(folder: Path | str, weights_only: bool = False) -> int:
+    """Bytes of the files in ``folder`` (``weights_only``: the weights file alone)."""
+    folder = Path(folder)
+    files = [p for p in folder.iterdir() if p.is_file()]
+    if weights_only:
+        files = [p for p in files if p.name in ("model.bin", "model.safetensors")]
+    return sum(p.stat().st_size for p in files)
+
+
+__all__ = ["export", "is_exported", "check_quantization", "QUANTIZATIONS", "EXPORT_FILE", "folder_size"]

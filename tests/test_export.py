@@ -1,0 +1,144 @@
+"""Hugging Face-standard model folders and ``a2d export`` (CTranslate2): parity with ``a2d translate``.
+
+Uses the stored tiny-r3 De-En teacher (benchmarks/results/quality-tiny-r3-teachers/de-en, an old folder with
+only ``sentencepiece.model``) and tiny random models; nothing is downloaded.
+"""
+from __future__ import annotations
+
+import io
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from a2d.cli import main
+from a2d.config import load_config
+from a2d.data.corpus import locate_corpus, read_parallel
+from a2d.data.vocab import Vocabulary
+from a2d.evaluate import score, translate
+from a2d.models import build_model, load_model
+from a2d.rundir import RunDir
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+STORED = Path(__file__).resolve().parents[1] / "benchmarks" / "results" / "quality-tiny-r3-teachers" / "de-en"
+INT8_BLEU_TOLERANCE = 1.0  # int8 vs fp32 greedy BLEU on 300 test sentences (measured: -0.13)
+
+
+@pytest.fixture(scope="module")
+def test_text(data_root):
+    src, ref = read_parallel(*locate_corpus("multi30k", "de", "en")["test"])
+    return src[:300], ref[:300]
+
+
+@pytest.fixture(scope="module")
+def exports(tmp_path_factory):
+    out = tmp_path_factory.mktemp("exports")
+    for q in ("float32", "int8"):
+        assert main(["export", "--model", str(STORED), "--out", str(out / q), "--quantization", q]) == 0
+    return out
+
+
+def _hf(folder):
+    from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(folder), AutoModelForSeq2SeqLM.from_pretrained(folder).eval()
+
+
+def test_run_folder_is_a_hugging_face_folder(tmp_path, test_text):
+    """best/ written by a run loads with AutoTokenizer/AutoModelForSeq2SeqLM alone; generate() = a2d translate."""
+    vocab = Vocabulary.load(STORED)
+    cfg = load_config("tiny-student", ["d_model=32", "ffn_dim=64", "encoder_layers=1", "decoder_layers=1"])
+    model = build_model(cfg, len(vocab), seed=3)
+    RunDir(tmp_path / "run").save("best", model, vocab, cfg)
+    tok, hf = _hf(tmp_path / "run" / "best")
+    sources = test_text[0][:24]
+    mine, _ = load_model(tmp_path / "run")
+    ours = [translate(mine, vocab, [s], beam=1)[0] for s in sources]  # one at a time: a2d's length limit per sentence
+    theirs = []
+    for s in sources:
+        enc = tok(s, return_tensors="pt")
+        with torch.no_grad():
+            out = hf.generate(**enc, num_beams=1, max_new_tokens=int(1.2 * enc["input_ids"].shape[1] + 10))
+        theirs.append(tok.decode(out[0], skip_special_tokens=True))
+    assert ours == theirs
+    assert [tok(s, add_special_tokens=False)["input_ids"] for s in sources] == vocab.encode_batch(sources)
+
+
+def test_trained_model_generates_as_a2d_translate(tmp_path, test_text):
+    """The stored teacher with the tokenizer files a2d now writes: plain batched generate() = a2d translate."""
+    from a2d.tokenizer import write_marian_tokenizer
+
+    folder = tmp_path / "teacher"
+    shutil.copytree(STORED, folder)
+    write_marian_tokenizer(folder, folder / "sentencepiece.model")
+    tok, hf = _hf(folder)
+    sources = test_text[0][:40]
+    with torch.no_grad():
+        out = hf.generate(**tok(sources, return_tensors="pt", padding=True), num_beams=1)
+    model, vocab = load_model(STORED)  # the old folder (only sentencepiece.model) still loads
+    assert tok.batch_decode(out, skip_special_tokens=True) == translate(model, vocab, sources, beam=1)
+
+
+def test_float32_export_matches_hugging_face(exports, test_text):
+    from a2d.ct2 import CT2Model
+
+    model, vocab = load_model(STORED)
+    sources = test_text[0][:48]
+    ct2 = CT2Model(exports / "float32")
+    assert ct2.translate(sources, beam=1) == translate(model, vocab, sources, beam=1)
+    assert ct2.translate(sources[:16], beam=5) == translate(model, vocab, sources[:16], beam=5)
+
+
+def test_int8_export_within_tolerance(exports, test_text):
+    from a2d.ct2 import CT2Model
+    from a2d.export import folder_size
+
+    model, vocab = load_model(STORED)
+    sources, refs = test_text
+    fp32 = score(translate(model, vocab, sources, beam=1), refs, n_bootstrap=1)["bleu"]
+    int8 = score(CT2Model(exports / "int8").translate(sources, beam=1), refs, n_bootstrap=1)["bleu"]
+    assert abs(int8 - fp32) <= INT8_BLEU_TOLERANCE
+    assert folder_size(exports / "int8", weights_only=True) <= 0.3 * folder_size(exports / "float32", weights_only=True)
+    settings = json.loads((exports / "int8" / "a2d_export.json").read_text())
+    assert settings["quantization"] == "int8" and settings["source"] == str(STORED.resolve())
+
+
+def test_translate_and_evaluate_take_an_export(exports, tmp_path, monkeypatch, capsys, data_root):
+    from a2d.data.prepare import prepare
+
+    monkeypatch.setattr("sys.stdin", io.TextIOWrapper(io.BytesIO("Ein Mann fährt Fahrrad.\n\nZwei Hunde.\n".encode())))
+    assert main(["translate", "--model", str(exports / "int8"), "--beam", "2", "--threads", "1"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 3 and lines[1] == "" and "dog" in lines[2]
+    data = tmp_path / "data"
+    splits = locate_corpus("multi30k", "de", "en")
+    prepare(data, splits, "de", "en", max_train=100, vocab=STORED / "sentencepiece.model", log=lambda *a: None)
+    assert main(["evaluate", "--model", str(exports / "int8"), "--data", str(data), "--beam", "1"]) == 0
+    assert "BLEU" in capsys.readouterr().out
+
+
+def one_line_error(argv, capsys) -> str:
+    assert main([str(a) for a in argv]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and err.startswith("a2d: error: ")
+    return err
+
+
+def test_export_refuses_bad_input(exports, tmp_path, capsys):
+    import ctranslate2
+
+    assert "already exists" in one_line_error(["export", "--model", STORED, "--out", exports / "int8"], capsys)
+    (tmp_path / "empty").mkdir()
+    assert "not a model folder" in one_line_error(["export", "--model", tmp_path / "empty", "--out", tmp_path / "x"],
+                                                  capsys)
+    bart = tmp_path / "bart"
+    bart.mkdir()
+    (bart / "config.json").write_text(json.dumps({"model_type": "bart"}))
+    err = one_line_error(["export", "--model", bart, "--out", tmp_path / "y"], capsys)
+    assert "a bart model" in err and "Marian" in err
+    if "float16" not in ctranslate2.get_supported_compute_types("cpu"):
+        err = one_line_error(["export", "--model", STORED, "--out", tmp_path / "z", "--quantization", "float16"], capsys)
+        assert "cannot run it" in err
+    assert not any(p.name in ("x", "y", "z") for p in tmp_path.iterdir())

@@ -1,0 +1,127 @@
+"""A teacher you bring: tiny random Marian models in the hub layout (OPUS-MT's), both vocabulary layouts
+(one SentencePiece model, or separate source.spm and target.spm over one vocab.json) and tied or untied
+embeddings. On each: prepare the data with its tokenizer, score it, distill two updates with a2d and kd,
+translate, export."""
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import pytest
+
+from a2d.cli import main
+from a2d.config import load_config
+from a2d.data.prepare import prepare
+from a2d.evaluate import evaluate_model, translate
+from a2d.models import load_model
+from a2d.recipes.distill import distill
+from a2d.utils import UserError
+from tests.hub_models import corpus_text, hub_folder
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+VARIANTS = {
+    "shared-tied": dict(shared_vocab=True, tied=True),
+    "separate-untied": dict(shared_vocab=False, tied=False, activation_function="relu", scale_embedding=False,
+                            encoder_ffn_dim=48),
+}
+STUDENT = ["d_model=32", "ffn_dim=64", "encoder_layers=1", "decoder_layers=1", "encoder_attention_heads=2",
+           "decoder_attention_heads=2", "max_tokens=512", "max_steps=2", "valid_max_sentences=8", "max_positions=128",
+           "log_every=1", "warmup_updates=2"]
+
+
+def quiet(*args):
+    pass
+
+
+def _split_files(folder: Path, n_train: int = 200, n_valid: int = 24) -> dict:
+    src, tgt = corpus_text(n_train + n_valid)
+    folder.mkdir()
+    files = {}
+    for split, rows in (("train", slice(0, n_train)), ("valid", slice(n_train, None))):
+        for lang, lines in (("de", src[rows]), ("en", tgt[rows])):
+            (folder / f"{split}.{lang}").write_text("\n".join(lines) + "\n", encoding="utf-8")
+        files[split] = (folder / f"{split}.de", folder / f"{split}.en")
+    return files
+
+
+@pytest.fixture(scope="module", params=list(VARIANTS))
+def hub(request, tmp_path_factory, data_root):
+    root = tmp_path_factory.mktemp(request.param)
+    teacher = hub_folder(root / "teacher", **VARIANTS[request.param])
+    data = root / "data"
+    prepare(data, _split_files(root / "text"), "de", "en", tokenizer=teacher, log=quiet)
+    return teacher, data
+
+
+def test_prepare_with_the_teachers_tokenizer(hub):
+    teacher, data = hub
+    meta = json.loads((data / "meta.json").read_text())
+    assert meta["tokenizer"]["kind"] == "MarianVocabulary" and meta["tokenizer"]["unknown_rate"]["src"] < 0.01
+    assert (data / "source.spm").read_bytes() == (teacher / "source.spm").read_bytes()
+    assert (data / "target.spm").read_bytes() == (teacher / "target.spm").read_bytes()
+    assert not (data / "sentencepiece.model").exists()
+
+
+def test_score_distill_translate(hub, tmp_path, monkeypatch, capsys):
+    from transformers import AutoTokenizer
+
+    teacher, data = hub
+    result = evaluate_model(teacher, data, split="valid", beam=2, progress=False)
+    assert result["sentences"] == 24 and 0 <= result["bleu"] <= 100
+    t_config = json.loads((teacher / "config.json").read_text())
+    for method in ("a2d", "kd"):
+        out = tmp_path / method
+        run = distill(load_config("tiny-student", STUDENT + [f"method={method}"]), data, out, teacher, log=quiet)
+        assert run.state.update == 2
+        student, vocab = load_model(out)
+        for key in ("vocab_size", "pad_token_id", "eos_token_id", "decoder_start_token_id",
+                    "share_encoder_decoder_embeddings", "tie_word_embeddings"):
+            assert getattr(student.config, key) == t_config[key], key
+        assert student.config.encoder_layers == 1 and student.config.d_model == 32
+        assert AutoTokenizer.from_pretrained(out / "best").pad_token_id == t_config["pad_token_id"]
+        hyps = translate(student, vocab, ["Ein Hund läuft.", ""], beam=2, max_len_b=3)
+        assert hyps[1] == "" and isinstance(hyps[0], str)
+    monkeypatch.setattr("sys.stdin", io.TextIOWrapper(io.BytesIO("Ein Mann.\nZwei Frauen.\n".encode())))
+    assert main(["translate", "--model", str(teacher), "--beam", "1"]) == 0
+    assert len(capsys.readouterr().out.splitlines()) == 2
+
+
+def test_hub_export_matches_hugging_face(hub, tmp_path):
+    from a2d.ct2 import CT2Model
+    from a2d.export import export
+
+    teacher, _ = hub
+    export(teacher, tmp_path / "ct2", quantization="float32", log=quiet)
+    model, vocab = load_model(teacher)
+    sources = corpus_text(30)[0]
+    assert CT2Model(tmp_path / "ct2").translate(sources, beam=1) == translate(model, vocab, sources, beam=1)
+
+
+def test_bad_teachers_and_tokenizers(hub, tmp_path, data_root):
+    teacher, data = hub
+    # a tokenizer that cannot encode the corpus: Greek text through a German/English vocabulary
+    text = tmp_path / "el"
+    text.mkdir()
+    for split in ("train", "valid"):
+        for lang in ("de", "en"):
+            (text / f"{split}.{lang}").write_text("Ένας άντρας περπατά στον δρόμο με τον σκύλο του.\n" * 20,
+                                                  encoding="utf-8")
+    files = {s: (text / f"{s}.de", text / f"{s}.en") for s in ("train", "valid")}
+    with pytest.raises(UserError, match=r"of the source .* pieces are <unk> \(limit 1\.0%\)"):
+        prepare(tmp_path / "out", files, "de", "en", tokenizer=teacher, log=quiet)
+    assert not (tmp_path / "out").exists()
+    # a teacher whose vocabulary differs from the data's
+    other = hub_folder(tmp_path / "other", seed=1, shared_vocab=(teacher / "source.spm").read_bytes()
+                       != (teacher / "target.spm").read_bytes())
+    with pytest.raises(UserError, match="another vocabulary"):
+        distill(load_config("tiny-student", STUDENT + ["method=kd"]), data, tmp_path / "s", other, log=quiet)
+    assert not (tmp_path / "s").exists()
+    # another model family
+    bart = tmp_path / "bart"
+    bart.mkdir()
+    (bart / "config.json").write_text(json.dumps({"model_type": "bart"}))
+    with pytest.raises(UserError, match="a bart model; a2d supports Marian models only"):
+        distill(load_config("tiny-student", STUDENT + ["method=kd"]), data, tmp_path / "s", bart, log=quiet)
+    with pytest.raises(UserError, match="a bart model"):
+        prepare(tmp_path / "out", files, "de", "en", tokenizer=bart, log=quiet)
