@@ -369,7 +369,7 @@ class ParallelData:
 
 def summary_lines(meta: dict) -> list[str]:
     """Human-readable lines describing a prepared directory (what ``a2d prepare`` prints)."""
-    kind = "the tokenizer of " + meta["tokenizer"]["from"] if meta.get("tokenizer") else "joint SentencePiece vocabulary"
+    kind = "vocabulary from " + meta["tokenizer"]["from"] if meta.get("tokenizer") else "joint SentencePiece vocabulary"
     lines = [f"{meta['src']}-{meta['tgt']}: {kind} of {meta['vocab_size']} pieces, "
              f"train pairs up to {meta['max_len']} subwords"]
     for name, s in meta["splits"].items():
