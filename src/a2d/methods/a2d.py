@@ -44,10 +44,11 @@ class AlignToDistill(DistillMethod):
     ``kd`` (word-level KD). Trainable parts: ``aam`` (an ``nn.ModuleDict`` kind -> AttentionAlignment)."""
 
     name = "a2d"
+    label = "A2D"
+    alignment = True
     summary = "Align-to-Distill: head-wise attention transfer through trainable alignment modules (AAM) + word KD"
     paper = "Jin et al. 2024, Align-to-Distill: Trainable Attention Alignment for Knowledge Distillation in NMT"
     needs = frozenset({LOGITS, ATTENTIONS})
-    needs_teacher = True
     forced_granularity: str | None = None
 
     def __init__(self, cfg: Config, student_config: MarianConfig, teacher_config: MarianConfig | None):
@@ -141,6 +142,7 @@ class A2DLayerwise(AlignToDistill):
     """Layer-wise A2D (Table 4): per-layer head-averaged maps, AAM over layers instead of heads."""
 
     name = "a2d-layerwise"
+    label = "A2D (layer-wise)"
     summary = "layer-wise A2D (Table 4): head-averaged maps per layer, AAM over layers + word KD"
     forced_granularity = "layer"
 

@@ -58,10 +58,10 @@ class ALPKD(DistillMethod):
     ``kd`` (word-level KD). Trainable parts: ``proj`` (per side ``Linear(d_S, d_T)`` when widths differ)."""
 
     name = "alp-kd"
+    label = "ALP-KD"
     summary = "ALP-KD: each student layer attends over all teacher layers' hidden states (enc+dec), MSE + word KD"
     paper = "Passban et al. 2021, ALP-KD: Attention-Based Layer Projection for Knowledge Distillation"
     needs = frozenset({LOGITS, HIDDEN_STATES})
-    needs_teacher = True
     sides: tuple[str, ...] = SIDES
 
     def __init__(self, cfg: Config, student_config: MarianConfig, teacher_config: MarianConfig | None):

@@ -100,11 +100,11 @@ class CombinatorialKD(DistillMethod):
     Trainable parts: ``fuse`` (one ``Linear(|C(i)| * d_T, d_S)`` per student layer)."""
 
     name = "ckd"
+    label = "CKD"
     summary = "Combinatorial KD: fused groups of teacher encoder layers (ckd_grouping sc/cc/rc/oc), MSE + word KD"
     paper = ("Wu et al. 2020, Why Skip If You Can Combine: A Simple Knowledge Distillation Technique "
              "for Intermediate Layers")
     needs = frozenset({LOGITS, HIDDEN_STATES})
-    needs_teacher = True
     side = "encoder"
     rc_seed = 0
 

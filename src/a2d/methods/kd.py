@@ -28,10 +28,11 @@ class WordKD(DistillMethod):
     """Word-level KD. Term: ``kd`` (``T^2 * KL(teacher || student)`` per real target token, weight ``mu_kd``)."""
 
     name = "kd"
+    label = "Vanilla KD"
+    baseline = "kd"
     summary = "word-level KD (vanilla KD): KL to the teacher's tempered token distributions, weight mu_kd"
     paper = "Hinton et al. 2015, Distilling the Knowledge in a Neural Network"
     needs = frozenset({LOGITS})
-    needs_teacher = True
 
     def loss_terms(self, batch, student, teacher, progress: Progress):
         if teacher is None:

@@ -87,11 +87,11 @@ class MiniLM(DistillMethod):
     ``kd`` (word-level KD). No trainable parts; needs :meth:`attach` before use."""
 
     name = "minilm"
+    label = "MiniLM"
     summary = "MiniLM: last-layer self-attention distributions and value relations (KL, enc+dec) + word KD"
     paper = ("Wang et al. 2020, MiniLM: Deep Self-Attention Distillation for Task-Agnostic Compression "
              "of Pre-Trained Transformers")
     needs = frozenset({LOGITS, ATTENTIONS, HIDDEN_STATES})
-    needs_teacher = True
 
     def __init__(self, cfg: Config, student_config: MarianConfig, teacher_config: MarianConfig | None):
         super().__init__(cfg, student_config, teacher_config)

@@ -6,6 +6,8 @@ from a2d.methods.base import DistillMethod
 
 class NoKD(DistillMethod):
     name = "none"
+    label = "No KD"
+    baseline = "nokd"
     summary = "cross-entropy only: the 'No KD' student"
     paper = "(baseline without distillation)"
     needs = frozenset()

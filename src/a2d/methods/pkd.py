@@ -147,10 +147,10 @@ class PatientKD(DistillMethod):
     Trainable parts: ``proj`` (``Linear(d_S, d_T)`` when the widths differ, else none)."""
 
     name = "pkd"
+    label = "PKD"
     summary = "Patient KD: normalised encoder hidden states of skip/last-k teacher layers (pkd_mapping) + word KD"
     paper = "Sun et al. 2019, Patient Knowledge Distillation for BERT Model Compression"
     needs = frozenset({LOGITS, HIDDEN_STATES})
-    needs_teacher = True
     side = "encoder"
 
     def __init__(self, cfg: Config, student_config: MarianConfig, teacher_config: MarianConfig | None):

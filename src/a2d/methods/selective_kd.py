@@ -55,11 +55,11 @@ class SelectiveKD(DistillMethod):
     """Selective KD. Term: ``kd`` (word KD over the selected tokens, weight ``mu_kd``)."""
 
     name = "selective-kd"
+    label = "Selective KD"
     summary = ("selective KD: word-level KD only on the batch's hardest target tokens by student CE "
                "(selective_word_rate, 0.5)")
     paper = "Wang et al. 2021, Selective Knowledge Distillation for Neural Machine Translation"
     needs = frozenset({LOGITS})
-    needs_teacher = True
 
     def loss_terms(self, batch, student, teacher, progress: Progress):
         if teacher is None:

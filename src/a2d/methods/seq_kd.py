@@ -35,6 +35,8 @@ class SequenceKD(DistillMethod):
     """Sequence-level KD: cross-entropy only, on a data directory written by ``a2d distill-data``. No terms."""
 
     name = "seq-kd"
+    label = "Sequence KD"
+    generated_data = True
     summary = ("sequence-level KD: cross-entropy on the teacher's beam outputs; run `a2d distill-data` first "
                "and train on its output directory")
     paper = "Kim & Rush 2016, Sequence-Level Knowledge Distillation"

@@ -98,10 +98,10 @@ class TinyBERT(DistillMethod):
     (logging only, weight 0), ``kd`` (word-level KD). Trainable parts: ``proj`` (``emb``, ``encoder``, ``decoder``)."""
 
     name = "tinybert"
+    label = "TinyBERT"
     summary = "TinyBERT: attention (log-prob MSE) and hidden states of every other teacher layer + word KD"
     paper = "Jiao et al. 2020, TinyBERT: Distilling BERT for Natural Language Understanding"
     needs = frozenset({LOGITS, ATTENTIONS, HIDDEN_STATES})
-    needs_teacher = True
     log_floor = 1e-6
 
     def __init__(self, cfg: Config, student_config: MarianConfig, teacher_config: MarianConfig | None):
