@@ -1,0 +1,52 @@
+"""``a2d reproduce GRID`` (and ``benchmarks/quality.py GRID``): its arguments, and what they do.
+
+Light to import (the CLI builds its parser with it); the work is imported when it runs.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[3]  # the checkout (an editable install): grid paths and commits
+DEFAULT_RESULTS = REPO / "benchmarks" / "results"
+DEFAULT_RUNS = Path("runs") / "quality"
+
+
+def add_arguments(parser) -> None:
+    """The arguments of ``a2d reproduce`` (and ``benchmarks/quality.py``)."""
+    parser.add_argument("grid", type=Path, help="the grid YAML file (see a2d.experiments.grid)")
+    parser.add_argument("--only", nargs="+", metavar="SUBSTRING",
+                        help="run only the cells whose id (DIRECTION/CELL-sSEED or DIRECTION/teacher) contains one of "
+                             "these; a teacher that selected students need is trained too")
+    parser.add_argument("--runs-dir", type=Path, default=DEFAULT_RUNS,
+                        help="where data and runs go (default %(default)s)")
+    parser.add_argument("--results-dir", type=Path, default=DEFAULT_RESULTS,
+                        help="where quality-<name>.{json,md} go (default benchmarks/results)")
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument("--dry-run", action="store_true", help="print the planned cells and which are done")
+    mode.add_argument("--report-only", action="store_true", help="rebuild the JSON and markdown, train nothing")
+    parser.add_argument("--redo", action="store_true",
+                        help="train the selected cells again although their results are in the JSON (a cell whose run "
+                             "folder holds cell.json is still skipped: remove the run folder to redo it)")
+
+
+def run(args, log=print) -> None:
+    """Do what the arguments of :func:`add_arguments` say."""
+    from a2d.experiments.grid import load_grid
+    from a2d.experiments.report import write_report
+    from a2d.experiments.runner import dry_run, run_grid
+
+    grid = load_grid(args.grid)
+    if args.dry_run:
+        dry_run(grid, args.runs_dir, args.results_dir, args.only, log=log, redo=args.redo)
+    elif args.report_only:
+        json_path, md_path = write_report(grid, args.runs_dir, args.results_dir, log)
+        log(f"wrote {json_path} and {md_path}")
+    else:
+        try:
+            run_grid(grid, args.runs_dir, args.results_dir, args.only, log=log, redo=args.redo)
+        except KeyboardInterrupt:
+            log("interrupted: run the same command again to continue")
+            raise
+
+
+__all__ = ["add_arguments", "run", "REPO", "DEFAULT_RESULTS", "DEFAULT_RUNS"]

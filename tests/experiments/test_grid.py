@@ -1,0 +1,65 @@
+"""a2d.experiments.grid: grid files read into dataclasses, every mistake reported with its file and key."""
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from a2d.experiments.grid import BaselinesSpec, CellSpec, GridSpec, TeacherSpec, load_grid, read_spec
+from a2d.utils import UserError
+from tests.experiments.common import REPO, SMOKE, reproduce
+
+
+def test_grid_errors(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(SMOKE.read_text().replace("nokd: {method: none}", "nokd: {method: nope}"))
+    assert reproduce([str(bad), "--dry-run"]) == 2
+    bad.write_text(SMOKE.read_text().replace("kd: {method: kd}", "kd: {method: kd, overrides: [lr=fast]}"))
+    with pytest.raises(UserError, match="cell kd"):
+        load_grid(bad)
+    bad.write_text(SMOKE.read_text().replace("compare_to: a2d", "compare_to: a2d-typo"))
+    with pytest.raises(UserError, match="a2d-reference: compare_to 'a2d-typo'"):
+        load_grid(bad)
+    bad.write_text(SMOKE.read_text() + "colour: blue\n")
+    with pytest.raises(UserError, match="unknown key"):
+        load_grid(bad)
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "benchmarks" / "grids").glob("*.yaml")), ids=lambda p: p.name)
+def test_shipped_grids_load(path):
+    """Every grid in benchmarks/grids/ passes the checks (methods, presets, overrides) a run makes first."""
+    grid = load_grid(path)
+    assert grid.cells and grid.directions
+    for cell in grid.cells.values():
+        grid.cell_config(cell, grid.seeds[0])  # raises on a bad override
+
+
+def test_read_spec_names_the_file_and_the_key():
+    spec = read_spec(GridSpec, {"name": "g", "teacher": {"preset": "tiny-teacher"}, "student_preset": "tiny-student",
+                                "methods": {"kd": {"method": "kd", "overrides": ["lr=1e-3", 3]}}}, "g.yaml")
+    assert spec.teacher == TeacherSpec("tiny-teacher", []) and spec.vocab_size == 8000 and spec.seeds == [1]
+    assert spec.methods == {"kd": CellSpec("kd", ["lr=1e-3", "3"])} and spec.baselines.nokd is None
+    base = {"name": "g", "teacher": {"preset": "t"}, "student_preset": "s", "methods": {"a": {"method": "a"}}}
+    assert read_spec(GridSpec, {**base, "baselines": None}, "g.yaml").baselines == BaselinesSpec()
+    for raw, message in [({"vocab_size": 3}, "g.yaml: vocab_size: expected an integer >= 5, got 3"),
+                         ({"max_train": "all"}, "g.yaml: max_train: expected an integer >= 1 or null, got 'all'"),
+                         ({"store_teachers": "yes"}, "g.yaml: store_teachers: expected true or false, got 'yes'"),
+                         ({"teacher": "tiny"}, "g.yaml: teacher: expected {preset: NAME"),
+                         ({"teacher": {"overrides": []}}, "g.yaml: teacher: missing key 'preset'"),
+                         ({"methods": {"kd": {"method": "kd", "lr": 1}}}, "g.yaml: methods: kd: unknown key"),
+                         ({"ablations": {"att_kinds": ["enc"]}}, "g.yaml: ablations: att_kinds: choose from all"),
+                         ({"ablations": {"heads": [0]}}, "g.yaml: ablations: heads: expected a list of positive")]:
+        with pytest.raises(UserError, match="^" + re.escape(message)):
+            read_spec(GridSpec, {**base, **raw}, "g.yaml")
+    with pytest.raises(UserError, match="g.yaml: missing key 'methods'"):
+        read_spec(GridSpec, {"name": "g", "teacher": {"preset": "t"}, "student_preset": "s"}, "g.yaml")
+
+
+def test_method_facts_come_from_the_method_classes():
+    """Labels, the baselines, who needs the teacher: said by each method's class, not by its name."""
+    grid = load_grid(SMOKE)
+    cells = grid.cells
+    assert grid.baselines.nokd == "nokd" and grid.baselines.kd == "kd"
+    assert [cells[n].needs_teacher for n in ("nokd", "kd", "seq-kd", "a2d")] == [False, True, True, True]
+    assert cells["seq-kd"].method_class.generated_data and not cells["kd"].method_class.generated_data
+    assert cells["seq-kd"].label == "Sequence KD" and cells["a2d-layerwise"].label == "A2D (layer-wise)"
