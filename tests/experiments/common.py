@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import yaml
+
 from a2d.cli import main
 
 REPO = Path(__file__).resolve().parents[2]
@@ -12,6 +14,16 @@ SMOKE = REPO / "benchmarks" / "grids" / "smoke.yaml"  # tiny models, a few updat
 def reproduce(argv: list[str]) -> int:
     """``a2d reproduce ARGV`` (what ``benchmarks/quality.py ARGV`` runs); its exit status."""
     return main(["reproduce", *argv])
+
+
+def smoke_variant(tmp_path: Path, name: str, **changes) -> Path:
+    """The smoke grid as ``tmp_path/NAME.yaml``, named NAME, for De-En only, without ablations, with ``changes``."""
+    raw = yaml.safe_load(SMOKE.read_text())
+    raw.pop("ablations")
+    raw.update(name=name, directions=["de-en"], **changes)
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return path
 
 
 def table(md: str, title: str) -> list[list[str]]:

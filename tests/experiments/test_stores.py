@@ -11,19 +11,13 @@ from a2d.experiments.grid import load_grid
 from a2d.experiments.plan import data_dir
 from a2d.experiments.runner import dry_run, run_grid
 from a2d.utils import UserError
-from tests.experiments.common import SMOKE, reproduce
+from tests.experiments.common import reproduce, smoke_variant
 
 
 def test_stored_teacher_lets_a_grid_go_on(tmp_path, data_root, monkeypatch):
     """With store_teachers, students trained after the run folders are gone are distilled from the same teacher;
     without a stored copy, a teacher with distilled students is never silently trained again."""
-    import yaml
-
-    raw = yaml.safe_load(SMOKE.read_text())
-    raw.update(name="keep", directions=["de-en"], store_teachers=True, methods={"kd": {"method": "kd"}})
-    raw.pop("ablations")
-    grid_file = tmp_path / "keep.yaml"
-    grid_file.write_text(yaml.safe_dump(raw))
+    grid_file = smoke_variant(tmp_path, "keep", store_teachers=True, methods={"kd": {"method": "kd"}})
     runs, results = tmp_path / "runs", tmp_path / "results"
     argv = [str(grid_file), "--runs-dir", str(runs), "--results-dir", str(results)]
     assert reproduce(argv) == 0
@@ -82,18 +76,13 @@ def test_stored_teacher_lets_a_grid_go_on(tmp_path, data_root, monkeypatch):
 def test_students_are_stored_beside_the_results(tmp_path, data_root):
     """With store_teachers, every cell's best student is kept too (fp16 weights, vocabulary, configs), sha-checked,
     and can be scored again without its run folder."""
-    import yaml
     from safetensors import safe_open
 
     from a2d.evaluate import evaluate_model
     from a2d.experiments.plan import eval_dir, plan
     from a2d.experiments.stores import stored_student
 
-    raw = yaml.safe_load(SMOKE.read_text())
-    raw.update(name="students", directions=["de-en"], store_teachers=True, methods={"nokd": {"method": "none"}})
-    raw.pop("ablations")
-    grid_file = tmp_path / "students.yaml"
-    grid_file.write_text(yaml.safe_dump(raw))
+    grid_file = smoke_variant(tmp_path, "students", store_teachers=True, methods={"nokd": {"method": "none"}})
     runs, results = tmp_path / "runs", tmp_path / "results"
     assert reproduce([str(grid_file), "--runs-dir", str(runs), "--results-dir", str(results)]) == 0
 
