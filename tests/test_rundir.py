@@ -71,8 +71,9 @@ def test_begin_refuses_what_it_must_not_touch(tmp_path):
     with pytest.raises(UserError, match="has no last/ checkpoint.*notes.txt"):
         RunDir(tmp_path / "full").begin(resume=True, log=lambda *a: None)
     assert (tmp_path / "full" / "notes.txt").read_text() == "mine"
-    with pytest.raises(UserError, match="no run to resume"):
-        RunDir(tmp_path / "absent").begin(resume=True)
+    notes = []
+    assert RunDir(tmp_path / "absent").begin(resume=True, log=notes.append) is False  # killed before it began
+    assert (tmp_path / "absent").is_dir() and "holds no run yet" in notes[0]
     (tmp_path / "file").write_text("x")
     with pytest.raises(UserError, match="not a folder"):
         RunDir(tmp_path / "file").begin(resume=False)

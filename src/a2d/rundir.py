@@ -147,8 +147,8 @@ class RunDir:
         """Make the folder ready (main process only); return whether a checkpoint will be resumed.
 
         A new run needs an absent or empty folder. ``resume`` tidies a killed run's leftovers first; a run
-        killed before its first checkpoint (``config.yaml`` and maybe ``metrics.jsonl``, nothing else)
-        starts over, with a note.
+        killed before its first checkpoint (nothing, or ``config.yaml`` and maybe ``metrics.jsonl``) starts
+        over, with a note.
         """
         if self.path.exists() and not self.path.is_dir():
             raise UserError(f"--out {self.path}: exists and is not a folder")
@@ -158,9 +158,13 @@ class RunDir:
                                 "it, or choose another folder)")
             self._mkdir()
             return False
+        if self.path.is_dir():
+            self.tidy(log)
         if not self.path.is_dir() or not any(self.path.iterdir()):
-            raise UserError(f"--resume: {self.path} holds no run to resume (run the same command without --resume)")
-        self.tidy(log)
+            log(f"note: {self.path} holds no run yet (stopped before it began, or a new folder); starting it "
+                "from the beginning")
+            self._mkdir()
+            return False
         if self.state_file.is_file():
             return True
         leftovers = {p.name for p in self.path.iterdir()}

@@ -10,6 +10,7 @@ import pytest
 from a2d.data import corpus
 from a2d.data.corpus import CORPORA, locate_corpus, read_lines, read_parallel
 from a2d.utils import UserError
+from tests.conftest import corpus_sha256
 
 
 def _no_network(*args, **kwargs):
@@ -18,10 +19,7 @@ def _no_network(*args, **kwargs):
 
 # ---------------------------------------------------------------- registry and locate_corpus
 def test_registry_checksums_match_shared_sha256sums(data_root):
-    listed = {}
-    for line in (data_root / "multi30k" / "SHA256SUMS").read_text().splitlines():
-        digest, name = line.split()
-        listed[name] = digest
+    listed = corpus_sha256(data_root)
     spec = CORPORA["multi30k"]
     assert spec.sha256 == listed
     assert {spec.file_name(split, lang) for split in spec.files for lang in spec.languages} == set(listed)

@@ -16,6 +16,7 @@ from a2d.data.corpus import locate_corpus, read_lines
 from a2d.data.prepare import ParallelData, load_meta, prepare, summary_lines
 from a2d.data.vocab import BOS, EOS, PAD, Vocabulary
 from a2d.utils import UserError
+from tests.conftest import corpus_sha256
 
 
 def _normalise(text: str) -> str:
@@ -77,7 +78,7 @@ def test_meta_content(multi30k, data_root):
     assert meta["splits"]["train"] == {"lines": 2000, "kept": 2000, "dropped_empty": 0, "dropped_long": 0}
     assert meta["splits"]["valid"]["lines"] == meta["splits"]["valid"]["kept"] == 1014
     assert meta["splits"]["test"]["lines"] == meta["splits"]["test"]["kept"] == 1000
-    sums = dict(reversed(line.split()) for line in (data_root / "multi30k" / "SHA256SUMS").read_text().splitlines())
+    sums = corpus_sha256(data_root)
     for split, (src, tgt) in splits.items():
         assert meta["sources"][split]["src"] == {"path": str(src.resolve()), "sha256": sums[src.name]}
         assert meta["sources"][split]["tgt"] == {"path": str(tgt.resolve()), "sha256": sums[tgt.name]}
