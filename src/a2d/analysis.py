@@ -35,7 +35,8 @@ def load_alignment(run_dir: Path | str) -> tuple[dict, dict[str, np.ndarray]]:
     run_dir = Path(run_dir)
     missing = [str(run_dir / f) for f in (METHOD_JSON, METHOD_WEIGHTS) if not (run_dir / f).is_file()]
     if missing:
-        raise UserError(f"{run_dir}: not an A2D run, missing {' and '.join(missing)}")
+        raise UserError(f"{run_dir}: not an A2D run, missing {' and '.join(missing)}; run a2d distill --method a2d "
+                        "to make one")
     try:
         desc = json.loads((run_dir / METHOD_JSON).read_text(encoding="utf-8"))
     except json.JSONDecodeError as e:

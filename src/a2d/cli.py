@@ -186,13 +186,35 @@ def _decode_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=int, default=1, help="CTranslate2 threads, for an exported --model (default 1)")
 
 
+def _doc(purpose: str, *examples: str) -> dict:
+    """``add_parser`` keywords: the one-line purpose (the list's help and the command's description) and examples."""
+    return {"help": purpose, "description": purpose.replace("%%", "%"),
+            "epilog": "example:\n" + "\n".join(f"  {e}" for e in examples),
+            "formatter_class": argparse.RawDescriptionHelpFormatter}
+
+
+USUAL_SEQUENCE = """\
+the usual sequence (a2d COMMAND --help: each command's options and an example):
+  a2d prepare  --corpus multi30k --src de --tgt en --out data/m30k-de-en
+  a2d train    --data data/m30k-de-en --preset tiny-teacher --out runs/teacher
+  a2d distill  --data data/m30k-de-en --teacher runs/teacher --method a2d --preset tiny-student --out runs/a2d
+  a2d evaluate --model runs/a2d --data data/m30k-de-en --split test --out runs/a2d/test.json
+  a2d export   --model runs/a2d --out export/a2d-int8 --quantization int8
+
+first time here? `a2d demo` distils two students from a stored teacher and scores them (about 10 minutes)."""
+
+
 def build_parser() -> argparse.ArgumentParser:
     from a2d.recipes.demo import DEFAULT_STEPS
 
-    parser = argparse.ArgumentParser(prog="a2d", description="Align-to-Distill: distil translation Transformers.")
+    parser = argparse.ArgumentParser(prog="a2d", description="Align-to-Distill: distil translation Transformers.",
+                                     epilog=USUAL_SEQUENCE, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("prepare", help="prepare a parallel corpus: SentencePiece vocabulary and encoded splits")
+    p = sub.add_parser("prepare", **_doc("prepare a parallel corpus: SentencePiece vocabulary and encoded splits",
+                                        "a2d prepare --corpus multi30k --src de --tgt en --out data/m30k-de-en",
+                                        "a2d prepare --train-src train.de --train-tgt train.en --valid-src valid.de "
+                                        "--valid-tgt valid.en --src de --tgt en --out data/mine"))
     p.add_argument("--corpus", help="a named corpus (multi30k); read from $A2D_DATA_DIR or downloaded")
     p.add_argument("--src", default="de", help="source language (default de)")
     p.add_argument("--tgt", default="en", help="target language (default en)")
@@ -211,22 +233,31 @@ def build_parser() -> argparse.ArgumentParser:
                    "Marian folder, e.g. a downloaded OPUS-MT teacher) instead of training SentencePiece")
     p.set_defaults(func=cmd_prepare)
 
-    p = sub.add_parser("train", help="train a model with cross-entropy (a teacher, or a No-KD student)")
+    p = sub.add_parser("train", **_doc("train a model with cross-entropy (a teacher, or a No-KD student)",
+                                      "a2d train --data data/m30k-de-en --preset tiny-teacher --out runs/teacher",
+                                      "a2d train --data data/m30k-de-en --out runs/teacher --resume"))
     _run_args(p, teacher=False)
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("distill", help="distill a student from a frozen teacher")
+    p = sub.add_parser("distill", **_doc("distill a student from a frozen teacher",
+                                        "a2d distill --data data/m30k-de-en --teacher runs/teacher --method a2d "
+                                        "--preset tiny-student --out runs/a2d"))
     _run_args(p, teacher=True)
     p.set_defaults(func=cmd_distill)
 
-    p = sub.add_parser("distill-data", help="sequence-level KD data: the teacher's translations of the training set")
+    p = sub.add_parser("distill-data", **_doc(
+        "sequence-level KD data: the teacher's translations of the training set",
+        "a2d distill-data --teacher runs/teacher --data data/m30k-de-en --out data/m30k-de-en-seqkd",
+        "a2d distill --data data/m30k-de-en-seqkd --method seq-kd --preset tiny-student --out runs/seq-kd"))
     p.add_argument("--teacher", required=True)
     p.add_argument("--data", required=True)
     p.add_argument("--out", required=True, help="the new data directory")
     p.add_argument("--beam", type=int, default=5)
     p.set_defaults(func=cmd_distill_data)
 
-    p = sub.add_parser("evaluate", help="beam search + sacreBLEU/chrF with a 95%% bootstrap CI")
+    p = sub.add_parser("evaluate", **_doc("beam search + sacreBLEU/chrF with a 95%% bootstrap CI",
+                                         "a2d evaluate --model runs/a2d --data data/m30k-de-en --split test "
+                                         "--out runs/a2d/test.json"))
     p.add_argument("--model", required=True)
     p.add_argument("--data", required=True)
     p.add_argument("--split", default="test")
@@ -235,40 +266,46 @@ def build_parser() -> argparse.ArgumentParser:
     _decode_args(p)
     p.set_defaults(func=cmd_evaluate)
 
-    p = sub.add_parser("translate", help="translate stdin to stdout, one sentence per line")
+    p = sub.add_parser("translate", **_doc("translate stdin to stdout, one sentence per line",
+                                          'echo "Ein Hund läuft über die Wiese." | a2d translate --model runs/a2d'))
     p.add_argument("--model", required=True)
     p.add_argument("--beam", type=int, default=5)
     _decode_args(p)
     p.set_defaults(func=cmd_translate)
 
     from a2d.export import QUANTIZATIONS
-    p = sub.add_parser("export", help="write a CTranslate2 model (ctranslate2's converter), tokenizer beside it")
+    p = sub.add_parser("export", **_doc("write a CTranslate2 model (ctranslate2's converter), tokenizer beside it",
+                                       "a2d export --model runs/a2d --out export/a2d-int8 --quantization int8",
+                                       'echo "Ein Hund rennt." | a2d translate --model export/a2d-int8'))
     p.add_argument("--model", required=True, help="a run folder, its best/ or last/, or a Hugging Face Marian folder")
     p.add_argument("--out", required=True, help="the folder to write (must not exist)")
     p.add_argument("--quantization", default="int8", choices=QUANTIZATIONS)
     p.set_defaults(func=cmd_export)
 
-    p = sub.add_parser("plot", help="training/validation curves of one or more runs in one PNG")
+    p = sub.add_parser("plot", **_doc("training/validation curves of one or more runs in one PNG",
+                                     "a2d plot runs/teacher runs/a2d --out curves.png"))
     p.add_argument("runs", nargs="+", metavar="RUN")
     p.add_argument("--out", required=True)
     p.set_defaults(func=cmd_plot)
 
-    p = sub.add_parser("plot-alignment", help="heatmaps of the learned AAM weights (the paper's Figure 2)")
+    p = sub.add_parser("plot-alignment", **_doc("heatmaps of the learned AAM weights (the paper's Figure 2)",
+                                               "a2d plot-alignment --run runs/a2d --out alignment.png"))
     p.add_argument("--run", required=True)
     p.add_argument("--out", required=True)
     p.set_defaults(func=cmd_plot_alignment)
 
-    p = sub.add_parser("methods", help="list the distillation methods")
+    p = sub.add_parser("methods", **_doc("list the distillation methods", "a2d methods"))
     p.set_defaults(func=cmd_methods)
 
-    p = sub.add_parser("config", help="print a preset resolved with overrides, or every key (--keys)")
+    p = sub.add_parser("config", **_doc("print a preset resolved with overrides, or every key (--keys)",
+                                       "a2d config --preset tiny-student lambda_att=0.5", "a2d config --keys"))
     p.add_argument("--preset")
     p.add_argument("--keys", action="store_true")
     p.add_argument("overrides", nargs="*", metavar="key=value")
     p.set_defaults(func=cmd_config)
 
-    p = sub.add_parser("demo", help="distil a No-KD and an A2D student from a trained Multi30k De-En teacher, "
-                                    "score all three (about 10 minutes on 2 cores)")
+    p = sub.add_parser("demo", **_doc("distil a No-KD and an A2D student from a trained Multi30k De-En teacher, "
+                                     "score all three (about 10 minutes on 2 cores)", "a2d demo --out demo"))
     p.add_argument("--out", default="demo")
     p.add_argument("--steps", type=int, default=DEFAULT_STEPS,
                    help=f"updates per student (default {DEFAULT_STEPS}, about 1.2 epochs)")
@@ -281,7 +318,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_demo)
 
     from a2d.experiments import command as reproduce  # light: the grid's work is imported when it runs
-    p = sub.add_parser("reproduce", help="train, score and report a grid of teachers and students (benchmarks/grids/)")
+    p = sub.add_parser("reproduce", **_doc(
+        "train, score and report a grid of teachers and students (benchmarks/grids/)",
+        "a2d reproduce benchmarks/grids/tiny-r3.yaml --dry-run",
+        "a2d reproduce benchmarks/grids/tiny-r3.yaml --only de-en/a2d-s1"))
     reproduce.add_arguments(p)
     p.set_defaults(func=reproduce.run)
     return parser

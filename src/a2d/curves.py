@@ -24,7 +24,7 @@ def read_metrics(path: Path | str) -> list[dict]:
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise UserError(f"{path}: no such file (is this a run folder?)") from None
+        raise UserError(f"{path}: no such file (is this a run folder? a2d train or a2d distill writes one)") from None
     except (OSError, UnicodeDecodeError) as e:
         raise UserError(f"{path}: cannot read ({e})") from None
     records = []

@@ -269,7 +269,7 @@ def evaluate_model(model_path: Path | str, data_dir: Path | str, split: str = "t
         check_output_file(Path(out).with_suffix(".hyp"))
     data_dir = Path(data_dir)
     if not data_dir.is_dir():
-        raise UserError(f"{data_dir}: no such data directory")
+        raise UserError(f"{data_dir}: no such data directory (prepare the data with `a2d prepare`)")
     meta_path = data_dir / "meta.json"
     if not meta_path.is_file():
         raise UserError(f"{meta_path}: missing (prepare the data with `a2d prepare`)")

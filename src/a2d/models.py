@@ -118,7 +118,7 @@ def resolve_model_dir(path: Path | str) -> Path:
         raise UserError(f"{path}: a CTranslate2 export; this command needs the Hugging Face model folder it was made from")
     if not (path / "config.json").exists():
         raise UserError(f"{path}: not a model folder (no config.json; give a run folder, its best/ or last/, "
-                        "or a Hugging Face Marian folder)")
+                        "or a Hugging Face Marian folder); run a2d train or a2d distill to make one")
     try:
         family = json.loads((path / "config.json").read_text(encoding="utf-8")).get("model_type")
     except (OSError, ValueError, AttributeError) as e:

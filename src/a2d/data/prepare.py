@@ -335,7 +335,8 @@ class ParallelData:
         data_dir = Path(data_dir)
         meta = load_meta(data_dir)
         if split not in meta["splits"]:
-            raise UserError(f"{data_dir}: no {split!r} split (has: {', '.join(meta['splits'])})")
+            raise UserError(f"{data_dir}: no {split!r} split (has: {', '.join(meta['splits'])})"
+                            + (f"; run a2d prepare with --{split}-src and --{split}-tgt" if split in SPLITS else ""))
         tensor_file = data_dir / f"{split}.safetensors"
         if not tensor_file.is_file():
             raise UserError(f"{tensor_file}: no such file; run a2d prepare again")
