@@ -40,7 +40,7 @@ TEACHER_FILES = {  # sha256 of the stored tiny-r3 De->En teacher (benchmarks/res
 }
 #: The students' budget: updates of the tiny-student preset (max_tokens 2048; about 1.2 epochs of Multi30k).
 DEFAULT_STEPS = 300
-STUDENT_OVERRIDES = ["warmup_updates=100", "max_epochs=100", "patience=0"]
+STUDENT_OVERRIDES = ["warmup_updates=100", "max_epochs=100", "patience=0", "valid_max_sentences=300"]
 
 
 def demo_teacher(log=print) -> Path:
@@ -90,8 +90,8 @@ def _student_command(name: str, method: str, data: Path, teacher: Path, run: Pat
     return cmd
 
 
-def _train_students(jobs: list[tuple[str, list[str]]], out: Path, parallel: bool, log) -> dict[str, float]:
-    """Run the students' commands, side by side (one thread each) or one after the other; their logs to files."""
+def _side_by_side(jobs: list[tuple[str, list[str]]], out: Path, parallel: bool, log) -> dict[str, float]:
+    """Run ``a2d`` commands, side by side (one thread each) or one after the other; their logs to files."""
     timings = {}
     threads = "1" if parallel else str(max(1, os.cpu_count() or 1))
     env = {**os.environ, "OMP_NUM_THREADS": threads}
@@ -115,6 +115,23 @@ def _train_students(jobs: list[tuple[str, list[str]]], out: Path, parallel: bool
     return timings
 
 
+def _evaluate_all(models: dict[str, Path], data: Path, out: Path, parallel: bool, log) -> None:
+    """``a2d evaluate`` (beam 5, test split) of each model into ``out/test-NAME.json``; side by side when
+    ``parallel`` (one thread each: small models decode about as fast on one thread as on two)."""
+    todo = {name: model for name, model in models.items() if not (out / f"test-{name}.json").is_file()}
+    if not todo:
+        return
+    log("== score on test_2016 (beam 5): " + ", ".join(todo) + (" side by side" if parallel else ""))
+    if not parallel:
+        for name, model in todo.items():
+            evaluate_model(model, data, split="test", beam=5, out=out / f"test-{name}.json", progress=False)
+        return
+    jobs = [(f"evaluate-{name}", [sys.executable, "-m", "a2d.cli", "evaluate", "--model", str(model), "--data",
+                                  str(data), "--split", "test", "--beam", "5", "--out", str(out / f"test-{name}.json")])
+            for name, model in todo.items()]
+    _side_by_side(jobs, out, parallel=True, log=lambda *a: None)
+
+
 def demo(out: Path, steps: int = DEFAULT_STEPS, seed: int = 1, train_teacher: bool = False,
          max_train: int | None = None, parallel: bool | None = None, log=print) -> dict:
     from a2d.analysis import format_summary, plot_alignment
@@ -126,6 +143,8 @@ def demo(out: Path, steps: int = DEFAULT_STEPS, seed: int = 1, train_teacher: bo
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     data = out / "data"
+    if parallel is None:  # two students (and three decoders) side by side when there are cores for it
+        parallel = (os.cpu_count() or 1) >= 2
     t0 = time.perf_counter()
     timings = {}
 
@@ -152,19 +171,19 @@ def demo(out: Path, steps: int = DEFAULT_STEPS, seed: int = 1, train_teacher: bo
     jobs = [(name, _student_command(name, method, data, teacher, out / name, steps, seed))
             for name, method in students if RunDir(out / name).status() != "finished"]
     if jobs:
-        if parallel is None:
-            parallel = (os.cpu_count() or 1) >= 2 and len(jobs) > 1
         log(f"== students: tiny-student, {steps} updates each, seed {seed}: "
-            + ", ".join(name for name, _ in jobs) + (" side by side" if parallel else ""))
-        timings.update(_train_students(jobs, out, parallel, log))
+            + ", ".join(name for name, _ in jobs) + (" side by side" if parallel and len(jobs) > 1 else ""))
+        timings.update(_side_by_side(jobs, out, parallel and len(jobs) > 1, log))
     else:
         log("== students: already trained, skipping")
 
     # ---- score the three on test_2016, and A2D against No KD
     rows, hyps = [], {}
+    models = {name: teacher if name == "teacher" else out / name for name, _ in [("teacher", None)] + students}
+    _evaluate_all(models, data, out, parallel, log)
     for name, method in [("teacher", None)] + students:
-        model = teacher if name == "teacher" else out / name
-        result = evaluate_model(model, data, split="test", beam=5, out=out / f"test-{name}.json", progress=False)
+        model = models[name]
+        result = json.loads((out / f"test-{name}.json").read_text(encoding="utf-8"))
         hyps[name] = (out / f"test-{name}.hyp").read_text(encoding="utf-8").split("\n")[:-1]
         params = count_parameters(load_model(model)[0])
         rows.append({**result, "name": name, "method": method or "(teacher)", "parameters": params,
@@ -174,7 +193,8 @@ def demo(out: Path, steps: int = DEFAULT_STEPS, seed: int = 1, train_teacher: bo
                             tgt_lang="en")["student-a2d"]
     total = time.perf_counter() - t0
 
-    lines = ["| model | method | parameters | test BLEU | 95% CI | chrF | sent/s (beam 5) | train time |",
+    speed = "sent/s (beam 5" + (", 3 decoding side by side)" if parallel else ")")
+    lines = [f"| model | method | parameters | test BLEU | 95% CI | chrF | {speed} | train time |",
              "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         secs = r["train_seconds"]
