@@ -65,6 +65,14 @@ KIND_WEIGHTS: dict[str, dict[str, float]] = {
 }
 
 
+#: The ``att_kinds`` choices.
+ATT_KINDS = tuple(KIND_WEIGHTS)
+#: How the attention KL is normalised (``kl_norm``): :func:`attention_kl_per_query` or :func:`attention_kl_reference`.
+KL_NORMS = ("per-query", "reference")
+#: What lambda decays per (:func:`lambda_schedule`'s ``unit``).
+DECAY_UNITS = ("epoch", "update")
+
+
 def kind_weights(att_kinds: str) -> dict[str, float]:
     """``KIND_WEIGHTS[att_kinds]`` (eq. 11 / Table 5), or a :class:`~a2d.utils.UserError` naming the choices."""
     from a2d.utils import UserError
@@ -155,4 +163,4 @@ def lambda_schedule(lambda_att: float, decay: float, unit: str, epoch: int, upda
         return float(lambda_att * decay ** max(update, 0))
     from a2d.utils import UserError
 
-    raise UserError(f"lambda_decay_unit={unit!r}: must be epoch or update")
+    raise UserError(f"lambda_decay_unit={unit!r}: must be {' or '.join(DECAY_UNITS)}")

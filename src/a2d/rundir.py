@@ -214,7 +214,7 @@ class RunDir:
         saved = read_yaml(self.config_file) if self.config_file.is_file() else read_yaml(self.last / CONFIG_FILE)
         wanted = cfg.to_dict()
         changed = [f"{k}={wanted[k]!r} (the run has {saved[k]!r})" for k in SHAPE_KEYS
-                   if k in saved and saved[k] != wanted.get(k)]
+                   if k in saved and k in wanted and saved[k] != wanted[k]]  # a method's keys: when both have them
         if changed:
             raise UserError(f"--resume {self.path}: {', '.join(changed)} differs from {self.config_file}; the "
                             "checkpoint cannot take it (drop the override, or start a new run with another --out)")

@@ -60,14 +60,14 @@ import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from a2d.config import Config, ConfigError, load_config, read_yaml
+from a2d.config import ConfigError, load_config, read_yaml
 from a2d.data.corpus import corpus_spec
+from a2d.losses import ATT_KINDS
 from a2d.methods import get_method
 from a2d.utils import UserError
 
 TEACHER = "teacher"  # the teacher's cell name (RUNS/<name>/<dir>/teacher)
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
-ATT_KINDS = next(f for f in dataclasses.fields(Config) if f.name == "att_kinds").metadata["choices"]
 BASELINES = ("nokd", "kd")  # the roles of the paired tests' baselines (DistillMethod.baseline)
 
 

@@ -14,17 +14,19 @@ AAM weights; ``att_granularity=layer`` (or method ``a2d-layerwise``) is Table 4'
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import nn
 from transformers import MarianConfig
 
-from a2d.alignment import AttentionAlignment
-from a2d.attention import KINDS, collect_attention
-from a2d.config import Config
-from a2d.losses import (attention_kl_per_query, attention_kl_reference, kind_weights, lambda_schedule,
-                        word_kd)
+from a2d.alignment import AAM_MODES, AttentionAlignment
+from a2d.attention import GRANULARITIES, KINDS, collect_attention
+from a2d.config import Config, setting
+from a2d.losses import (ATT_KINDS, DECAY_UNITS, KL_NORMS, attention_kl_per_query, attention_kl_reference,
+                        kind_weights, lambda_schedule, word_kd)
 from a2d.methods.base import ATTENTIONS, LOGITS, DistillMethod, Progress
-from a2d.utils import UserError
+from a2d.methods.kd import WordKDSettings
 
 # (layers field, heads field) of a MarianConfig for each kind.
 _SHAPE_FIELDS = {
@@ -32,6 +34,24 @@ _SHAPE_FIELDS = {
     "dec_self": ("decoder_layers", "decoder_attention_heads"),
     "dec_cross": ("decoder_layers", "decoder_attention_heads"),
 }
+
+
+@dataclass
+class A2DSettings(WordKDSettings):
+    """A2D's attention transfer."""
+
+    lambda_att: float = setting(0.1, "initial weight of the attention loss (lambda; the paper presets set 1.0)",
+                                low=0.0)
+    lambda_decay: float = setting(0.9, "lambda = lambda_att * decay^(epoch-1) (or per update)", low=0.0, high=1.0)
+    lambda_decay_unit: str = setting("epoch", "decay lambda per epoch or per update", choices=DECAY_UNITS)
+    att_kinds: str = setting("all", "attention kinds that take part (Table 5)", choices=ATT_KINDS)
+    att_granularity: str = setting("head", "head-wise maps (A2D) or per-layer averaged maps (Table 4)",
+                                   choices=GRANULARITIES)
+    kl_norm: str = setting("per-query", "how the attention KL is normalised: per-query distributions with padding "
+                           "masked and a per-token scale, or the authors' reference arithmetic", choices=KL_NORMS)
+    aam: str = setting("convex", "AAM weights: convex (softmax-normalised, each intermediate map a mixture of "
+                       "student maps) or linear (free weights and bias, the paper's 1x1 convolution)",
+                       choices=AAM_MODES)
 
 
 def _layers_heads(config: MarianConfig, kind: str) -> tuple[int, int]:
@@ -50,17 +70,15 @@ class AlignToDistill(DistillMethod):
     paper = "Jin et al. 2024, Align-to-Distill: Trainable Attention Alignment for Knowledge Distillation in NMT"
     needs = frozenset({LOGITS, ATTENTIONS})
     forced_granularity: str | None = None
+    Settings = A2DSettings
 
     def __init__(self, cfg: Config, student_config: MarianConfig, teacher_config: MarianConfig | None):
         super().__init__(cfg, student_config, teacher_config)
-        self.granularity = self.forced_granularity or cfg.att_granularity
-        if self.granularity not in ("head", "layer"):
-            raise UserError(f"att_granularity={self.granularity!r}: must be head or layer")
-        if cfg.kl_norm not in ("per-query", "reference"):
-            raise UserError(f"kl_norm={cfg.kl_norm!r}: must be per-query or reference")
-        self.kind_weights = kind_weights(cfg.att_kinds)  # eq. 11 / Table 5
+        opts = self.settings  # checked against A2DSettings' choices
+        self.granularity = self.forced_granularity or opts.att_granularity
+        self.kind_weights = kind_weights(opts.att_kinds)  # eq. 11 / Table 5
         self.kinds = tuple(k for k in KINDS if k in self.kind_weights)
-        self.aam_mode = cfg.aam
+        self.aam_mode = opts.aam
         self.shapes: dict[str, dict] = {}
         modules = {}
         for kind in self.kinds:
@@ -75,7 +93,7 @@ class AlignToDistill(DistillMethod):
                 "teacher_layers": t_layers, "teacher_heads": t_heads,
                 "student_maps_per_layer": per_layer or s_heads, "teacher_maps_per_layer": per_layer or t_heads,
             }
-            modules[kind] = AttentionAlignment(n_student, n_teacher, mode=cfg.aam)
+            modules[kind] = AttentionAlignment(n_student, n_teacher, mode=opts.aam)
         self.aam = nn.ModuleDict(modules)
 
     # ------------------------------------------------------------------------------------------
@@ -92,7 +110,7 @@ class AlignToDistill(DistillMethod):
                                  f"for {expected[0]} / {expected[1]} (configs and models disagree)")
             intermediate = self.aam[kind](s.maps)  # (B, C, Lq, Lk), eq. 9
             target = t.maps.detach()
-            if self.cfg.kl_norm == "reference":
+            if self.settings.kl_norm == "reference":
                 losses[kind] = attention_kl_reference(target, intermediate)
             else:
                 losses[kind] = attention_kl_per_query(target, intermediate, s.query_mask, s.key_mask)
@@ -106,13 +124,14 @@ class AlignToDistill(DistillMethod):
         terms = {"att": att}
         for kind, value in per_kind.items():
             terms[f"att_{kind}"] = value.detach()
-        terms["kd"] = word_kd(student.logits, teacher.logits.detach(), batch["labels"], self.cfg.kd_temperature)
+        terms["kd"] = word_kd(student.logits, teacher.logits.detach(), batch["labels"], self.settings.kd_temperature)
         return terms
 
     def weights(self, progress: Progress) -> dict[str, float]:
-        lam = lambda_schedule(self.cfg.lambda_att, self.cfg.lambda_decay, self.cfg.lambda_decay_unit,
+        opts = self.settings
+        lam = lambda_schedule(opts.lambda_att, opts.lambda_decay, opts.lambda_decay_unit,
                               progress.epoch, progress.update, progress.updates_per_epoch)
-        w = {"att": lam, "kd": float(self.cfg.mu_kd)}
+        w = {"att": lam, "kd": float(self.settings.mu_kd)}
         for kind in self.kinds:
             w[f"att_{kind}"] = 0.0
         return w
@@ -124,8 +143,8 @@ class AlignToDistill(DistillMethod):
             "method": self.name,
             "granularity": self.granularity,
             "aam": self.aam_mode,
-            "kl_norm": self.cfg.kl_norm,
-            "att_kinds": self.cfg.att_kinds,
+            "kl_norm": self.settings.kl_norm,
+            "att_kinds": self.settings.att_kinds,
             "kind_weights": dict(self.kind_weights),
             "kinds": {kind: {**self.shapes[kind],
                              "state_key": f"aam.{kind}.{'logits' if self.aam_mode == 'convex' else 'weight'}"}
@@ -147,4 +166,4 @@ class A2DLayerwise(AlignToDistill):
     forced_granularity = "layer"
 
 
-__all__ = ["AlignToDistill", "A2DLayerwise"]
+__all__ = ["AlignToDistill", "A2DLayerwise", "A2DSettings"]

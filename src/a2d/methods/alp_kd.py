@@ -32,7 +32,8 @@ from transformers import MarianConfig
 from a2d.config import Config
 from a2d.losses import word_kd
 from a2d.methods.base import HIDDEN_STATES, LOGITS, DistillMethod, Progress
-from a2d.methods.pkd import SIDES, hidden_states, projection, real_tokens, token_masks, token_mse
+from a2d.methods.features import (SIDES, FeatureSettings, hidden_states, projection, real_tokens, token_masks,
+                                  token_mse)
 
 
 def alp_fuse(student: torch.Tensor, teacher: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -63,6 +64,7 @@ class ALPKD(DistillMethod):
     paper = "Passban et al. 2021, ALP-KD: Attention-Based Layer Projection for Knowledge Distillation"
     needs = frozenset({LOGITS, HIDDEN_STATES})
     sides: tuple[str, ...] = SIDES
+    Settings = FeatureSettings
 
     def __init__(self, cfg: Config, student_config: MarianConfig, teacher_config: MarianConfig | None):
         super().__init__(cfg, student_config, teacher_config)
@@ -91,11 +93,11 @@ class ALPKD(DistillMethod):
         terms = {"alp": sum(per_side.values())}
         for side, value in per_side.items():
             terms[f"alp_{side}"] = value.detach()
-        terms["kd"] = word_kd(student.logits, teacher.logits.detach(), batch["labels"], self.cfg.kd_temperature)
+        terms["kd"] = word_kd(student.logits, teacher.logits.detach(), batch["labels"], self.settings.kd_temperature)
         return terms
 
     def weights(self, progress: Progress) -> dict[str, float]:
-        w = {"alp": float(self.cfg.feature_weight), "kd": float(self.cfg.mu_kd)}
+        w = {"alp": float(self.settings.feature_weight), "kd": float(self.settings.mu_kd)}
         for side in self.sides:
             w[f"alp_{side}"] = 0.0
         return w

@@ -8,6 +8,9 @@ unweighted; :meth:`weights` says how the recipe mixes them:
     loss = ce_weight * L_CE + sum(weights[name] * terms[name])
 
 The recipe computes the label-smoothed cross-entropy itself and logs every term and weight.
+
+A method's knobs are a :class:`MethodSettings` dataclass beside it (``Settings``), its fields made with
+:func:`a2d.config.setting` (help text, choices, ranges); the method reads them as ``self.settings``.
 """
 from __future__ import annotations
 
@@ -18,11 +21,19 @@ from torch import nn
 from transformers import MarianConfig
 from transformers.modeling_outputs import Seq2SeqLMOutput
 
-from a2d.config import Config
+from a2d.config import Config, check_fields
 from a2d.utils import UserError
 
 # What a method may ask for from the teacher's and the student's forward passes.
 LOGITS, ATTENTIONS, HIDDEN_STATES = "logits", "attentions", "hidden_states"
+
+
+@dataclass
+class MethodSettings:
+    """No settings of its own."""
+
+    def __post_init__(self):
+        check_fields(self)
 
 
 @dataclass(frozen=True)
@@ -47,15 +58,17 @@ class DistillMethod(nn.Module):
     generated_data: bool = False  # trains on the teacher's translations (`a2d distill-data`), not on the corpus
     baseline: str | None = None  # the paired tests' baseline it is by default: "nokd" (no distillation) or "kd"
     alignment: bool = False  # learns attention alignments that `a2d plot-alignment` draws (method.json)
+    Settings: type[MethodSettings] = MethodSettings  # its own knobs (keys of the run's config)
 
     def __init__(self, cfg: Config, student_config: MarianConfig, teacher_config: MarianConfig | None):
         super().__init__()
         self.cfg = cfg
+        self.settings = cfg.settings_for(type(self))
         if self.needs_teacher and teacher_config is None:
-            raise UserError(f"--method {self.name} needs a teacher (give --teacher RUN)")
+            raise UserError(f"method {self.name} needs a teacher")
         if ATTENTIONS in self.needs and float(getattr(student_config, "attention_dropout", 0.0) or 0.0) > 0:
             # transformers returns attention probabilities after dropout: rows would no longer sum to 1
-            raise UserError(f"attention_dropout={student_config.attention_dropout}: --method {self.name} learns "
+            raise UserError(f"attention_dropout={student_config.attention_dropout}: method {self.name} learns "
                             "from the student's attention maps, which would be taken after dropout (rows no "
                             "longer distributions); set attention_dropout=0")
 

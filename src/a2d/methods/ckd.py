@@ -36,18 +36,26 @@ student widths may differ. The top student layer is matched too (all teacher lay
 from __future__ import annotations
 
 import random
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 from transformers import MarianConfig
 
-from a2d.config import Config
+from a2d.config import Config, setting
 from a2d.losses import word_kd
 from a2d.methods.base import HIDDEN_STATES, LOGITS, DistillMethod, Progress
-from a2d.methods.pkd import hidden_states, real_tokens, token_masks, token_mse
+from a2d.methods.features import FeatureSettings, hidden_states, real_tokens, token_masks, token_mse
 from a2d.utils import UserError
 
 CKD_GROUPINGS = ("sc", "cc", "rc", "oc")
+
+
+@dataclass
+class CKDSettings(FeatureSettings):
+    """CKD's layer grouping."""
+
+    ckd_grouping: str = setting("sc", "ckd: layer grouping", choices=CKD_GROUPINGS)
 
 
 def _sizes(n_student: int, n_teacher: int) -> list[int]:
@@ -107,10 +115,11 @@ class CombinatorialKD(DistillMethod):
     needs = frozenset({LOGITS, HIDDEN_STATES})
     side = "encoder"
     rc_seed = 0
+    Settings = CKDSettings
 
     def __init__(self, cfg: Config, student_config: MarianConfig, teacher_config: MarianConfig | None):
         super().__init__(cfg, student_config, teacher_config)
-        self.grouping = cfg.ckd_grouping
+        self.grouping = self.settings.ckd_grouping
         self.groups = ckd_groups(int(student_config.encoder_layers), int(teacher_config.encoder_layers),
                                  self.grouping, seed=self.rc_seed)
         d_s, d_t = int(student_config.d_model), int(teacher_config.d_model)
@@ -131,15 +140,15 @@ class CombinatorialKD(DistillMethod):
         s_states, t_states = hidden_states(student, self.side), hidden_states(teacher, self.side)
         fused = self.fused_teacher(t_states, mask)
         ckd = sum(token_mse(real_tokens(s_states[i], mask), f) for i, f in enumerate(fused, start=1))
-        kd = word_kd(student.logits, teacher.logits.detach(), batch["labels"], self.cfg.kd_temperature)
+        kd = word_kd(student.logits, teacher.logits.detach(), batch["labels"], self.settings.kd_temperature)
         return {"ckd": ckd, "kd": kd}
 
     def weights(self, progress: Progress) -> dict[str, float]:
-        return {"ckd": float(self.cfg.feature_weight), "kd": float(self.cfg.mu_kd)}
+        return {"ckd": float(self.settings.feature_weight), "kd": float(self.settings.mu_kd)}
 
     def describe(self) -> dict:
         return {"method": self.name, "side": self.side, "ckd_grouping": self.grouping,
                 "groups": [list(g) for g in self.groups]}
 
 
-__all__ = ["CombinatorialKD", "ckd_groups", "CKD_GROUPINGS"]
+__all__ = ["CombinatorialKD", "CKDSettings", "ckd_groups", "CKD_GROUPINGS"]

@@ -19,9 +19,19 @@ same objective (``mu_kd=1`` here).
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 
+from a2d.config import setting
 from a2d.losses import word_kd
-from a2d.methods.base import LOGITS, DistillMethod, Progress
+from a2d.methods.base import LOGITS, DistillMethod, MethodSettings, Progress
+
+
+@dataclass
+class WordKDSettings(MethodSettings):
+    """Word-level KD."""
+
+    mu_kd: float = setting(1.0, "weight of word-level KD (mu in L = CE + lambda*L_att + mu*L_KD)", low=0.0)
+    kd_temperature: float = setting(1.0, "softmax temperature of word-level KD", low=1e-3)
 
 
 class WordKD(DistillMethod):
@@ -33,16 +43,17 @@ class WordKD(DistillMethod):
     summary = "word-level KD (vanilla KD): KL to the teacher's tempered token distributions, weight mu_kd"
     paper = "Hinton et al. 2015, Distilling the Knowledge in a Neural Network"
     needs = frozenset({LOGITS})
+    Settings = WordKDSettings
 
     def loss_terms(self, batch, student, teacher, progress: Progress):
         if teacher is None:
             raise ValueError(f"method {self.name} needs the teacher's forward pass")
         # logits (B, T, V); the teacher's are a fixed target
-        kd = word_kd(student.logits, teacher.logits.detach(), batch["labels"], self.cfg.kd_temperature)
+        kd = word_kd(student.logits, teacher.logits.detach(), batch["labels"], self.settings.kd_temperature)
         return {"kd": kd}
 
     def weights(self, progress: Progress):
-        return {"kd": float(self.cfg.mu_kd)}
+        return {"kd": float(self.settings.mu_kd)}
 
 
-__all__ = ["WordKD"]
+__all__ = ["WordKD", "WordKDSettings"]

@@ -46,7 +46,7 @@ from a2d.attention import collect_attention
 from a2d.config import Config
 from a2d.losses import attention_kl_per_query, word_kd
 from a2d.methods.base import ATTENTIONS, HIDDEN_STATES, LOGITS, DistillMethod, Progress
-from a2d.methods.pkd import SIDES, hidden_states, token_masks
+from a2d.methods.features import SIDES, FeatureSettings, hidden_states, token_masks
 from a2d.methods.tinybert import check_equal_heads
 
 # The self-attention kind and the Hugging Face attention field of each stack.
@@ -92,6 +92,7 @@ class MiniLM(DistillMethod):
     paper = ("Wang et al. 2020, MiniLM: Deep Self-Attention Distillation for Task-Agnostic Compression "
              "of Pre-Trained Transformers")
     needs = frozenset({LOGITS, ATTENTIONS, HIDDEN_STATES})
+    Settings = FeatureSettings
 
     def __init__(self, cfg: Config, student_config: MarianConfig, teacher_config: MarianConfig | None):
         super().__init__(cfg, student_config, teacher_config)
@@ -153,11 +154,11 @@ class MiniLM(DistillMethod):
         terms = {"at": sum(at for at, _ in per_side.values()), "vr": sum(vr for _, vr in per_side.values())}
         for side, (at, vr) in per_side.items():
             terms[f"at_{side}"], terms[f"vr_{side}"] = at.detach(), vr.detach()
-        terms["kd"] = word_kd(student.logits, teacher.logits.detach(), batch["labels"], self.cfg.kd_temperature)
+        terms["kd"] = word_kd(student.logits, teacher.logits.detach(), batch["labels"], self.settings.kd_temperature)
         return terms
 
     def weights(self, progress: Progress) -> dict[str, float]:
-        w = {"at": float(self.cfg.feature_weight), "vr": float(self.cfg.feature_weight), "kd": float(self.cfg.mu_kd)}
+        w = {"at": float(self.settings.feature_weight), "vr": float(self.settings.feature_weight), "kd": float(self.settings.mu_kd)}
         for side in SIDES:
             w[f"at_{side}"] = w[f"vr_{side}"] = 0.0
         return w

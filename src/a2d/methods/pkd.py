@@ -20,99 +20,29 @@ original is an encoder), averaged over the real source tokens of the batch, summ
 layers; ``L = L_CE + feature_weight * L_PT + mu_kd * L_KD`` (word-level KD, Hinton). When the
 student and teacher widths differ, a learned ``Linear(d_S, d_T)`` (shared across layers, owned by
 the method) maps the student vectors before normalisation. The mapping is ``cfg.pkd_mapping``.
-
-This module also holds the small helpers shared by the hidden-state baselines (tinybert, minilm,
-alp-kd, ckd): token masks, masked MSE, projections, layer maps.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
-from torch import nn
 from transformers import MarianConfig
 
-from a2d.config import Config
-from a2d.losses import IGNORE, word_kd
+from a2d.config import Config, setting
+from a2d.losses import word_kd
 from a2d.methods.base import HIDDEN_STATES, LOGITS, DistillMethod, Progress
+from a2d.methods.features import FeatureSettings, hidden_states, projection, real_tokens, token_masks, uniform_layer_map
 from a2d.utils import UserError
 
-SIDES = ("encoder", "decoder")
-
-# --------------------------------------------------------------------------------------------------
-# Helpers shared by the feature baselines.
-
-
-def token_masks(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """``{"encoder": (B, S) bool, "decoder": (B, T) bool}``, True at real tokens.
-
-    The decoder mask is ``decoder_attention_mask``, else ``labels != -100``; a missing mask means all real.
-    """
-    masks = {}
-    src = batch["input_ids"]
-    masks["encoder"] = (batch["attention_mask"].bool() if batch.get("attention_mask") is not None
-                        else torch.ones_like(src, dtype=torch.bool))
-    if batch.get("decoder_attention_mask") is not None:
-        masks["decoder"] = batch["decoder_attention_mask"].bool()
-    elif batch.get("labels") is not None:
-        masks["decoder"] = batch["labels"].ne(IGNORE)
-    else:
-        masks["decoder"] = torch.ones_like(batch["decoder_input_ids"], dtype=torch.bool)
-    return masks
-
-
-def hidden_states(output, side: str) -> tuple[torch.Tensor, ...]:
-    """``output.{side}_hidden_states``: layers + 1 tensors ``(B, L, d)``, index 0 the embeddings."""
-    states = getattr(output, f"{side}_hidden_states", None)
-    if not states or any(h is None for h in states):
-        raise ValueError(f"the model output has no {side}_hidden_states: run the forward pass with "
-                         "output_hidden_states=True")
-    return tuple(states)
-
-
-def real_tokens(h: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """``(B, L, d)`` -> ``(N, d)`` fp32: the vectors of the N real tokens (mask ``(B, L)`` bool).
-
-    Everything downstream (projections included) sees only real tokens, so whatever padded positions
-    hold, even inf or NaN, changes neither a loss nor a gradient.
-    """
-    return h[mask.bool()].float()
-
-
-def token_mse(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """``(N, d)`` x2 -> mean over the N tokens of the per-token mean squared error over features (0-dim)."""
-    return (a - b).pow(2).mean(-1).sum() / max(a.shape[0], 1)
-
-
-def masked_mse(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """:func:`token_mse` of the real tokens of ``a``, ``b`` ``(B, L, d)``, mask ``(B, L)``. fp32, 0-dim."""
-    return token_mse(real_tokens(a, mask), real_tokens(b, mask))
-
-
-def projection(d_in: int, d_out: int, identity_if_equal: bool = True) -> nn.Module:
-    """A learned ``Linear(d_in, d_out)`` owned by the method. With equal widths: an identity-initialised
-    ``Linear`` if ``identity_if_equal`` (TinyBERT), else ``nn.Identity`` (no projection, no parameters)."""
-    if d_in == d_out and not identity_if_equal:
-        return nn.Identity()
-    layer = nn.Linear(d_in, d_out)
-    if d_in == d_out:
-        with torch.no_grad():
-            layer.weight.copy_(torch.eye(d_in))
-            layer.bias.zero_()
-    return layer
-
-
-def uniform_layer_map(n_student: int, n_teacher: int) -> list[tuple[int, int]]:
-    """``[(i, ceil(i * N_T / N_S)) for i = 1..N_S]``: student layer i <- the teacher layer at the same
-    relative depth (TinyBERT's ``g(m) = m * N / M``; exact when N_T is a multiple of N_S, the top
-    student layer always takes the top teacher layer)."""
-    if n_student < 1 or n_teacher < 1:
-        raise ValueError(f"layer counts must be >= 1 (student {n_student}, teacher {n_teacher})")
-    return [(i, -(-i * n_teacher // n_student)) for i in range(1, n_student + 1)]
-
-
-# --------------------------------------------------------------------------------------------------
-
 PKD_MAPPINGS = ("skip", "last")
+
+
+@dataclass
+class PKDSettings(FeatureSettings):
+    """PKD's layer mapping."""
+
+    pkd_mapping: str = setting("skip", "pkd: skip or last-k teacher layers", choices=PKD_MAPPINGS)
 
 
 def pkd_layer_map(n_student: int, n_teacher: int, mapping: str) -> list[tuple[int, int]]:
@@ -152,10 +82,11 @@ class PatientKD(DistillMethod):
     paper = "Sun et al. 2019, Patient Knowledge Distillation for BERT Model Compression"
     needs = frozenset({LOGITS, HIDDEN_STATES})
     side = "encoder"
+    Settings = PKDSettings
 
     def __init__(self, cfg: Config, student_config: MarianConfig, teacher_config: MarianConfig | None):
         super().__init__(cfg, student_config, teacher_config)
-        self.mapping = cfg.pkd_mapping
+        self.mapping = self.settings.pkd_mapping
         self.layer_map = pkd_layer_map(int(student_config.encoder_layers), int(teacher_config.encoder_layers),
                                        self.mapping)
         self.proj = projection(int(student_config.d_model), int(teacher_config.d_model), identity_if_equal=False)
@@ -169,16 +100,15 @@ class PatientKD(DistillMethod):
         for i, j in self.layer_map:
             s_tokens = self.proj(real_tokens(s_states[i], mask))  # (N, d_T)
             pt = pt + normalised_distance(s_tokens, real_tokens(t_states[j].detach(), mask))
-        kd = word_kd(student.logits, teacher.logits.detach(), batch["labels"], self.cfg.kd_temperature)
+        kd = word_kd(student.logits, teacher.logits.detach(), batch["labels"], self.settings.kd_temperature)
         return {"pt": pt, "kd": kd}
 
     def weights(self, progress: Progress) -> dict[str, float]:
-        return {"pt": float(self.cfg.feature_weight), "kd": float(self.cfg.mu_kd)}
+        return {"pt": float(self.settings.feature_weight), "kd": float(self.settings.mu_kd)}
 
     def describe(self) -> dict:
         return {"method": self.name, "side": self.side, "pkd_mapping": self.mapping,
                 "layer_map": [list(p) for p in self.layer_map]}
 
 
-__all__ = ["PatientKD", "pkd_layer_map", "PKD_MAPPINGS", "normalised_distance", "masked_mse", "real_tokens",
-           "token_mse", "token_masks", "hidden_states", "projection", "uniform_layer_map", "SIDES"]
+__all__ = ["PatientKD", "PKDSettings", "pkd_layer_map", "PKD_MAPPINGS", "normalised_distance"]

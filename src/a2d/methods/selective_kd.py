@@ -23,10 +23,22 @@ parallelism each process selects within its own batch.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
+from a2d.config import setting
 from a2d.losses import IGNORE, token_nll, word_kd
 from a2d.methods.base import LOGITS, DistillMethod, Progress
+from a2d.methods.kd import WordKDSettings
+
+
+@dataclass
+class SelectiveKDSettings(WordKDSettings):
+    """Selective KD."""
+
+    selective_word_rate: float = setting(0.5, "selective-kd: share of target tokens that receive KD",
+                                         low=0.0, high=1.0)
 
 
 def select_tokens(nll: torch.Tensor, labels: torch.Tensor, rate: float) -> torch.Tensor:
@@ -60,6 +72,7 @@ class SelectiveKD(DistillMethod):
                "(selective_word_rate, 0.5)")
     paper = "Wang et al. 2021, Selective Knowledge Distillation for Neural Machine Translation"
     needs = frozenset({LOGITS})
+    Settings = SelectiveKDSettings
 
     def loss_terms(self, batch, student, teacher, progress: Progress):
         if teacher is None:
@@ -67,12 +80,12 @@ class SelectiveKD(DistillMethod):
         labels = batch["labels"]
         with torch.no_grad():
             nll = token_nll(student.logits.detach(), labels)  # (B, T), 0 at padding
-        selected = select_tokens(nll, labels, self.cfg.selective_word_rate)
-        kd = word_kd(student.logits, teacher.logits.detach(), labels, self.cfg.kd_temperature, token_mask=selected)
+        selected = select_tokens(nll, labels, self.settings.selective_word_rate)
+        kd = word_kd(student.logits, teacher.logits.detach(), labels, self.settings.kd_temperature, token_mask=selected)
         return {"kd": kd}
 
     def weights(self, progress: Progress):
-        return {"kd": float(self.cfg.mu_kd)}
+        return {"kd": float(self.settings.mu_kd)}
 
 
-__all__ = ["SelectiveKD", "select_tokens"]
+__all__ = ["SelectiveKD", "SelectiveKDSettings", "select_tokens"]

@@ -46,8 +46,8 @@ from a2d.attention import collect_attention
 from a2d.config import Config
 from a2d.losses import kind_weights, word_kd
 from a2d.methods.base import ATTENTIONS, HIDDEN_STATES, LOGITS, DistillMethod, Progress
-from a2d.methods.pkd import (SIDES, hidden_states, projection, real_tokens, token_masks, token_mse,
-                             uniform_layer_map)
+from a2d.methods.features import (SIDES, FeatureSettings, hidden_states, projection, real_tokens, token_masks,
+                                  token_mse, uniform_layer_map)
 from a2d.utils import UserError
 
 # Which stack's layer map serves each attention kind, and the Hugging Face output field.
@@ -103,6 +103,7 @@ class TinyBERT(DistillMethod):
     paper = "Jiao et al. 2020, TinyBERT: Distilling BERT for Natural Language Understanding"
     needs = frozenset({LOGITS, ATTENTIONS, HIDDEN_STATES})
     log_floor = 1e-6
+    Settings = FeatureSettings
 
     def __init__(self, cfg: Config, student_config: MarianConfig, teacher_config: MarianConfig | None):
         super().__init__(cfg, student_config, teacher_config)
@@ -157,11 +158,11 @@ class TinyBERT(DistillMethod):
         terms = {"att": sum(self.kind_weights[k] * v for k, v in att.items()), "hid": sum(hid.values())}
         terms.update({f"att_{k}": v.detach() for k, v in att.items()})
         terms.update({f"hid_{side}": v.detach() for side, v in hid.items()})
-        terms["kd"] = word_kd(student.logits, teacher.logits.detach(), batch["labels"], self.cfg.kd_temperature)
+        terms["kd"] = word_kd(student.logits, teacher.logits.detach(), batch["labels"], self.settings.kd_temperature)
         return terms
 
     def weights(self, progress: Progress) -> dict[str, float]:
-        w = {"att": float(self.cfg.feature_weight), "hid": float(self.cfg.feature_weight), "kd": float(self.cfg.mu_kd)}
+        w = {"att": float(self.settings.feature_weight), "hid": float(self.settings.feature_weight), "kd": float(self.settings.mu_kd)}
         w.update({f"att_{k}": 0.0 for k in _KIND_SIDE})
         w.update({f"hid_{side}": 0.0 for side in SIDES})
         return w
