@@ -48,7 +48,7 @@ class CT2Model:
 
     def translate(self, sources: list[str], beam: int = 5, max_len_a: float = 1.2, max_len_b: int = 10,
                   max_tokens: int = 6000, progress: bool = False) -> list[str]:
-        from a2d.evaluate import _batches
+        from a2d.data.batching import fill_batches
 
         if beam < 1:
             raise ValueError(f"beam={beam}: must be >= 1")
@@ -57,7 +57,7 @@ class CT2Model:
         encoded = {i: self.vocab.encode(text)[:self.limit] + [self.vocab.eos_id]
                    for i, text in enumerate(sources) if text is not None and text.strip()}
         order = sorted(encoded, key=lambda i: (-len(encoded[i]), i))
-        for batch in _batches([(i, len(encoded[i])) for i in order], max(1, int(max_tokens))):
+        for batch in fill_batches(order, {i: len(encoded[i]) for i in order}, max(1, int(max_tokens))):
             longest = max(len(encoded[i]) for i in batch)
             results = self.translator.translate_batch(
                 [self.vocab.pieces(encoded[i]) for i in batch], beam_size=beam, length_penalty=1.0,

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import torch
 
+from a2d.data.batching import fill_batches
 from a2d.data.vocab import SPM_FILE
 from a2d.utils import UserError, atomic_write_text, check_output_file, sha256_file
 
@@ -28,21 +29,6 @@ BOOTSTRAP_SEED = 12345
 # ---------------------------------------------------------------------------------------------
 # decoding
 # ---------------------------------------------------------------------------------------------
-def _batches(lengths: list[tuple[int, int]], max_tokens: int) -> list[list[int]]:
-    """Group ``(index, length)`` pairs, longest first, so that batch_size * longest <= max_tokens."""
-    batches, current, longest = [], [], 0
-    for idx, length in lengths:
-        new_longest = max(longest, length)
-        if current and new_longest * (len(current) + 1) > max_tokens:
-            batches.append(current)
-            current, new_longest = [], length
-        current.append(idx)
-        longest = new_longest
-    if current:
-        batches.append(current)
-    return batches
-
-
 def translate(model, vocab, sources: list[str], beam: int = 5, max_len_a: float = 1.2, max_len_b: int = 10,
               max_tokens: int = 6000, progress: bool = False) -> list[str]:
     """Translate ``sources`` (detokenised text) and return the hypotheses in the same order.
@@ -66,7 +52,7 @@ def translate(model, vocab, sources: list[str], beam: int = 5, max_len_a: float 
             continue
         encoded[i] = vocab.encode(text)[:limit] + [vocab.eos_id]
     order = sorted(encoded, key=lambda i: (-len(encoded[i]), i))
-    batches = _batches([(i, len(encoded[i])) for i in order], max(1, int(max_tokens)))
+    batches = fill_batches(order, {i: len(encoded[i]) for i in order}, max(1, int(max_tokens)))
     if not batches:
         return hypotheses
 

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from a2d.data.batching import collate, shard_batches, token_batches
+from a2d.data.batching import collate, fill_batches, shard_batches, token_batches
 from a2d.utils import UserError
 
 
@@ -66,6 +66,13 @@ def test_greedy_fill_hand_made():
     # sizes max(src, tgt) + 1 = 3, 3, 5, 5, 11; order by (tgt, src) = 4, 0, 3, 1, 2
     batches = token_batches([2, 1, 4, 4, 10], [1, 2, 3, 1, 0], 12, shuffle=False, seed=1, epoch=1)
     assert batches == [[4], [0, 3], [1, 2]]  # [0, 3, 1] would cost 3 * 5 = 15 > 12
+
+
+def test_fill_batches_takes_sizes_by_index():
+    # decoding's use: sources longest first, sizes a dict by index; the same greedy cut as training's
+    sizes = {7: 6, 2: 5, 4: 3, 0: 3, 9: 1}
+    assert fill_batches([7, 2, 4, 0, 9], sizes, 12) == [[7, 2], [4, 0, 9]]
+    assert fill_batches([7, 2, 4, 0, 9], sizes, 5) == [[7], [2], [4], [0], [9]]  # one over budget alone
 
 
 def test_example_too_long():

@@ -52,14 +52,18 @@ def token_batches(src_lens: Sequence[int] | np.ndarray, tgt_lens: Sequence[int] 
     src_sizes = np.asarray(src_lens, dtype=np.int64)
     tgt_sizes = np.asarray(tgt_lens, dtype=np.int64)
     order = np.lexsort((tie_break, src_sizes, tgt_sizes))  # last key is the primary one
-    batches = _fill(order.tolist(), sizes.tolist(), max_tokens)
+    batches = fill_batches(order.tolist(), sizes.tolist(), max_tokens)
     if shuffle:
         batches = [batches[i] for i in rng.permutation(len(batches))]
     return batches
 
 
-def _fill(order: list[int], sizes: list[int], max_tokens: int) -> list[list[int]]:
-    """Cut ``order`` greedily into batches with ``len(batch) * max(size) <= max_tokens``."""
+def fill_batches(order: Sequence[int], sizes, max_tokens: int) -> list[list[int]]:
+    """Cut ``order`` greedily into batches with ``len(batch) * max(size) <= max_tokens``.
+
+    ``sizes[i]`` is the size of example ``i`` (a list or a dict by index). The one token batcher: training
+    (:func:`token_batches`) and decoding (:func:`a2d.evaluate.translate`, longest sources first) use it.
+    """
     batches: list[list[int]] = []
     batch: list[int] = []
     largest = 0
@@ -125,4 +129,4 @@ def _length_mask(lengths: list[int], width: int) -> torch.Tensor:
     return (torch.arange(width) < torch.tensor(lengths).unsqueeze(1)).long()
 
 
-__all__ = ["token_batches", "shard_batches", "collate", "example_sizes", "IGNORE_INDEX"]
+__all__ = ["token_batches", "fill_batches", "shard_batches", "collate", "example_sizes", "IGNORE_INDEX"]
