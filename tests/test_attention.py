@@ -1,6 +1,8 @@
 """collect_attention on a tiny real model: shapes, layer-major order, masks, rows that are distributions."""
 from __future__ import annotations
 
+import types
+
 import pytest
 import torch
 
@@ -113,3 +115,16 @@ def test_kinds_subset_and_errors(model_and_output):
         encoder_attentions = None
     with pytest.raises(ValueError, match="output_attentions=True"):
         collect_attention(NoMaps(), batch, kinds=("enc_self",))
+
+
+def test_stack_attention_takes_per_layer_tuples():
+    """Methods that use some layers only (tinybert, minilm) stack them directly, as collect_attention does all."""
+    from a2d.attention import stack_attention
+
+    b, m, s = 2, 3, 4
+    enc = tuple(torch.rand(b, m, s, s) for _ in range(2))
+    batch = {"attention_mask": torch.tensor([[1, 1, 1, 0], [1, 1, 1, 1]])}
+    whole = collect_attention(types.SimpleNamespace(encoder_attentions=enc), batch, "head", ("enc_self",))["enc_self"]
+    last = stack_attention(enc[-1:], "enc_self", batch)
+    assert torch.equal(last.maps, whole.maps[:, m:]) and torch.equal(last.key_mask, whole.key_mask)
+    assert (last.layers, last.heads) == (1, m)

@@ -112,31 +112,42 @@ def collect_attention(outputs, batch: dict[str, torch.Tensor], granularity: str 
         if not per_layer or any(a is None for a in per_layer):
             raise ValueError(f"the model output has no {_OUTPUT_FIELD[kind]}: run the forward pass with "
                              "output_attentions=True and the eager attention kernel (models.use_attention_maps)")
-        layers, heads = len(per_layer), per_layer[0].shape[1]
-        maps = torch.stack(tuple(per_layer), dim=1)  # (B, N, M, Lq, Lk)
-        b, _, _, lq, lk = maps.shape
-        if granularity == "head":
-            maps = maps.reshape(b, layers * heads, lq, lk)
-        else:
-            maps = maps.mean(dim=2)
-        if kind == "enc_self":
-            src = _bool_mask(batch.get("attention_mask"), b, lq, maps.device)
-            query_mask, key_mask = src, src[:, None, :]
-        else:
-            tgt = _bool_mask(batch.get("decoder_attention_mask"), b, lq, maps.device)
-            query_mask = tgt
-            if kind == "dec_self":
-                causal = torch.ones(lq, lk, dtype=torch.bool, device=maps.device).tril()
-                key_mask = tgt[:, None, :] & causal[None]
-            else:
-                src = _bool_mask(batch.get("attention_mask"), b, lk, maps.device)
-                key_mask = src[:, None, :]
-        if query_mask.shape != (b, lq) or key_mask.shape[-1] != lk:
-            raise ValueError(f"{kind}: masks {tuple(query_mask.shape)}/{tuple(key_mask.shape)} do not fit "
-                             f"maps {tuple(maps.shape)}")
-        result[kind] = AttentionMaps(kind=kind, maps=maps, query_mask=query_mask, key_mask=key_mask,
-                                     layers=layers, heads=heads, granularity=granularity)
+        result[kind] = stack_attention(tuple(per_layer), kind, batch, granularity)
     return result
 
 
-__all__ = ["AttentionMaps", "KindMaps", "KINDS", "GRANULARITIES", "collect_attention"]
+def stack_attention(per_layer: tuple[torch.Tensor, ...], kind: str, batch: dict[str, torch.Tensor],
+                    granularity: str = "head") -> AttentionMaps:
+    """The maps of some layers of one kind, ``per_layer`` a tuple of ``(B, M, Lq, Lk)``, stacked layer-major
+    with their masks (as :func:`collect_attention` does for all the layers of a forward pass)."""
+    if granularity not in GRANULARITIES:
+        raise ValueError(f"granularity={granularity!r}: must be one of {', '.join(GRANULARITIES)}")
+    if kind not in KINDS:
+        raise ValueError(f"unknown attention kind {kind!r} (choose from {', '.join(KINDS)})")
+    layers, heads = len(per_layer), per_layer[0].shape[1]
+    maps = torch.stack(tuple(per_layer), dim=1)  # (B, N, M, Lq, Lk)
+    b, _, _, lq, lk = maps.shape
+    if granularity == "head":
+        maps = maps.reshape(b, layers * heads, lq, lk)
+    else:
+        maps = maps.mean(dim=2)
+    if kind == "enc_self":
+        src = _bool_mask(batch.get("attention_mask"), b, lq, maps.device)
+        query_mask, key_mask = src, src[:, None, :]
+    else:
+        tgt = _bool_mask(batch.get("decoder_attention_mask"), b, lq, maps.device)
+        query_mask = tgt
+        if kind == "dec_self":
+            causal = torch.ones(lq, lk, dtype=torch.bool, device=maps.device).tril()
+            key_mask = tgt[:, None, :] & causal[None]
+        else:
+            src = _bool_mask(batch.get("attention_mask"), b, lk, maps.device)
+            key_mask = src[:, None, :]
+    if query_mask.shape != (b, lq) or key_mask.shape[-1] != lk:
+        raise ValueError(f"{kind}: masks {tuple(query_mask.shape)}/{tuple(key_mask.shape)} do not fit "
+                         f"maps {tuple(maps.shape)}")
+    return AttentionMaps(kind=kind, maps=maps, query_mask=query_mask, key_mask=key_mask,
+                         layers=layers, heads=heads, granularity=granularity)
+
+
+__all__ = ["AttentionMaps", "KindMaps", "KINDS", "GRANULARITIES", "collect_attention", "stack_attention"]

@@ -35,14 +35,12 @@ objects that run the forward passes; a DDP wrapper is unwrapped) before the firs
 """
 from __future__ import annotations
 
-from types import SimpleNamespace
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 from transformers import MarianConfig
 
-from a2d.attention import collect_attention
+from a2d.attention import stack_attention
 from a2d.config import Config
 from a2d.losses import attention_kl_per_query, word_kd
 from a2d.methods.base import ATTENTIONS, HIDDEN_STATES, LOGITS, DistillMethod, Progress
@@ -123,7 +121,7 @@ class MiniLM(DistillMethod):
         if not per_layer:
             raise ValueError(f"the model output has no {field}: run the forward pass with output_attentions=True "
                              "and the eager attention kernel (models.use_attention_maps)")
-        return collect_attention(SimpleNamespace(**{field: (per_layer[-1],)}), batch, "head", (kind,))[kind]
+        return stack_attention((per_layer[-1],), kind, batch)
 
     def value_relations(self, role: str, side: str, output, batch) -> torch.Tensor:
         """``VR`` ``(B, A_h, L, L)`` of the last layer of ``side`` for ``role`` ("student" or "teacher"):

@@ -36,13 +36,11 @@ Like the original, attention MSE needs equal head counts in student and teacher:
 """
 from __future__ import annotations
 
-from types import SimpleNamespace
-
 import torch
 from torch import nn
 from transformers import MarianConfig
 
-from a2d.attention import collect_attention
+from a2d.attention import stack_attention
 from a2d.config import Config
 from a2d.losses import kind_weights, word_kd
 from a2d.methods.base import ATTENTIONS, HIDDEN_STATES, LOGITS, DistillMethod, Progress
@@ -124,11 +122,9 @@ class TinyBERT(DistillMethod):
             if not s_all or not t_all:
                 raise ValueError(f"the model output has no {_KIND_FIELD[kind]}: run the forward pass with "
                                  "output_attentions=True and the eager attention kernel (models.use_attention_maps)")
-            # only the mapped layers, stacked with their masks by collect_attention
-            s_out = SimpleNamespace(**{_KIND_FIELD[kind]: tuple(s_all[i - 1] for i, _ in pairs)})
-            t_out = SimpleNamespace(**{_KIND_FIELD[kind]: tuple(t_all[j - 1].detach() for _, j in pairs)})
-            s_maps = collect_attention(s_out, batch, "head", (kind,))[kind]
-            t_maps = collect_attention(t_out, batch, "head", (kind,))[kind]
+            # only the mapped layers, stacked with their masks
+            s_maps = stack_attention(tuple(s_all[i - 1] for i, _ in pairs), kind, batch)
+            t_maps = stack_attention(tuple(t_all[j - 1].detach() for _, j in pairs), kind, batch)
             b, _, lq, lk = s_maps.maps.shape
             s = s_maps.maps.reshape(b, len(pairs), s_maps.heads, lq, lk)
             t = t_maps.maps.reshape(b, len(pairs), t_maps.heads, lq, lk)
