@@ -29,8 +29,8 @@ import torch
 
 from a2d.config import setting
 from a2d.losses import IGNORE, token_nll, word_kd
-from a2d.methods.base import LOGITS, DistillMethod, Progress
-from a2d.methods.kd import WordKDSettings
+from a2d.methods.base import Progress
+from a2d.methods.kd import WordKD, WordKDSettings
 
 
 @dataclass
@@ -63,15 +63,15 @@ def select_tokens(nll: torch.Tensor, labels: torch.Tensor, rate: float) -> torch
     return flat.view(real.shape)
 
 
-class SelectiveKD(DistillMethod):
-    """Selective KD. Term: ``kd`` (word KD over the selected tokens, weight ``mu_kd``)."""
+class SelectiveKD(WordKD):
+    """Selective KD, word-level KD restricted to the selected tokens. Term: ``kd`` (weight ``mu_kd``)."""
 
     name = "selective-kd"
     label = "Selective KD"
+    baseline = None  # not the vanilla-KD baseline that WordKD is
     summary = ("selective KD: word-level KD only on the batch's hardest target tokens by student CE "
                "(selective_word_rate, 0.5)")
     paper = "Wang et al. 2021, Selective Knowledge Distillation for Neural Machine Translation"
-    needs = frozenset({LOGITS})
     Settings = SelectiveKDSettings
 
     def loss_terms(self, batch, student, teacher, progress: Progress):
@@ -81,11 +81,9 @@ class SelectiveKD(DistillMethod):
         with torch.no_grad():
             nll = token_nll(student.logits.detach(), labels)  # (B, T), 0 at padding
         selected = select_tokens(nll, labels, self.settings.selective_word_rate)
-        kd = word_kd(student.logits, teacher.logits.detach(), labels, self.settings.kd_temperature, token_mask=selected)
+        kd = word_kd(student.logits, teacher.logits.detach(), labels, self.settings.kd_temperature,
+                     token_mask=selected)
         return {"kd": kd}
-
-    def weights(self, progress: Progress):
-        return {"kd": float(self.settings.mu_kd)}
 
 
 __all__ = ["SelectiveKD", "SelectiveKDSettings", "select_tokens"]
