@@ -85,6 +85,20 @@ def check_data_fits(cfg: Config, data_dir, splits: dict, positions: dict[str, in
                                 f"tokens with </s>); {fix}, or prepare the data with --max-len {limit - 1}")
 
 
+def start_run(accelerator: Accelerator, run, resume: bool, cfg: Config, vocab, log) -> bool:
+    """Ready the run folder on the main process (:meth:`a2d.rundir.RunDir.begin`) and tell every process
+    whether a checkpoint is resumed; a resumed one must fit ``cfg`` and ``vocab``."""
+    from accelerate.utils import broadcast_object_list
+
+    resumed = [run.begin(resume, log) if accelerator.is_main_process else False]
+    if accelerator.num_processes > 1:
+        broadcast_object_list(resumed)
+    if resumed[0]:
+        run.check_resumable(cfg, vocab)
+    accelerator.wait_for_everyone()
+    return resumed[0]
+
+
 def micro_batches(batches: list[list[int]], update_freq: int) -> list[list[list[int]]]:
     """Consecutive groups of ``update_freq`` batches, one group per update (the last may be smaller)."""
     return [batches[i:i + update_freq] for i in range(0, len(batches), update_freq)]

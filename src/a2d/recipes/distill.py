@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 
 import torch
-from accelerate.utils import broadcast_object_list, gather_object
+from accelerate.utils import gather_object
 from tqdm.auto import tqdm
 
 from a2d.config import Config, save_config
@@ -30,7 +30,7 @@ from a2d.models import build_model, count_parameters, load_model, load_weights, 
 from a2d.rundir import RunDir, TrainState, rng_state, set_rng_state
 from a2d.tokenizer import collate_ids
 from a2d.training import (RunResult, Throughput, check_data_fits, check_finite, end_of_epoch, inverse_sqrt_schedule,
-                          make_accelerator, make_optimizer, micro_batches, model_inputs, should_stop, to_device,
+                          make_accelerator, make_optimizer, micro_batches, model_inputs, should_stop, start_run, to_device,
                           validate)
 from a2d.utils import UserError
 
@@ -95,14 +95,9 @@ def distill(cfg: Config, data_dir: Path, out: Path, teacher_path: Path | None, r
     method = method_cls(cfg, student.config, teacher.config if teacher is not None else None)
     method.check_data(train_data.meta)
     method.attach(student, teacher)
-    resumed = [run.begin(resume, log) if main else False]
-    if accelerator.num_processes > 1:
-        broadcast_object_list(resumed)
-    resumed = resumed[0]
+    resumed = start_run(accelerator, run, resume, cfg, vocab, log)
     if resumed:
-        run.check_resumable(cfg, vocab)
         load_weights(student, run.last)
-    accelerator.wait_for_everyone()
     if ATTENTIONS in method.needs:  # per-head probabilities come from the eager attention kernel
         use_attention_maps(student)
         if teacher is not None:

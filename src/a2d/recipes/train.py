@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 import torch
-from accelerate.utils import broadcast_object_list, gather_object
+from accelerate.utils import gather_object
 from tqdm.auto import tqdm
 
 from a2d.config import Config, save_config
@@ -27,7 +27,7 @@ from a2d.models import build_model, count_parameters, load_weights
 from a2d.rundir import RunDir, TrainState, rng_state, set_rng_state
 from a2d.tokenizer import collate_ids
 from a2d.training import (RunResult, Throughput, check_data_fits, check_finite, end_of_epoch, inverse_sqrt_schedule,
-                          make_accelerator, make_optimizer, micro_batches, model_inputs, should_stop, to_device,
+                          make_accelerator, make_optimizer, micro_batches, model_inputs, should_stop, start_run, to_device,
                           validate)
 
 
@@ -50,13 +50,7 @@ def train(cfg: Config, data_dir: Path, out: Path, resume: bool = False, log=prin
     vocab = Vocabulary.load(data_dir)
     train_data, valid_data = ParallelData.load(data_dir, "train"), ParallelData.load(data_dir, "valid")
     check_data_fits(cfg, data_dir, {"train": train_data, "valid": valid_data})
-    resumed = [run.begin(resume, log) if main else False]
-    if accelerator.num_processes > 1:
-        broadcast_object_list(resumed)
-    resumed = resumed[0]
-    if resumed:
-        run.check_resumable(cfg, vocab)
-    accelerator.wait_for_everyone()
+    resumed = start_run(accelerator, run, resume, cfg, vocab, log)
     model = build_model(cfg, len(vocab), seed=cfg.seed, layout=vocab.layout)  # a brought tokenizer's ids
     optimizer = make_optimizer(cfg, [{"params": [p for p in model.parameters() if p.requires_grad]}])
     scheduler = inverse_sqrt_schedule(optimizer, cfg)
