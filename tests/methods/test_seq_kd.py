@@ -159,7 +159,7 @@ def test_resume_refuses_other_settings(tiny_data, teacher, tmp_path, monkeypatch
         raise KeyboardInterrupt
 
     monkeypatch.setattr(dd, "translate", lambda model, vocab, src, **kw: ["x"] * len(src))
-    monkeypatch.setattr(dd, "_write_split", stop)
+    monkeypatch.setattr(dd, "write_split", stop)
     with pytest.raises(KeyboardInterrupt):
         distill_data(teacher, tiny_data, out, beam=BEAM, chunk=CHUNK, log=quiet)
     with pytest.raises(UserError, match="beam"):

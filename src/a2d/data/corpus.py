@@ -29,7 +29,9 @@ _GZIP_MAGIC = b"\x1f\x8b"
 # Characters that str.splitlines() or text-mode file reading treat as line breaks; inside a sentence they
 # would break the one-sentence-per-line files that prepare writes, so they become spaces.
 _LINE_BREAKS = "\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029"
-_LINE_BREAK_TABLE = str.maketrans({c: " " for c in _LINE_BREAKS})
+#: ``str.translate`` table that turns each of those line-break characters into a space
+#: (``text.translate(LINE_BREAK_TABLE)`` keeps a sentence on one line of a one-sentence-per-line file).
+LINE_BREAK_TABLE = str.maketrans({c: " " for c in _LINE_BREAKS})
 
 
 @dataclass(frozen=True)
@@ -187,7 +189,7 @@ def read_lines(path: Path | str) -> list[str]:
     text = text.removeprefix("\ufeff")
     lines = text.split("\n")
     if any(c in text for c in _LINE_BREAKS):
-        lines = [line.translate(_LINE_BREAK_TABLE) for line in lines]
+        lines = [line.translate(LINE_BREAK_TABLE) for line in lines]
     return [line.strip() for line in lines]
 
 

@@ -40,8 +40,12 @@ FORMAT_VERSION = 1
 
 
 @dataclass
-class _Split:
-    """One split while it is being prepared: raw lines, then the kept lines and their ids."""
+class Split:
+    """One split while it is being prepared: raw lines, then the kept lines and their ids.
+
+    ``lines`` is the raw line count; ``dropped_*`` count the pairs removed; ``src_ids``/``tgt_ids`` are set
+    by :func:`encode_split`, and :func:`write_split` writes the result.
+    """
 
     name: str
     src_path: Path
@@ -108,14 +112,14 @@ def prepare(out_dir: Path | str, splits: dict[str, tuple[Path, Path]], src_lang:
             if len(vocab) < vocab_size:
                 log(f"note: the training text supports only {len(vocab)} pieces, fewer than --vocab-size {vocab_size}")
         for part in data.values():
-            _encode(part, vocab, max_len, drop_long=part.name == "train")
+            encode_split(part, vocab, max_len, drop_long=part.name == "train")
             if given is not None and part.name == "train":  # before anything is published
                 unknown = check_unknown_rate(part.src_ids, part.tgt_ids, vocab.unk_id, f"{given} on {part.src_path}",
                                              max_unknown)
                 log(f"unknown pieces: {unknown[0]:.3%} of the source, {unknown[1]:.3%} of the target")
             if not part.src:
                 raise UserError(f"{part.src_path}, {part.tgt_path}: every pair is longer than --max-len {max_len}")
-            _write_split(tmp, part, src_lang, tgt_lang)
+            write_split(tmp, part, src_lang, tgt_lang)
         meta = {
             "format": FORMAT_VERSION,
             "src": src_lang,
@@ -225,7 +229,7 @@ def _publish_into(tmp: Path, out_dir: Path) -> None:
     tmp.rmdir()
 
 
-def _read_splits(splits: dict[str, tuple[Path, Path]], max_train: int | None) -> dict[str, _Split]:
+def _read_splits(splits: dict[str, tuple[Path, Path]], max_train: int | None) -> dict[str, Split]:
     data = {}
     for name in SPLITS:
         if name not in splits:
@@ -234,7 +238,7 @@ def _read_splits(splits: dict[str, tuple[Path, Path]], max_train: int | None) ->
         src, tgt = read_parallel(src_path, tgt_path)
         if name == "train" and max_train is not None:
             src, tgt = src[:max_train], tgt[:max_train]
-        data[name] = _Split(name, src_path, tgt_path, src, tgt, lines=len(src))
+        data[name] = Split(name, src_path, tgt_path, src, tgt, lines=len(src))
     return data
 
 
@@ -242,14 +246,14 @@ def _source(path: Path) -> dict:
     return {"path": str(path.resolve()), "sha256": sha256_file(path)}
 
 
-def _drop_empty(part: _Split) -> None:
+def _drop_empty(part: Split) -> None:
     keep = [i for i, (s, t) in enumerate(zip(part.src, part.tgt)) if s and t]
     part.dropped_empty = part.lines - len(keep)
     part.src = [part.src[i] for i in keep]
     part.tgt = [part.tgt[i] for i in keep]
 
 
-def _train_vocab(tmp: Path, train: _Split, vocab_size: int, seed: int) -> Vocabulary:
+def _train_vocab(tmp: Path, train: Split, vocab_size: int, seed: int) -> Vocabulary:
     """Train the joint SentencePiece model into ``tmp`` from a temporary text file, removed afterwards."""
     text = tmp / "spm_train.txt"
     text.write_text("\n".join(train.src + train.tgt) + "\n", encoding="utf-8")
@@ -263,8 +267,8 @@ def _train_vocab(tmp: Path, train: _Split, vocab_size: int, seed: int) -> Vocabu
     return Vocabulary(model)
 
 
-def _encode(part: _Split, vocab: Vocabulary, max_len: int, drop_long: bool) -> None:
-    """Fill ``src_ids``/``tgt_ids``; drop (``drop_long``) or cut pairs with a side over ``max_len``."""
+def encode_split(part: Split, vocab: Vocabulary, max_len: int, drop_long: bool) -> None:
+    """Fill ``part.src_ids``/``tgt_ids``; drop (``drop_long``) or cut pairs with a side over ``max_len``."""
     src_ids, tgt_ids = vocab.encode_batch(part.src), vocab.encode_target_batch(part.tgt)
     if drop_long:
         keep = [i for i, (s, t) in enumerate(zip(src_ids, tgt_ids)) if len(s) <= max_len and len(t) <= max_len]
@@ -284,7 +288,9 @@ def _flatten(seqs: list[list[int]]) -> tuple[np.ndarray, np.ndarray]:
     return flat, offsets
 
 
-def _write_split(tmp: Path, part: _Split, src_lang: str, tgt_lang: str) -> None:
+def write_split(tmp: Path, part: Split, src_lang: str, tgt_lang: str) -> None:
+    """Write ``part``'s kept lines as ``{name}.{src_lang}``/``{name}.{tgt_lang}`` and its ids as
+    ``{name}.safetensors`` into the folder ``tmp``; ``encode_split`` must have filled the ids."""
     for lang, lines in ((src_lang, part.src), (tgt_lang, part.tgt)):
         (tmp / f"{part.name}.{lang}").write_text("".join(line + "\n" for line in lines), encoding="utf-8")
     src_tokens, src_offsets = _flatten(part.src_ids)

@@ -28,8 +28,8 @@ import torch
 from tqdm.auto import tqdm
 
 import a2d
-from a2d.data.corpus import _LINE_BREAK_TABLE, read_lines
-from a2d.data.prepare import META_FILE, ParallelData, _encode, _Split, _write_split, load_meta
+from a2d.data.corpus import LINE_BREAK_TABLE, read_lines
+from a2d.data.prepare import META_FILE, ParallelData, Split, encode_split, load_meta, write_split
 from a2d.data.vocab import Vocabulary
 from a2d.evaluate import translate
 from a2d.models import load_model
@@ -93,7 +93,7 @@ def distill_data(teacher: Path, data_dir: Path, out_dir: Path, beam: int = 5, ma
         for start in starts:
             part = sources[start:start + chunk]
             hypotheses = translate(model, vocab, part, beam=beam, max_tokens=max_tokens)
-            _append_lines(work / HYPOTHESES_FILE, [h.translate(_LINE_BREAK_TABLE).strip() for h in hypotheses])
+            _append_lines(work / HYPOTHESES_FILE, [h.translate(LINE_BREAK_TABLE).strip() for h in hypotheses])
             done = start + len(part)
             atomic_write_text(work / PROGRESS_FILE, json.dumps({**identity, "done": done}, indent=2) + "\n")
             bar.update(1)
@@ -105,10 +105,10 @@ def distill_data(teacher: Path, data_dir: Path, out_dir: Path, beam: int = 5, ma
                         f"remove {work} and run again")
 
     # ---- the new data directory, in one piece
-    part = _Split("train", data_dir / f"train.{src_lang}", work / HYPOTHESES_FILE, list(sources), hypotheses,
+    part = Split("train", data_dir / f"train.{src_lang}", work / HYPOTHESES_FILE, list(sources), hypotheses,
                   lines=len(sources))
     empty = sum(1 for h in hypotheses if not h)
-    _encode(part, vocab, int(meta["max_len"]), drop_long=True)  # drops pairs whose hypothesis is too long
+    encode_split(part, vocab, int(meta["max_len"]), drop_long=True)  # drops pairs whose hypothesis is too long
     if not part.src:
         raise UserError(f"every translation of {teacher} is longer than max_len {meta['max_len']} subwords")
     new_meta = copy.deepcopy(meta)
@@ -131,7 +131,7 @@ def distill_data(teacher: Path, data_dir: Path, out_dir: Path, beam: int = 5, ma
                 continue
             for name in (f"{split}.{src_lang}", f"{split}.{tgt_lang}", f"{split}.safetensors"):
                 shutil.copyfile(data_dir / name, tmp / name)
-        _write_split(tmp, part, src_lang, tgt_lang)
+        write_split(tmp, part, src_lang, tgt_lang)
         (tmp / META_FILE).write_text(json.dumps(new_meta, indent=2) + "\n", encoding="utf-8")
     shutil.rmtree(work, ignore_errors=True)
     log(f"wrote {out_dir}: {len(part.src)} train pairs with the teacher's translations ({empty} empty, "
