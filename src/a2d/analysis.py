@@ -26,6 +26,14 @@ _TITLES = {"enc_self": "encoder self-attention", "dec_self": "decoder self-atten
            "dec_cross": "decoder cross-attention"}
 
 
+class NotAnAlignmentRun(UserError):
+    """``run_dir`` lacks the files an A2D run saves beside its student; ``missing`` are their paths."""
+
+    def __init__(self, run_dir: Path, missing: list[str]):
+        self.run_dir, self.missing = run_dir, list(missing)
+        super().__init__(f"{run_dir}: not an A2D run, missing {' and '.join(self.missing)}")
+
+
 def load_alignment(run_dir: Path | str) -> tuple[dict, dict[str, np.ndarray]]:
     """``(description, {kind: w (n_student, n_teacher)})`` from ``RUN/method.json`` and ``RUN/method.safetensors``."""
     from safetensors.torch import load_file
@@ -35,8 +43,7 @@ def load_alignment(run_dir: Path | str) -> tuple[dict, dict[str, np.ndarray]]:
     run_dir = Path(run_dir)
     missing = [str(run_dir / f) for f in (METHOD_JSON, METHOD_WEIGHTS) if not (run_dir / f).is_file()]
     if missing:
-        raise UserError(f"{run_dir}: not an A2D run, missing {' and '.join(missing)}; run a2d distill --method a2d "
-                        "to make one")
+        raise NotAnAlignmentRun(run_dir, missing)
     try:
         desc = json.loads((run_dir / METHOD_JSON).read_text(encoding="utf-8"))
     except json.JSONDecodeError as e:
@@ -149,4 +156,4 @@ def format_summary(summary: dict) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["plot_alignment", "format_summary", "load_alignment", "summarize_weights"]
+__all__ = ["NotAnAlignmentRun", "plot_alignment", "format_summary", "load_alignment", "summarize_weights"]

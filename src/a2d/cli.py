@@ -327,12 +327,33 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _message(e: Exception) -> str:
+    """A component's error in the command line's terms: the option it concerns, the command to run first."""
+    if type(e) in (UserError, ConfigError):
+        return str(e)
+    from a2d.analysis import NotAnAlignmentRun
+    from a2d.methods import NotDistilledData, TeacherRequired, UnknownMethod
+
+    if isinstance(e, UnknownMethod):
+        return f"--method {e.name}: unknown method (choose from {', '.join(e.choices)})"
+    if isinstance(e, TeacherRequired):
+        return f"method {e.method} needs a teacher; give --teacher RUN"
+    if isinstance(e, NotDistilledData):
+        where = f"{e.data_dir} is" if e.data_dir is not None else "the data directory is"
+        return (f"--method {e.method} trains on the teacher's translations, but {where} not a distilled one "
+                "(no distilled_from in meta.json): run `a2d distill-data --teacher RUN --data DIR --out DIR2` "
+                "and give --data DIR2")
+    if isinstance(e, NotAnAlignmentRun):
+        return f"{e}; run a2d distill --method a2d to make one"
+    return str(e)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         args.func(args)
     except (UserError, ConfigError) as e:
-        print(f"a2d: error: {e}", file=sys.stderr)
+        print(f"a2d: error: {_message(e)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("a2d: interrupted", file=sys.stderr)

@@ -91,6 +91,19 @@ def test_check_data(tiny_data, distilled):
     SequenceKD.check_data(load_meta(distilled[0]))
 
 
+def test_cli_names_the_command_that_makes_distilled_data(tiny_data, tmp_path, capsys):
+    """The component raises NotDistilledData; the CLI's one line says which command to run."""
+    from a2d.cli import main
+
+    argv = ["distill", "--data", str(tiny_data), "--method", "seq-kd", "--preset", "tiny-student",
+            "--out", str(tmp_path / "run"), *TINY]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "run `a2d distill-data --teacher RUN --data DIR --out DIR2`" in err
+    assert err.startswith("a2d: error: --method seq-kd trains on the teacher's translations")
+    assert not (tmp_path / "run").exists()
+
+
 def test_distilled_directory(tiny_data, teacher, expected, distilled):
     out, meta = distilled
     assert not work_dir_for(out).exists()

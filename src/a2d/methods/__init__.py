@@ -7,14 +7,14 @@ from __future__ import annotations
 
 from a2d.methods.a2d import A2DLayerwise, AlignToDistill
 from a2d.methods.alp_kd import ALPKD
-from a2d.methods.base import ATTENTIONS, HIDDEN_STATES, LOGITS, DistillMethod, Progress
+from a2d.methods.base import ATTENTIONS, HIDDEN_STATES, LOGITS, DistillMethod, Progress, TeacherRequired
 from a2d.methods.ckd import CombinatorialKD
 from a2d.methods.kd import WordKD
 from a2d.methods.minilm import MiniLM
 from a2d.methods.none import NoKD
 from a2d.methods.pkd import PatientKD
 from a2d.methods.selective_kd import SelectiveKD
-from a2d.methods.seq_kd import SequenceKD
+from a2d.methods.seq_kd import NotDistilledData, SequenceKD
 from a2d.methods.tinybert import TinyBERT
 from a2d.utils import UserError
 
@@ -33,10 +33,20 @@ METHODS: dict[str, type[DistillMethod]] = {
 }
 
 
+class UnknownMethod(UserError):
+    """``name`` is not a key of :data:`METHODS`; ``choices`` are the names that are, sorted."""
+
+    def __init__(self, name: str, choices):
+        self.name, self.choices = name, tuple(choices)
+        super().__init__(f"unknown method {name!r} (choose from {', '.join(self.choices)})")
+
+
 def get_method(name: str) -> type[DistillMethod]:
+    """The method class registered as ``name``; :class:`UnknownMethod` if there is none."""
     if name not in METHODS:
-        raise UserError(f"--method {name}: unknown method (choose from {', '.join(sorted(METHODS))})")
+        raise UnknownMethod(name, sorted(METHODS))
     return METHODS[name]
 
 
-__all__ = ["METHODS", "DistillMethod", "Progress", "get_method", "ATTENTIONS", "HIDDEN_STATES", "LOGITS"]
+__all__ = ["METHODS", "DistillMethod", "Progress", "get_method", "ATTENTIONS", "HIDDEN_STATES", "LOGITS",
+           "NotDistilledData", "TeacherRequired", "UnknownMethod"]

@@ -45,6 +45,14 @@ class Progress:
     updates_per_epoch: int | None = None  # this process's batches per epoch
 
 
+class TeacherRequired(UserError):
+    """A method that learns from a teacher was built without one; ``method`` is its name."""
+
+    def __init__(self, method: str):
+        super().__init__(f"method {method} needs a teacher")
+        self.method = method
+
+
 class DistillMethod(nn.Module):
     """Base class. Subclasses set ``name``, ``summary``, ``paper`` and ``needs`` and implement ``loss_terms``."""
 
@@ -65,7 +73,7 @@ class DistillMethod(nn.Module):
         self.cfg = cfg
         self.settings = cfg.settings_for(type(self))
         if self.needs_teacher and teacher_config is None:
-            raise UserError(f"method {self.name} needs a teacher")
+            raise TeacherRequired(self.name)
         if ATTENTIONS in self.needs and float(getattr(student_config, "attention_dropout", 0.0) or 0.0) > 0:
             # transformers returns attention probabilities after dropout: rows would no longer sum to 1
             raise UserError(f"attention_dropout={student_config.attention_dropout}: method {self.name} learns "

@@ -22,13 +22,23 @@ from a2d.methods.base import DistillMethod, Progress
 from a2d.utils import UserError
 
 
+class NotDistilledData(UserError):
+    """A data directory without the teacher's translations (no ``distilled_from`` in its ``meta.json``).
+
+    ``method`` is the method that needs them, ``data_dir`` the directory (None when not known).
+    """
+
+    def __init__(self, method: str, data_dir=None):
+        self.method, self.data_dir = method, data_dir
+        where = f"{data_dir} is" if data_dir is not None else "the data directory is"
+        super().__init__(f"method {method} trains on the teacher's translations, but {where} not a distilled one "
+                         "(no distilled_from in meta.json; the distill-data recipe writes one)")
+
+
 def check_data(meta: dict, data_dir=None) -> None:
     """Refuse a data directory that ``a2d distill-data`` did not write (its ``meta.json`` lacks ``distilled_from``)."""
     if not isinstance(meta, dict) or "distilled_from" not in meta:
-        where = f"{data_dir} is" if data_dir is not None else "the data directory is"
-        raise UserError(f"--method seq-kd trains on the teacher's translations, but {where} not a distilled one "
-                        "(no distilled_from in meta.json): run `a2d distill-data --teacher RUN --data DIR "
-                        "--out DIR2` and give --data DIR2")
+        raise NotDistilledData("seq-kd", data_dir)
 
 
 class SequenceKD(DistillMethod):
@@ -51,4 +61,4 @@ class SequenceKD(DistillMethod):
         return {}
 
 
-__all__ = ["SequenceKD", "check_data"]
+__all__ = ["NotDistilledData", "SequenceKD", "check_data"]
