@@ -67,9 +67,23 @@ def cmd_distill(args):
 
 
 def cmd_distill_data(args):
+    if args.cache_topk is not None:  # word-level KD: the teacher's top-K probabilities, not translations
+        from a2d.recipes.cache_teacher import build_cache
+
+        if args.beam is not None:
+            raise UserError("--beam: not used with --cache-topk (the teacher is teacher-forced on the references)")
+        from a2d.teacher_cache import DEFAULT_MAX_TOKENS, DEFAULT_SHARD_SIZE
+
+        build_cache(Path(args.teacher), Path(args.data), Path(args.out), topk=args.cache_topk,
+                    max_tokens=DEFAULT_MAX_TOKENS if args.max_tokens is None else args.max_tokens,
+                    shard_size=DEFAULT_SHARD_SIZE if args.shard_size is None else args.shard_size)
+        return
     from a2d.recipes.distill_data import distill_data
 
-    distill_data(Path(args.teacher), Path(args.data), Path(args.out), beam=args.beam)
+    for option, value in (("--max-tokens", args.max_tokens), ("--shard-size", args.shard_size)):
+        if value is not None:
+            raise UserError(f"{option}: used with --cache-topk only")
+    distill_data(Path(args.teacher), Path(args.data), Path(args.out), beam=5 if args.beam is None else args.beam)
 
 
 def cmd_evaluate(args):
@@ -245,14 +259,26 @@ def build_parser() -> argparse.ArgumentParser:
     _run_args(p, teacher=True)
     p.set_defaults(func=cmd_distill)
 
+    from a2d.teacher_cache import DEFAULT_MAX_TOKENS, DEFAULT_SHARD_SIZE
     p = sub.add_parser("distill-data", **_doc(
-        "sequence-level KD data: the teacher's translations of the training set",
+        "sequence-level KD data (the teacher's translations of the training set), or with --cache-topk a cache "
+        "of its top-K token probabilities for word-level KD",
         "a2d distill-data --teacher runs/teacher --data data/m30k-de-en --out data/m30k-de-en-seqkd",
-        "a2d distill --data data/m30k-de-en-seqkd --method seq-kd --preset tiny-student --out runs/seq-kd"))
+        "a2d distill --data data/m30k-de-en-seqkd --method seq-kd --preset tiny-student --out runs/seq-kd",
+        "a2d distill-data --teacher runs/teacher --data data/m30k-de-en --out cache/top8 --cache-topk 8",
+        "a2d distill --data data/m30k-de-en --teacher runs/teacher --method kd --preset tiny-student "
+        "--out runs/kd-top8 kd_cache=cache/top8"))
     p.add_argument("--teacher", required=True)
     p.add_argument("--data", required=True)
-    p.add_argument("--out", required=True, help="the new data directory")
-    p.add_argument("--beam", type=int, default=5)
+    p.add_argument("--out", required=True, help="the new data directory (with --cache-topk: the cache folder)")
+    p.add_argument("--beam", type=int, help="beam size of the translations (default 5)")
+    p.add_argument("--cache-topk", type=int, metavar="K",
+                   help="instead of translating, store the teacher's K most probable tokens and their probabilities "
+                        "(fp16) at every target position of the training set (resumable; docs/kd-cache.md)")
+    p.add_argument("--max-tokens", type=int, help=f"with --cache-topk: padded tokens per teacher batch "
+                                                   f"(default {DEFAULT_MAX_TOKENS})")
+    p.add_argument("--shard-size", type=int, help=f"with --cache-topk: examples per shard file "
+                                                   f"(default {DEFAULT_SHARD_SIZE})")
     p.set_defaults(func=cmd_distill_data)
 
     p = sub.add_parser("evaluate", **_doc("beam search + sacreBLEU/chrF with a 95%% bootstrap CI",
