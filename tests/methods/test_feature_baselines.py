@@ -71,6 +71,20 @@ def noise_like(x, seed):
     return torch.randn(x.shape, generator=torch.Generator().manual_seed(seed)) * 10.0
 
 
+ATTENTION_FIELDS = ("encoder_attentions", "decoder_attentions", "cross_attentions")
+
+
+def noised(output, seeds: dict[tuple[str, int], int]) -> Seq2SeqLMOutput:
+    """``output`` with each layer ``(field, index)`` of ``seeds`` replaced by noise of its seed
+    (softmaxed over the keys for attention maps)."""
+    fields = {}
+    for (field, i), seed in seeds.items():
+        layers = fields.setdefault(field, list(getattr(output, field)))
+        noise = noise_like(layers[i], seed)
+        layers[i] = torch.softmax(noise, dim=-1) if field in ATTENTION_FIELDS else noise
+    return replace(output, **{field: tuple(layers) for field, layers in fields.items()})
+
+
 def perturb_padding(output, batch, seed=0) -> Seq2SeqLMOutput:
     """Every padded position of every hidden state, and every attention cell a query may not use
     (padded query row, padded key, future key), replaced by large noise."""
@@ -229,18 +243,9 @@ def test_tinybert_uses_only_the_mapped_teacher_layers():
         base = method.loss_terms(batch, s_out, t_out, Progress(1, 0))
 
         def with_noise(hidden_idx, attn_idx):
-            fields = {}
-            for side in ("encoder", "decoder"):
-                states = list(getattr(t_out, f"{side}_hidden_states"))
-                for i in hidden_idx:
-                    states[i] = noise_like(states[i], i)
-                fields[f"{side}_hidden_states"] = tuple(states)
-            for field in ("encoder_attentions", "decoder_attentions", "cross_attentions"):
-                maps = list(getattr(t_out, field))
-                for i in attn_idx:
-                    maps[i] = torch.softmax(noise_like(maps[i], 10 + i), dim=-1)
-                fields[field] = tuple(maps)
-            return method.loss_terms(batch, s_out, replace(t_out, **fields), Progress(1, 0))
+            seeds = {(f"{side}_hidden_states", i): i for side in ("encoder", "decoder") for i in hidden_idx}
+            seeds |= {(field, i): 10 + i for field in ATTENTION_FIELDS for i in attn_idx}
+            return method.loss_terms(batch, s_out, noised(t_out, seeds), Progress(1, 0))
 
         unmapped = with_noise(hidden_idx=(1, 3), attn_idx=(0, 2))  # teacher layers 1 and 3
         mapped_hidden = with_noise(hidden_idx=(2,), attn_idx=())  # teacher layer 2 (<- student layer 1)
@@ -284,20 +289,15 @@ def test_minilm_uses_only_the_last_layer():
         base = method.loss_terms(batch, s_out, t_out, Progress(1, 0))
 
         def earlier_layers_noised(out, seed):
-            fields = {}
-            for side in ("encoder", "decoder"):
-                states = list(getattr(out, f"{side}_hidden_states"))
-                for i in [*range(len(states) - 2), len(states) - 1]:  # all but the last layer's input
-                    states[i] = noise_like(states[i], seed + i)
-                fields[f"{side}_hidden_states"] = tuple(states)
-            for field in ("encoder_attentions", "decoder_attentions", "cross_attentions"):
-                maps = list(getattr(out, field))
-                for i in range(len(maps) - 1):
-                    maps[i] = torch.softmax(noise_like(maps[i], seed + 50 + i), dim=-1)
-                if field == "cross_attentions":  # MiniLM has no cross-attention term: the last one too
-                    maps[-1] = torch.softmax(noise_like(maps[-1], seed + 99), dim=-1)
-                fields[field] = tuple(maps)
-            return replace(out, **fields)
+            seeds = {}
+            for side in ("encoder", "decoder"):  # all but the last layer's input
+                n = len(getattr(out, f"{side}_hidden_states"))
+                seeds |= {(f"{side}_hidden_states", i): seed + i for i in [*range(n - 2), n - 1]}
+            for field in ATTENTION_FIELDS:
+                seeds |= {(field, i): seed + 50 + i for i in range(len(getattr(out, field)) - 1)}
+            # MiniLM has no cross-attention term: the last one too
+            seeds[("cross_attentions", len(out.cross_attentions) - 1)] = seed + 99
+            return noised(out, seeds)
 
         noisy = method.loss_terms(batch, earlier_layers_noised(s_out, 0), earlier_layers_noised(t_out, 200),
                                   Progress(1, 0))

@@ -43,9 +43,7 @@ from torch import nn
 from transformers import MarianConfig
 
 from a2d.config import Config, setting
-from a2d.losses import word_kd
-from a2d.methods.base import HIDDEN_STATES, LOGITS, DistillMethod, Progress
-from a2d.methods.features import FeatureSettings, hidden_states, real_tokens, token_masks, token_mse
+from a2d.methods.features import FeatureSettings, HiddenStateKD, real_tokens, token_mse
 from a2d.utils import UserError
 
 CKD_GROUPINGS = ("sc", "cc", "rc", "oc")
@@ -103,7 +101,7 @@ def ckd_groups(n_student: int, n_teacher: int, grouping: str, seed: int = 0) -> 
     return [list(range(s, s + size)) for s in starts]
 
 
-class CombinatorialKD(DistillMethod):
+class CombinatorialKD(HiddenStateKD):
     """CKD. Terms: ``ckd`` (L_CKD, summed over the student encoder layers), ``kd`` (word-level KD).
     Trainable parts: ``fuse`` (one ``Linear(|C(i)| * d_T, d_S)`` per student layer)."""
 
@@ -112,8 +110,7 @@ class CombinatorialKD(DistillMethod):
     summary = "Combinatorial KD: fused groups of teacher encoder layers (ckd_grouping sc/cc/rc/oc), MSE + word KD"
     paper = ("Wu et al. 2020, Why Skip If You Can Combine: A Simple Knowledge Distillation Technique "
              "for Intermediate Layers")
-    needs = frozenset({LOGITS, HIDDEN_STATES})
-    side = "encoder"
+    term = "ckd"
     rc_seed = 0
     Settings = CKDSettings
 
@@ -133,18 +130,10 @@ class CombinatorialKD(DistillMethod):
             fused.append(proj(concat))
         return fused
 
-    def loss_terms(self, batch, student, teacher, progress: Progress) -> dict[str, torch.Tensor]:
-        if teacher is None:
-            raise ValueError(f"method {self.name} needs the teacher's forward pass")
-        mask = token_masks(batch)[self.side]
-        s_states, t_states = hidden_states(student, self.side), hidden_states(teacher, self.side)
+    def feature_loss(self, s_states, t_states, mask: torch.Tensor) -> torch.Tensor:
+        """L_CKD, summed over the student layers."""
         fused = self.fused_teacher(t_states, mask)
-        ckd = sum(token_mse(real_tokens(s_states[i], mask), f) for i, f in enumerate(fused, start=1))
-        kd = word_kd(student.logits, teacher.logits.detach(), batch["labels"], self.settings.kd_temperature)
-        return {"ckd": ckd, "kd": kd}
-
-    def weights(self, progress: Progress) -> dict[str, float]:
-        return {"ckd": float(self.settings.feature_weight), "kd": float(self.settings.mu_kd)}
+        return sum(token_mse(real_tokens(s_states[i], mask), f) for i, f in enumerate(fused, start=1))
 
     def describe(self) -> dict:
         return {"method": self.name, "side": self.side, "ckd_grouping": self.grouping,

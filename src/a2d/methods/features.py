@@ -1,5 +1,6 @@
 """What the feature baselines (tinybert, minilm, alp-kd, pkd, ckd) share: their settings, token masks,
-hidden states of real tokens, the per-token MSE, projections between widths, the uniform layer map."""
+hidden states of real tokens, the per-token MSE, projections between widths, the uniform layer map, and the
+base of pkd and ckd (one hidden-state term plus word KD)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -8,7 +9,8 @@ import torch
 from torch import nn
 
 from a2d.config import setting
-from a2d.losses import IGNORE
+from a2d.losses import IGNORE, word_kd
+from a2d.methods.base import HIDDEN_STATES, LOGITS, DistillMethod, Progress
 from a2d.methods.kd import WordKDSettings
 
 
@@ -89,5 +91,32 @@ def uniform_layer_map(n_student: int, n_teacher: int) -> list[tuple[int, int]]:
     return [(i, -(-i * n_teacher // n_student)) for i in range(1, n_student + 1)]
 
 
+class HiddenStateKD(DistillMethod):
+    """Base of pkd and ckd. Terms: ``term`` (:meth:`feature_loss` on ``side``'s hidden states), ``kd`` (word KD).
+
+    ``L = L_CE + feature_weight * term + mu_kd * L_KD``; subclasses set ``term`` and write :meth:`feature_loss`.
+    """
+
+    needs = frozenset({LOGITS, HIDDEN_STATES})
+    side = "encoder"
+    term = ""
+
+    def feature_loss(self, s_states: tuple[torch.Tensor, ...], t_states: tuple[torch.Tensor, ...],
+                     mask: torch.Tensor) -> torch.Tensor:
+        """The feature term from both models' ``(B, L, d)`` states (index 0 the embeddings), mask ``(B, L)``."""
+        raise NotImplementedError
+
+    def loss_terms(self, batch, student, teacher, progress: Progress) -> dict[str, torch.Tensor]:
+        if teacher is None:
+            raise ValueError(f"method {self.name} needs the teacher's forward pass")
+        mask = token_masks(batch)[self.side]
+        feature = self.feature_loss(hidden_states(student, self.side), hidden_states(teacher, self.side), mask)
+        kd = word_kd(student.logits, teacher.logits.detach(), batch["labels"], self.settings.kd_temperature)
+        return {self.term: feature, "kd": kd}
+
+    def weights(self, progress: Progress) -> dict[str, float]:
+        return {self.term: float(self.settings.feature_weight), "kd": float(self.settings.mu_kd)}
+
+
 __all__ = ["FeatureSettings", "SIDES", "token_masks", "hidden_states", "real_tokens", "token_mse", "masked_mse",
-           "projection", "uniform_layer_map"]
+           "projection", "uniform_layer_map", "HiddenStateKD"]

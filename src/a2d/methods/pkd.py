@@ -30,9 +30,7 @@ import torch.nn.functional as F
 from transformers import MarianConfig
 
 from a2d.config import Config, setting
-from a2d.losses import word_kd
-from a2d.methods.base import HIDDEN_STATES, LOGITS, DistillMethod, Progress
-from a2d.methods.features import FeatureSettings, hidden_states, projection, real_tokens, token_masks, uniform_layer_map
+from a2d.methods.features import FeatureSettings, HiddenStateKD, projection, real_tokens, uniform_layer_map
 from a2d.utils import UserError
 
 PKD_MAPPINGS = ("skip", "last")
@@ -72,7 +70,7 @@ def normalised_distance(student: torch.Tensor, teacher: torch.Tensor) -> torch.T
     return (s - t).pow(2).sum(-1).sum() / max(s.shape[0], 1)
 
 
-class PatientKD(DistillMethod):
+class PatientKD(HiddenStateKD):
     """PKD. Terms: ``pt`` (L_PT, summed over the mapped encoder layers), ``kd`` (word-level KD).
     Trainable parts: ``proj`` (``Linear(d_S, d_T)`` when the widths differ, else none)."""
 
@@ -80,8 +78,7 @@ class PatientKD(DistillMethod):
     label = "PKD"
     summary = "Patient KD: normalised encoder hidden states of skip/last-k teacher layers (pkd_mapping) + word KD"
     paper = "Sun et al. 2019, Patient Knowledge Distillation for BERT Model Compression"
-    needs = frozenset({LOGITS, HIDDEN_STATES})
-    side = "encoder"
+    term = "pt"
     Settings = PKDSettings
 
     def __init__(self, cfg: Config, student_config: MarianConfig, teacher_config: MarianConfig | None):
@@ -91,20 +88,13 @@ class PatientKD(DistillMethod):
                                        self.mapping)
         self.proj = projection(int(student_config.d_model), int(teacher_config.d_model), identity_if_equal=False)
 
-    def loss_terms(self, batch, student, teacher, progress: Progress) -> dict[str, torch.Tensor]:
-        if teacher is None:
-            raise ValueError(f"method {self.name} needs the teacher's forward pass")
-        mask = token_masks(batch)[self.side]
-        s_states, t_states = hidden_states(student, self.side), hidden_states(teacher, self.side)
-        pt = student.logits.new_zeros((), dtype=torch.float32)
+    def feature_loss(self, s_states, t_states, mask: torch.Tensor) -> torch.Tensor:
+        """L_PT, summed over the mapped layers."""
+        pt = s_states[0].new_zeros((), dtype=torch.float32)
         for i, j in self.layer_map:
             s_tokens = self.proj(real_tokens(s_states[i], mask))  # (N, d_T)
             pt = pt + normalised_distance(s_tokens, real_tokens(t_states[j].detach(), mask))
-        kd = word_kd(student.logits, teacher.logits.detach(), batch["labels"], self.settings.kd_temperature)
-        return {"pt": pt, "kd": kd}
-
-    def weights(self, progress: Progress) -> dict[str, float]:
-        return {"pt": float(self.settings.feature_weight), "kd": float(self.settings.mu_kd)}
+        return pt
 
     def describe(self) -> dict:
         return {"method": self.name, "side": self.side, "pkd_mapping": self.mapping,
