@@ -9,7 +9,7 @@ import torch
 
 from a2d.alignment import AttentionAlignment
 from a2d.losses import (KIND_WEIGHTS, attention_kl_per_query, attention_kl_reference, kind_weights,
-                        label_smoothed_ce, lambda_schedule, layer_average, word_kd)
+                        label_smoothed_ce, lambda_schedule, layer_average, log_probs, word_kd)
 from a2d.utils import UserError
 
 
@@ -181,3 +181,48 @@ def test_existing_losses_still_there():
     labels = torch.tensor([[1, 2, -100], [3, -100, -100]])
     assert label_smoothed_ce(logits, labels).dim() == 0
     assert word_kd(logits, logits, labels).item() == pytest.approx(0.0, abs=1e-6)
+
+
+# ---------------------------------------------------------------------------- logit losses, bit-compatible
+def _ce_masked_rows(logits, labels, eps):  # the formulas before the shared log-probabilities (commit 210101b)
+    mask = labels.ne(-100)
+    lprobs = torch.log_softmax(logits.float(), dim=-1)[mask]
+    nll = -lprobs.gather(-1, labels[mask].unsqueeze(-1)).squeeze(-1)
+    return ((1.0 - eps) * nll + eps * -lprobs.mean(dim=-1)).sum() / mask.sum()
+
+
+def _kd_masked_rows(student, teacher, labels, temperature, token_mask=None):
+    mask = labels.ne(-100) if token_mask is None else labels.ne(-100) & token_mask
+    s = torch.log_softmax(student.float()[mask] / temperature, dim=-1)
+    t = torch.log_softmax(teacher.float()[mask] / temperature, dim=-1)
+    return (t.exp() * (t - s)).sum(-1).sum() / mask.sum() * temperature ** 2
+
+
+@pytest.mark.parametrize("temperature", [1.0, 2.0])
+def test_logit_losses_match_the_masked_row_formulas_values_and_gradients(temperature):
+    g = torch.Generator().manual_seed(3)
+    labels = torch.tensor([[5, 9, 2, -100, -100], [1, 4, 4, 7, 3], [6, -100, -100, -100, -100]])
+    teacher = torch.randn(3, 5, 11, generator=g) * 3
+    token_mask = torch.rand(3, 5, generator=g) > 0.3
+    results = []
+    for new in (True, False):
+        student = (torch.randn(3, 5, 11, generator=torch.Generator().manual_seed(4)) * 3).requires_grad_(True)
+        if new:  # CE first, then KD on the same logits: they share the student's log-probabilities
+            terms = [label_smoothed_ce(student, labels, 0.1), word_kd(student, teacher, labels, temperature),
+                     word_kd(student, teacher, labels, temperature, token_mask)]
+        else:
+            terms = [_ce_masked_rows(student, labels, 0.1), _kd_masked_rows(student, teacher, labels, temperature),
+                     _kd_masked_rows(student, teacher, labels, temperature, token_mask)]
+        (terms[0] + 0.7 * terms[1] + 0.3 * terms[2]).backward()
+        results.append(([t.item() for t in terms], student.grad))
+    (new_values, new_grad), (old_values, old_grad) = results
+    assert new_values == pytest.approx(old_values, rel=1e-6, abs=1e-7)
+    assert torch.allclose(new_grad, old_grad, rtol=1e-5, atol=1e-7)
+    assert new_grad[labels.eq(-100)].abs().max() == 0  # padding positions get no gradient
+
+
+def test_log_probs_computed_once_per_logits_and_temperature():
+    logits = torch.randn(2, 3, 7, requires_grad=True)
+    assert log_probs(logits) is log_probs(logits)
+    assert log_probs(logits, 2.0) is not log_probs(logits)
+    assert torch.allclose(log_probs(logits, 2.0), torch.log_softmax(logits / 2, -1))

@@ -12,6 +12,24 @@ import torch.nn.functional as F
 IGNORE = -100  # label of padded target positions
 
 
+def log_probs(logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """``log_softmax(logits / temperature)`` over the vocabulary in fp32, (B, T, V).
+
+    Computed once per logits tensor and temperature: the cross-entropy and the word-KD term of one
+    forward pass share the student's log-probabilities (the result is kept on the tensor).
+    """
+    memo = logits.__dict__.setdefault("_a2d_log_probs", {})
+    if temperature not in memo:
+        x = logits.float()
+        memo[temperature] = F.log_softmax(x if temperature == 1.0 else x / temperature, dim=-1)
+    return memo[temperature]
+
+
+def _token_mean(per_token: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Sum of ``per_token`` (B, T) over ``mask`` (B, T) bool, divided by the number of tokens in it."""
+    return torch.where(mask, per_token, 0.0).sum() / mask.sum().clamp(min=1)
+
+
 def label_smoothed_ce(logits: torch.Tensor, labels: torch.Tensor, epsilon: float = 0.1) -> torch.Tensor:
     """Label-smoothed cross-entropy (Szegedy et al. 2016, fairseq's formula), mean per target token.
 
@@ -19,18 +37,16 @@ def label_smoothed_ce(logits: torch.Tensor, labels: torch.Tensor, epsilon: float
     ``(1 - eps) * nll + eps / V * sum_v -log p_v``.
     """
     mask = labels.ne(IGNORE)
-    lprobs = F.log_softmax(logits.float(), dim=-1)[mask]  # (N, V)
-    target = labels[mask]
-    nll = -lprobs.gather(-1, target.unsqueeze(-1)).squeeze(-1)
+    lprobs = log_probs(logits)
+    nll = -lprobs.gather(-1, labels.clamp(min=0).unsqueeze(-1)).squeeze(-1)  # (B, T)
     smooth = -lprobs.mean(dim=-1)
-    return ((1.0 - epsilon) * nll + epsilon * smooth).sum() / mask.sum().clamp(min=1)
+    return _token_mean((1.0 - epsilon) * nll + epsilon * smooth, mask)
 
 
 def token_nll(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Plain negative log-likelihood per target token (B, T), 0 at padding."""
     mask = labels.ne(IGNORE)
-    lprobs = F.log_softmax(logits.float(), dim=-1)
-    nll = -lprobs.gather(-1, labels.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+    nll = -log_probs(logits).gather(-1, labels.clamp(min=0).unsqueeze(-1)).squeeze(-1)
     return nll * mask
 
 
@@ -40,14 +56,18 @@ def word_kd(student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: 
 
     logits (B, T, V); labels (B, T) mark the real tokens; ``token_mask`` (B, T) bool narrows the
     tokens that take part (selective KD). Mean over the tokens that take part.
+    ``KL = sum_v p_T (log p_T - log p_S)``: the teacher's part, a constant, is computed without autograd.
     """
     mask = labels.ne(IGNORE)
     if token_mask is not None:
         mask = mask & token_mask
-    s = F.log_softmax(student_logits.float()[mask] / temperature, dim=-1)  # (N, V)
-    t = F.log_softmax(teacher_logits.float()[mask] / temperature, dim=-1)
-    kl = (t.exp() * (t - s)).sum(-1)
-    return kl.sum() / mask.sum().clamp(min=1) * temperature ** 2
+    s = log_probs(student_logits, temperature)  # (B, T, V)
+    with torch.no_grad():
+        t = log_probs(teacher_logits.detach(), temperature)
+        p = t.exp()
+        neg_entropy = (p * t).sum(-1)  # (B, T)
+    kl = neg_entropy - (p * s).sum(-1)
+    return _token_mean(kl, mask) * temperature ** 2
 
 
 # --------------------------------------------------------------------------------------------------

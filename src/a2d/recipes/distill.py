@@ -59,7 +59,7 @@ def distill_step(student, teacher, method, batch: dict, cfg: Config, progress: P
     wants = {"output_attentions": ATTENTIONS in needs, "output_hidden_states": HIDDEN_STATES in needs}
     teacher_out = None
     if teacher is not None and method.needs_teacher:
-        with torch.no_grad(), (contextlib.nullcontext() if cfg.teacher_precision == "fp32" else autocast()):
+        with torch.inference_mode(), (contextlib.nullcontext() if cfg.teacher_precision == "fp32" else autocast()):
             teacher_out = teacher(**inputs, **wants)
     with autocast():
         student_out = student(**inputs, **wants)
