@@ -64,7 +64,7 @@ def test_cached_files_are_reused_without_network(data_root, tmp_path, monkeypatc
     cache.mkdir(parents=True)
     for path in (data_root / "multi30k").glob("*.gz"):
         shutil.copyfile(path, cache / path.name)
-    monkeypatch.delenv("A2D_DATA_DIR")
+    monkeypatch.delenv("A2D_DATA_DIR", raising=False)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     monkeypatch.setattr(corpus.urllib.request, "urlopen", _no_network)
     found = locate_corpus("multi30k", "de", "en")
@@ -73,7 +73,7 @@ def test_cached_files_are_reused_without_network(data_root, tmp_path, monkeypatc
 
 def test_download_with_wrong_checksum_is_removed(tmp_path, monkeypatch):
     """The download itself is faked: a wrong payload must raise and leave nothing in the cache."""
-    monkeypatch.delenv("A2D_DATA_DIR")
+    monkeypatch.delenv("A2D_DATA_DIR", raising=False)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     monkeypatch.setattr(corpus.urllib.request, "urlopen", lambda url, timeout: io.BytesIO(b"not the file"))
     with pytest.raises(UserError, match="expected"):
