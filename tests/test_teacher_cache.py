@@ -90,7 +90,7 @@ def test_full_vocabulary_cache_gives_the_live_kd_loss(tiny_data, teacher, full_c
     from_cache = cached_word_kd(s_logits, cached[IDS_KEY], cached[PROBS_KEY], batch["labels"], temperature)
     torch.testing.assert_close(from_cache, live, rtol=1e-3, atol=1e-5)  # fp16 probabilities
     # the same gradients reach the student
-    g_live, = torch.autograd.grad(live, s_logits)
+    g_live, = torch.autograd.grad(live, s_logits, retain_graph=True)  # both share the memoised log-probs
     g_cache, = torch.autograd.grad(from_cache, s_logits)
     torch.testing.assert_close(g_cache, g_live, rtol=0, atol=2e-5)
     # kd_loss takes the cache when the batch carries it, the live logits otherwise
@@ -218,3 +218,63 @@ def test_distill_data_command(tiny_data, teacher, tmp_path, capsys):
         assert main(base[:-1] + [str(tmp_path / "d"), *extra]) == 2
         err = capsys.readouterr().err.strip()
         assert message in err and len(err.splitlines()) == 1, err
+
+
+# --------------------------------------------------------------------------------------------- training from a cache
+def distill_cfg(method, *extra):
+    return load_config("tiny-student", TINY + [f"method={method}", "max_steps=2", "valid_max_sentences=8", *extra])
+
+
+@pytest.mark.parametrize("method", ["kd", "a2d"])
+def test_distill_step_from_a_full_cache_equals_the_live_teacher(method, tiny_data, teacher, full_cache, monkeypatch):
+    """With kd_cache the KD term reads the cache: kd never runs the teacher, a2d runs its body (no lm_head)
+    for the attention maps; with K = V every loss term equals the live teacher's (fp16 probabilities)."""
+    from a2d.methods import Progress, get_method
+    from a2d.models import use_attention_maps
+    from a2d.recipes.distill import distill_step, load_teacher
+
+    data, vocab = ParallelData.load(tiny_data, "train"), Vocabulary.load(tiny_data)
+    cfg = distill_cfg(method, f"kd_cache={full_cache}")
+    t = load_teacher(teacher, vocab, tiny_data)
+    student = build_model(cfg, len(vocab), seed=1)
+    m = get_method(method)(cfg, student.config, t.config)
+    m.attach(student, t)
+    if method == "a2d":
+        use_attention_maps(student)
+        use_attention_maps(t)
+    student.eval()  # no dropout: the two steps see the same student
+    indices = token_batches(data.src_lens, data.tgt_lens, 1024, shuffle=True, seed=3, epoch=1)[0]
+    batch = batch_of(data, vocab, indices)
+    progress = Progress(epoch=0, update=0, updates_per_epoch=10)
+    live, _ = distill_step(student, t, m, batch, cfg, progress)
+    calls = []
+    t.register_forward_pre_hook(lambda *a: calls.append("lm"))
+    t.model.register_forward_pre_hook(lambda *a: calls.append("body"))
+    cached_batch = {**batch, **TeacherCache(full_cache).lookup(indices, batch["labels"].shape[1])}
+    cached, _ = distill_step(student, t, m, cached_batch, cfg, progress)
+    assert calls == ([] if method == "kd" else ["body"])
+    assert set(cached) == set(live)
+    for name in live:
+        torch.testing.assert_close(cached[name], live[name], rtol=1e-3, atol=1e-5, msg=name)
+
+
+def test_distill_with_kd_cache_trains_and_refuses_what_does_not_fit(tiny_data, teacher, full_cache, tmp_path):
+    from a2d.recipes.distill import distill
+
+    logs = []
+    result = distill(distill_cfg("kd", f"kd_cache={full_cache}"), tiny_data, tmp_path / "kd", teacher,
+                     log=logs.append)
+    assert result.state.update == 2 and (tmp_path / "kd" / "best" / "model.safetensors").is_file()
+    assert any("the teacher does not run" in line for line in logs), logs
+    result = distill(distill_cfg("a2d", f"kd_cache={full_cache}"), tiny_data, tmp_path / "a2d", teacher,
+                     log=logs.append)
+    assert result.state.update == 2 and any("attention maps only" in line for line in logs)
+    for method, extra, message in (("pkd", [], "does not read a teacher cache"),
+                                   ("kd", [f"kd_cache={tmp_path / 'nowhere'}"], "no such folder")):
+        extra = extra or [f"kd_cache={full_cache}"]
+        with pytest.raises(UserError, match=message):
+            distill(distill_cfg(method, *extra), tiny_data, tmp_path / f"x-{method}", teacher, log=quiet)
+        assert not (tmp_path / f"x-{method}").exists()  # refused before the run folder is made
+    other = save_teacher(tmp_path / "other-teacher", tiny_data, seed=8)
+    with pytest.raises(UserError, match="another teacher"):
+        distill(distill_cfg("kd", f"kd_cache={full_cache}"), tiny_data, tmp_path / "x-other", other, log=quiet)

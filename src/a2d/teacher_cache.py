@@ -50,7 +50,7 @@ import torch
 import torch.nn.functional as F
 from safetensors import SafetensorError, safe_open
 
-from a2d.losses import IGNORE, word_kd
+from a2d.losses import IGNORE, log_probs, word_kd
 from a2d.utils import UserError, atomic_write_text, sha256_file
 
 INDEX_FILE = "index.json"
@@ -80,19 +80,22 @@ def cached_word_kd(student_logits: torch.Tensor, topk_ids: torch.Tensor, topk_pr
     student_logits (B, T, V); topk_ids (B, T, K) integer ids; topk_probs (B, T, K) the teacher's
     temperature-1 probabilities (any float dtype; padded positions any value); labels (B, T) mark the
     real tokens; ``token_mask`` (B, T) bool narrows the tokens that take part (selective KD). Mean over
-    the tokens that take part, times ``T^2``, fp32, as :func:`a2d.losses.word_kd`.
+    the tokens that take part, times ``T^2``, fp32, as :func:`a2d.losses.word_kd`; the student's
+    log-probabilities are :func:`a2d.losses.log_probs`' (shared with the cross-entropy).
     """
     mask = labels.ne(IGNORE)
     if token_mask is not None:
         mask = mask & token_mask
-    s = F.log_softmax(student_logits.float()[mask] / temperature, dim=-1)  # (N, V)
-    p = topk_probs[mask].float().clamp(min=0.0)  # (N, K)
-    if temperature != 1.0:
-        p = p.pow(1.0 / temperature)
-    q = p / p.sum(-1, keepdim=True).clamp(min=torch.finfo(torch.float32).tiny)
-    s_k = s.gather(-1, topk_ids[mask].long())
-    kl = (torch.xlogy(q, q) - q * s_k).sum(-1)  # 0 * log 0 = 0 for probabilities fp16 rounded to zero
-    return kl.sum() / mask.sum().clamp(min=1) * temperature ** 2
+    s = log_probs(student_logits, temperature)  # (B, T, V)
+    with torch.no_grad():  # the teacher's side is a constant
+        p = topk_probs.float().clamp(min=0.0)  # (B, T, K)
+        if temperature != 1.0:
+            p = p.pow(1.0 / temperature)
+        q = p / p.sum(-1, keepdim=True).clamp(min=torch.finfo(torch.float32).tiny)  # renormalised over the top K
+        neg_entropy = torch.xlogy(q, q).sum(-1)  # (B, T); 0 * log 0 = 0 where fp16 rounded a probability to 0
+        ids = topk_ids.long()
+    kl = neg_entropy - (q * s.gather(-1, ids)).sum(-1)
+    return torch.where(mask, kl, 0.0).sum() / mask.sum().clamp(min=1) * temperature ** 2
 
 
 def kd_loss(student_logits: torch.Tensor, teacher, batch: dict, temperature: float = 1.0,

@@ -24,9 +24,10 @@ from a2d.alignment import AAM_MODES, AttentionAlignment
 from a2d.attention import GRANULARITIES, KINDS, collect_attention
 from a2d.config import Config, setting
 from a2d.losses import (ATT_KINDS, DECAY_UNITS, KL_NORMS, attention_kl_per_query, attention_kl_reference,
-                        kind_weights, lambda_schedule, word_kd)
+                        kind_weights, lambda_schedule)
 from a2d.methods.base import ATTENTIONS, LOGITS, DistillMethod, Progress
 from a2d.methods.kd import WordKDSettings
+from a2d.teacher_cache import kd_loss
 
 # (layers field, heads field) of a MarianConfig for each kind.
 _SHAPE_FIELDS = {
@@ -71,6 +72,7 @@ class AlignToDistill(DistillMethod):
     needs = frozenset({LOGITS, ATTENTIONS})
     forced_granularity: str | None = None
     Settings = A2DSettings
+    reads_kd_cache = True  # its KD term; the attention maps still come from the live teacher
 
     def __init__(self, cfg: Config, student_config: MarianConfig, teacher_config: MarianConfig | None):
         super().__init__(cfg, student_config, teacher_config)
@@ -124,7 +126,8 @@ class AlignToDistill(DistillMethod):
         terms = {"att": att}
         for kind, value in per_kind.items():
             terms[f"att_{kind}"] = value.detach()
-        terms["kd"] = word_kd(student.logits, teacher.logits.detach(), batch["labels"], self.settings.kd_temperature)
+        # live logits, or the cache's top-K (kd_cache: the teacher then runs without its lm_head, for its maps)
+        terms["kd"] = kd_loss(student.logits, teacher, batch, self.settings.kd_temperature)
         return terms
 
     def weights(self, progress: Progress) -> dict[str, float]:

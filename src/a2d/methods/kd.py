@@ -22,8 +22,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from a2d.config import setting
-from a2d.losses import word_kd
 from a2d.methods.base import LOGITS, DistillMethod, MethodSettings, Progress
+from a2d.teacher_cache import IDS_KEY, kd_loss
 
 
 @dataclass
@@ -32,6 +32,9 @@ class WordKDSettings(MethodSettings):
 
     mu_kd: float = setting(1.0, "weight of word-level KD (mu in L = CE + lambda*L_att + mu*L_KD)", low=0.0)
     kd_temperature: float = setting(1.0, "softmax temperature of word-level KD", low=1e-3)
+    kd_cache: str = setting("", "a teacher cache (a2d distill-data --cache-topk K): the KD term reads the teacher's "
+                            "top-K probabilities from it instead of running the teacher for logits; empty: live "
+                            "(docs/kd-cache.md)")
 
 
 class WordKD(DistillMethod):
@@ -44,12 +47,13 @@ class WordKD(DistillMethod):
     paper = "Hinton et al. 2015, Distilling the Knowledge in a Neural Network"
     needs = frozenset({LOGITS})
     Settings = WordKDSettings
+    reads_kd_cache = True  # kd_cache=CACHE: the batch carries the teacher's top-K and the teacher does not run
 
     def loss_terms(self, batch, student, teacher, progress: Progress):
-        if teacher is None:
-            raise ValueError(f"method {self.name} needs the teacher's forward pass")
-        # logits (B, T, V); the teacher's are a fixed target
-        kd = word_kd(student.logits, teacher.logits.detach(), batch["labels"], self.settings.kd_temperature)
+        if teacher is None and IDS_KEY not in batch:
+            raise ValueError(f"method {self.name} needs the teacher's forward pass or a kd_cache")
+        # logits (B, T, V); the teacher's (live or cached) are a fixed target
+        kd = kd_loss(student.logits, teacher, batch, self.settings.kd_temperature)
         return {"kd": kd}
 
     def weights(self, progress: Progress):

@@ -28,9 +28,10 @@ from dataclasses import dataclass
 import torch
 
 from a2d.config import setting
-from a2d.losses import IGNORE, token_nll, word_kd
+from a2d.losses import IGNORE, token_nll
 from a2d.methods.base import Progress
 from a2d.methods.kd import WordKD, WordKDSettings
+from a2d.teacher_cache import IDS_KEY, kd_loss
 
 
 @dataclass
@@ -75,14 +76,13 @@ class SelectiveKD(WordKD):
     Settings = SelectiveKDSettings
 
     def loss_terms(self, batch, student, teacher, progress: Progress):
-        if teacher is None:
-            raise ValueError(f"method {self.name} needs the teacher's forward pass")
+        if teacher is None and IDS_KEY not in batch:
+            raise ValueError(f"method {self.name} needs the teacher's forward pass or a kd_cache")
         labels = batch["labels"]
         with torch.no_grad():
             nll = token_nll(student.logits.detach(), labels)  # (B, T), 0 at padding
         selected = select_tokens(nll, labels, self.settings.selective_word_rate)
-        kd = word_kd(student.logits, teacher.logits.detach(), labels, self.settings.kd_temperature,
-                     token_mask=selected)
+        kd = kd_loss(student.logits, teacher, batch, self.settings.kd_temperature, token_mask=selected)
         return {"kd": kd}
 
 

@@ -25,9 +25,10 @@ from a2d.data.batching import collate, shard_batches, token_batches
 from a2d.data.prepare import ParallelData, load_meta
 from a2d.data.vocab import Vocabulary
 from a2d.losses import label_smoothed_ce
-from a2d.methods import ATTENTIONS, HIDDEN_STATES, Progress, get_method
+from a2d.methods import ATTENTIONS, HIDDEN_STATES, LOGITS, Progress, get_method
 from a2d.models import build_model, count_parameters, load_model, load_weights, use_attention_maps
 from a2d.rundir import RunDir, TrainState, rng_state, set_rng_state
+from a2d.teacher_cache import IDS_KEY, open_kd_cache
 from a2d.tokenizer import collate_ids
 from a2d.training import (RunResult, Throughput, check_data_fits, check_finite, end_of_epoch, inverse_sqrt_schedule,
                           make_accelerator, make_optimizer, micro_batches, model_inputs, should_stop, start_run, to_device,
@@ -58,9 +59,12 @@ def distill_step(student, teacher, method, batch: dict, cfg: Config, progress: P
     needs = method.needs
     wants = {"output_attentions": ATTENTIONS in needs, "output_hidden_states": HIDDEN_STATES in needs}
     teacher_out = None
-    if teacher is not None and method.needs_teacher:
+    cached = IDS_KEY in batch  # kd_cache: the teacher's top-K probabilities came with the batch
+    if teacher is not None and method.needs_teacher and not (cached and needs == {LOGITS}):
+        # with a cache, a method that also needs the teacher's maps runs its body without the lm_head
+        forward = teacher.model if cached else teacher
         with torch.inference_mode(), (contextlib.nullcontext() if cfg.teacher_precision == "fp32" else autocast()):
-            teacher_out = teacher(**inputs, **wants)
+            teacher_out = forward(**inputs, **wants)
     with autocast():
         student_out = student(**inputs, **wants)
     ce = label_smoothed_ce(student_out.logits, batch["labels"], cfg.label_smoothing)
@@ -95,6 +99,7 @@ def distill(cfg: Config, data_dir: Path, out: Path, teacher_path: Path | None, r
     method = method_cls(cfg, student.config, teacher.config if teacher is not None else None)
     method.check_data(train_data.meta)
     method.attach(student, teacher)
+    cache = open_kd_cache(cfg, method, data_dir, train_data, vocab, teacher_path)  # None without kd_cache=
     resumed = start_run(accelerator, run, resume, cfg, vocab, log)
     if resumed:
         load_weights(student, run.last)
@@ -126,7 +131,8 @@ def distill(cfg: Config, data_dir: Path, out: Path, teacher_path: Path | None, r
         save_config(cfg, run.config_file)
     student, optimizer = accelerator.prepare(student, optimizer)
     method.to(accelerator.device)
-    if teacher is not None:
+    teacher_runs = teacher is not None and method.needs_teacher and not (cache is not None and method.needs == {LOGITS})
+    if teacher_runs:  # (with kd_cache, word KD's teacher is only checked, never run)
         teacher.to(accelerator.device)
     metrics = run.metrics_log(main, state if resumed else None)
     if main:
@@ -135,6 +141,9 @@ def distill(cfg: Config, data_dir: Path, out: Path, teacher_path: Path | None, r
             f"({n_method:,} parameters of its own); teacher: "
             + (f"{count_parameters(teacher):,} parameters" if teacher is not None else "none")
             + f"; {accelerator.num_processes} process(es) on {accelerator.device}")
+        if cache is not None:
+            log(f"kd_cache {cache.path}: the KD term reads the teacher's top {cache.topk} probabilities"
+                + ("; the teacher runs for its attention maps only" if teacher_runs else "; the teacher does not run"))
 
     def save(which: str) -> None:
         method_state = {k: v.detach().cpu().contiguous() for k, v in method.state_dict().items()}
@@ -166,7 +175,10 @@ def distill(cfg: Config, data_dir: Path, out: Path, teacher_path: Path | None, r
             progress = Progress(epoch=state.epoch, update=state.update, updates_per_epoch=updates_per_epoch)
             ntokens = 0
             for i, idx in enumerate(group):
-                batch = to_device(collate([train_data[j] for j in idx], **collate_ids(vocab)), accelerator.device)
+                batch = collate([train_data[j] for j in idx], **collate_ids(vocab))
+                if cache is not None:  # the teacher's top-K at each target position, from kd_cache
+                    batch.update(cache.lookup(idx, batch["labels"].shape[1]))
+                batch = to_device(batch, accelerator.device)
                 with contextlib.nullcontext() if i == len(group) - 1 else accelerator.no_sync(student):
                     terms, weights = distill_step(student, teacher, method, batch, cfg, progress,
                                                   accelerator.autocast)
