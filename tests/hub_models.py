@@ -32,36 +32,56 @@ def _spm(lines: list[str], size: int) -> bytes:
     return model.getvalue()
 
 
-def hub_folder(out: Path, shared_vocab: bool = True, tied: bool = True, seed: int = 0, **config) -> Path:
-    """A random Marian model with an OPUS-MT-style tokenizer; ``shared_vocab=False`` gives separate
-    source.spm and target.spm (one vocab.json over both), ``tied=False`` untied output and decoder embeddings."""
-    out.mkdir(parents=True)
-    src, tgt = corpus_text()
-    if shared_vocab:
-        source = target = _spm(src + tgt, 400)
-    else:
-        source, target = _spm(src, 300), _spm(tgt, 250)
-    (out / "source.spm").write_bytes(source)
-    (out / "target.spm").write_bytes(target)
+def _vocab(*models: bytes) -> dict[str, int]:
+    """OPUS-MT's vocab.json over the pieces of ``models``: ``</s>`` 0, ``<unk>`` 1, the pieces, ``<pad>`` last."""
     pieces = ["</s>", "<unk>"]
-    for model_bytes in (source, target):
+    for model_bytes in models:
         sp = spm.SentencePieceProcessor(model_proto=model_bytes)
         pieces += [sp.id_to_piece(i) for i in range(sp.get_piece_size()) if not sp.is_control(i) and not sp.is_unknown(i)]
     vocab = {}
     for piece in pieces:
         vocab.setdefault(piece, len(vocab))
     vocab["<pad>"] = len(vocab)
+    return vocab
+
+
+def hub_folder(out: Path, shared_vocab: bool = True, tied: bool = True, separate_vocabs: bool = False, seed: int = 0,
+               **config) -> Path:
+    """A random Marian model with an OPUS-MT-style tokenizer; ``shared_vocab=False`` gives separate
+    source.spm and target.spm (one vocab.json over both), ``separate_vocabs=True`` separate source.spm and
+    target.spm with their own vocab.json and target_vocab.json (of one size, ``<pad>`` last in both, separate
+    encoder and decoder embeddings, as OPUS-MT's two-vocabulary models), ``tied=False`` untied output and
+    decoder embeddings."""
+    out.mkdir(parents=True)
+    src, tgt = corpus_text()
+    if shared_vocab and not separate_vocabs:
+        source = target = _spm(src + tgt, 400)
+    else:
+        source, target = _spm(src, 300), _spm(tgt, 250)
+    (out / "source.spm").write_bytes(source)
+    (out / "target.spm").write_bytes(target)
+    if separate_vocabs:
+        vocab, target_vocab = _vocab(source), _vocab(target)
+        while len(target_vocab) < len(vocab):  # Marian's dim-vocabs: both sides one size, <pad> one id
+            target_vocab[f"<unused{len(target_vocab)}>"] = target_vocab.pop("<pad>")
+            target_vocab["<pad>"] = len(target_vocab)
+        if len(target_vocab) != len(vocab):
+            raise ValueError(f"target vocabulary ({len(target_vocab)}) larger than the source's ({len(vocab)})")
+        (out / "target_vocab.json").write_text(json.dumps(target_vocab, ensure_ascii=False), encoding="utf-8")
+    else:
+        vocab = _vocab(source, target)
     (out / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False), encoding="utf-8")
     (out / "tokenizer_config.json").write_text(json.dumps({
         "tokenizer_class": "MarianTokenizer", "source_lang": "de", "target_lang": "en", "unk_token": "<unk>",
-        "eos_token": "</s>", "pad_token": "<pad>", "model_max_length": 512, "separate_vocabs": False}))
+        "eos_token": "</s>", "pad_token": "<pad>", "model_max_length": 512, "separate_vocabs": separate_vocabs}))
     settings = dict(d_model=32, encoder_layers=2, decoder_layers=1, encoder_attention_heads=2,
                     decoder_attention_heads=4, encoder_ffn_dim=64, decoder_ffn_dim=48, activation_function="swish",
                     max_position_embeddings=128, scale_embedding=True, dropout=0.0)
     settings.update(config)
     n = len(vocab)
     cfg = MarianConfig(vocab_size=n, decoder_vocab_size=n, pad_token_id=n - 1, eos_token_id=0,
-                       decoder_start_token_id=n - 1, forced_eos_token_id=0, share_encoder_decoder_embeddings=tied,
+                       decoder_start_token_id=n - 1, forced_eos_token_id=0,
+                       share_encoder_decoder_embeddings=tied and not separate_vocabs,
                        tie_word_embeddings=tied, **settings)
     torch.manual_seed(seed)
     model = MarianMTModel(cfg)

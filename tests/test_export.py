@@ -20,6 +20,7 @@ from a2d.data.vocab import Vocabulary
 from a2d.evaluate import score, translate
 from a2d.models import build_model, load_model
 from a2d.rundir import RunDir
+from tests.hub_models import corpus_text, hub_folder
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 STORED = Path(__file__).resolve().parents[1] / "benchmarks" / "results" / "quality-tiny-r3-teachers" / "de-en"
@@ -89,6 +90,29 @@ def test_float32_export_matches_hugging_face(exports, test_text):
     ct2 = CT2Model(exports / "float32")
     assert ct2.translate(sources, beam=1) == translate(model, vocab, sources, beam=1)
     assert ct2.translate(sources[:16], beam=5) == translate(model, vocab, sources[:16], beam=5)
+
+
+def test_two_vocabulary_export_matches_hugging_face(tmp_path):
+    """A Marian folder with separate source and target vocabularies (vocab.json and target_vocab.json, as
+    OPUS-MT's two-vocabulary models): CTranslate2 gets each side's own, and the float32 export decodes as
+    Hugging Face does, string for string."""
+    from a2d.ct2 import CT2Model
+    from a2d.export import export
+
+    # large random weights, so that the output depends on the source (at init_std 0.02 every source gives one)
+    teacher = hub_folder(tmp_path / "teacher", separate_vocabs=True, init_std=0.5)
+    export(teacher, tmp_path / "ct2", quantization="float32", log=lambda *a: None)
+    for hf_name, ct2_name in (("vocab.json", "source_vocabulary.json"), ("target_vocab.json", "target_vocabulary.json")):
+        pieces = json.loads((teacher / hf_name).read_text(encoding="utf-8"))
+        assert json.loads((tmp_path / "ct2" / ct2_name).read_text(encoding="utf-8")) == sorted(pieces, key=pieces.get)
+    assert json.loads((tmp_path / "ct2" / "a2d_export.json").read_text())["suppress_tokens"] == ["<pad>"]
+    model, vocab = load_model(teacher)
+    sources = corpus_text(40)[0]
+    hyps = translate(model, vocab, sources, beam=1)
+    assert len(set(hyps)) > 30
+    ct2 = CT2Model(tmp_path / "ct2")
+    assert ct2.translate(sources, beam=1) == hyps
+    assert ct2.translate(sources[:12], beam=4) == translate(model, vocab, sources[:12], beam=4)
 
 
 def test_int8_export_within_tolerance(exports, test_text):

@@ -1,6 +1,6 @@
-"""A teacher you bring: tiny random Marian models in the hub layout (OPUS-MT's), both vocabulary layouts
-(one SentencePiece model, or separate source.spm and target.spm over one vocab.json) and tied or untied
-embeddings. On each: prepare the data with its tokenizer, score it, distill two updates with a2d and kd,
+"""A teacher you bring: tiny random Marian models in the hub layout (OPUS-MT's), the three vocabulary layouts
+(one SentencePiece model; separate source.spm and target.spm over one vocab.json; or each with its own,
+vocab.json and target_vocab.json) and tied or untied embeddings. On each: prepare the data with its tokenizer, score it, distill two updates with a2d and kd,
 translate, export."""
 from __future__ import annotations
 
@@ -13,8 +13,9 @@ import pytest
 from a2d.cli import main
 from a2d.config import load_config
 from a2d.data.prepare import prepare
+from a2d.data.vocab import Vocabulary
 from a2d.evaluate import evaluate_model, translate
-from a2d.models import load_model
+from a2d.models import build_model, load_model
 from a2d.recipes.distill import distill
 from a2d.utils import UserError
 from tests.hub_models import corpus_text, hub_folder
@@ -24,6 +25,7 @@ VARIANTS = {
     "shared-tied": dict(shared_vocab=True, tied=True),
     "separate-untied": dict(shared_vocab=False, tied=False, activation_function="relu", scale_embedding=False,
                             encoder_ffn_dim=48),
+    "two-vocabularies": dict(separate_vocabs=True, tied=True),
 }
 STUDENT = ["d_model=32", "ffn_dim=64", "encoder_layers=1", "decoder_layers=1", "encoder_attention_heads=2",
            "decoder_attention_heads=2", "max_tokens=512", "max_steps=2", "valid_max_sentences=8", "max_positions=128",
@@ -60,7 +62,34 @@ def test_prepare_with_the_teachers_tokenizer(hub):
     assert meta["tokenizer"]["kind"] == "MarianVocabulary" and meta["tokenizer"]["unknown_rate"]["src"] < 0.01
     assert (data / "source.spm").read_bytes() == (teacher / "source.spm").read_bytes()
     assert (data / "target.spm").read_bytes() == (teacher / "target.spm").read_bytes()
+    if (teacher / "target_vocab.json").exists():
+        assert (data / "target_vocab.json").read_bytes() == (teacher / "target_vocab.json").read_bytes()
     assert not (data / "sentencepiece.model").exists()
+
+
+def test_student_takes_the_teachers_bad_words(hub, tmp_path):
+    """The teacher's ``bad_words_ids`` (OPUS-MT's ``[[<pad>]]``: the decoder starts from ``<pad>``, which is never
+    to be generated) is part of the vocabulary layout the data directory carries, and a student built on it
+    has it in its generation config; a data directory prepared before it was (no such key) implies it."""
+    teacher, data = hub
+    bad = json.loads((teacher / "generation_config.json").read_text())["bad_words_ids"]
+    assert bad == [[json.loads((teacher / "config.json").read_text())["pad_token_id"]]]
+    assert json.loads((data / "a2d_tokenizer.json").read_text())["bad_words_ids"] == bad
+    cfg = load_config("tiny-student", STUDENT)
+    vocab = Vocabulary.load(data)
+    student = build_model(cfg, len(vocab), layout=vocab.layout)
+    assert student.generation_config.bad_words_ids == bad
+    assert getattr(student.config, "bad_words_ids", None) is None  # a generation setting, not the model's
+    old = tmp_path / "old-data"
+    old.mkdir()
+    for path in data.iterdir():
+        if path.is_file():
+            (old / path.name).write_bytes(path.read_bytes())
+    layout = json.loads((old / "a2d_tokenizer.json").read_text())
+    del layout["bad_words_ids"]
+    (old / "a2d_tokenizer.json").write_text(json.dumps(layout))
+    assert Vocabulary.load(old).layout["bad_words_ids"] == bad
+    assert build_model(cfg, 100).generation_config.bad_words_ids is None  # a2d's own vocabulary: none
 
 
 def test_score_distill_translate(hub, tmp_path, monkeypatch, capsys):
@@ -75,10 +104,11 @@ def test_score_distill_translate(hub, tmp_path, monkeypatch, capsys):
         run = distill(load_config("tiny-student", STUDENT + [f"method={method}"]), data, out, teacher, log=quiet)
         assert run.state.update == 2
         student, vocab = load_model(out)
-        for key in ("vocab_size", "pad_token_id", "eos_token_id", "decoder_start_token_id",
+        for key in ("vocab_size", "decoder_vocab_size", "pad_token_id", "eos_token_id", "decoder_start_token_id",
                     "share_encoder_decoder_embeddings", "tie_word_embeddings"):
             assert getattr(student.config, key) == t_config[key], key
         assert student.config.encoder_layers == 1 and student.config.d_model == 32
+        assert student.generation_config.bad_words_ids == [[t_config["pad_token_id"]]]  # as the teacher's
         assert AutoTokenizer.from_pretrained(out / "best").pad_token_id == t_config["pad_token_id"]
         hyps = translate(student, vocab, ["Ein Hund läuft.", ""], beam=2, max_len_b=3)
         assert hyps[1] == "" and isinstance(hyps[0], str)

@@ -9,11 +9,13 @@ from the embedding of ``decoder_start_token_id`` and every id is kept, which is 
 ``generate`` computes for any Marian folder, a2d's or the hub's; and each side gets its own number of
 attention heads (the stock mapping gives the decoder the encoder's). Ids a hub model never generates
 (``bad_words_ids`` in its generation config, OPUS-MT's ``<pad>``) are suppressed when translating
-(:mod:`a2d.ct2`).
+(:mod:`a2d.ct2`). A folder with two vocabularies (``target_vocab.json``, as some OPUS-MT models) gets
+CTranslate2's source and target vocabularies from ``vocab.json`` and ``target_vocab.json``.
 
 An exported folder::
 
-    model.bin, config.json, shared_vocabulary.json   CTranslate2's model
+    model.bin, config.json, shared_vocabulary.json   CTranslate2's model (source_vocabulary.json and
+                                                     target_vocabulary.json for two vocabularies)
     source.spm, target.spm, vocab.json, ...          the tokenizer (and sentencepiece.model for a2d's own)
     a2d_export.json                                  what it was made from, quantization, decoding settings
 """
@@ -92,11 +94,28 @@ def _loader_class():
             ct2t.BartLoader.set_decoder(self, spec, decoder)
 
         def get_vocabulary(self, model, tokenizer):
-            tokens = ct2t.BartLoader.get_vocabulary(self, model, tokenizer)
-            # embedding rows past the tokenizer's vocabulary (never produced by it) get placeholder names
-            return tokens + [f"<a2d_unused_{i}>" for i in range(len(tokens), model.config.vocab_size)]
+            # the source side is vocab.json, the target side target_vocab.json where the folder has one (OPUS-MT's
+            # two-vocabulary models); each as long as its embedding
+            rows = model.model.decoder.embed_tokens.weight.shape[0]
+            if model.lm_head.weight.shape[0] != rows:
+                raise ValueError(f"the output layer has {model.lm_head.weight.shape[0]} rows and the decoder's "
+                                 f"embedding {rows}; CTranslate2 needs one target vocabulary for both")
+            target = tokenizer.target_encoder if tokenizer.separate_vocabs else tokenizer.get_vocab()
+            return _tokens(tokenizer.get_vocab(), model.model.encoder.embed_tokens.weight.shape[0]), _tokens(target, rows)
+
+        def set_vocabulary(self, spec, tokens):
+            source, target = tokens
+            spec.register_source_vocabulary(source)
+            spec.register_target_vocabulary(target)  # one list for both when they are equal: shared_vocabulary.json
 
     return _MarianAsHuggingFace
+
+
+def _tokens(vocab: dict[str, int], rows: int) -> list[str]:
+    """The pieces of ``vocab`` (piece -> id) in id order, one per embedding row; rows no piece maps to (never
+    produced by the tokenizer) get placeholder names, ids past ``rows`` are dropped."""
+    pieces = {int(i): piece for piece, i in vocab.items()}
+    return [pieces.get(i, f"<a2d_unused_{i}>") for i in range(rows)]
 
 
 @contextlib.contextmanager
@@ -134,9 +153,6 @@ def export(model_path: Path | str, out: Path | str, quantization: str = "int8", 
     check_quantization(quantization)
     model_dir = resolve_model_dir(Path(model_path))
     model, vocab = load_model(model_dir)  # the clear errors for a folder that is not a model (or not Marian)
-    if getattr(getattr(vocab, "hf", None), "separate_vocabs", False):
-        raise UserError(f"{model_dir}: separate source and target vocabularies (target_vocab.json) are not "
-                        "supported by a2d export")
     bad_words = [ids for ids in (model.generation_config.bad_words_ids or []) if len(ids) == 1]
     settings = {
         "format": 1,
@@ -144,7 +160,7 @@ def export(model_path: Path | str, out: Path | str, quantization: str = "int8", 
         "source": str(model_dir.resolve()),
         "source_sha256": sha256_file(model_dir / "model.safetensors"),
         "max_position_embeddings": int(model.config.max_position_embeddings),
-        "suppress_tokens": sorted({vocab.pieces(ids)[0] for ids in bad_words}),
+        "suppress_tokens": sorted({vocab.target_pieces(ids)[0] for ids in bad_words}),
         # Hugging Face ends a hypothesis that reaches the length limit with a forced </s>, one token early
         "forced_eos": model.generation_config.forced_eos_token_id is not None,
         "ctranslate2_version": ctranslate2.__version__,

@@ -17,6 +17,7 @@ from transformers.utils import logging as hf_logging
 
 from a2d.config import Config
 from a2d.data.vocab import BOS, EOS, PAD, Vocabulary
+from a2d.tokenizer import GENERATION_KEYS
 from a2d.utils import UserError
 
 hf_logging.set_verbosity_error()
@@ -25,7 +26,8 @@ hf_logging.disable_progress_bar()
 
 def marian_config(cfg: Config, vocab_size: int, layout: dict | None = None) -> MarianConfig:
     """The model ``cfg`` describes; ``layout`` (a brought tokenizer's, :mod:`a2d.tokenizer`) replaces a2d's
-    own special ids, vocabulary sizes and embedding sharing by the teacher's."""
+    own special ids, vocabulary sizes and embedding sharing by the teacher's (its generation settings are
+    :func:`build_model`'s)."""
     config = MarianConfig(
         vocab_size=vocab_size, d_model=cfg.d_model,
         encoder_layers=cfg.encoder_layers, decoder_layers=cfg.decoder_layers,
@@ -37,18 +39,23 @@ def marian_config(cfg: Config, vocab_size: int, layout: dict | None = None) -> M
         decoder_start_token_id=BOS, forced_eos_token_id=None, init_std=cfg.d_model ** -0.5,
     )
     for key, value in (layout or {}).items():
-        setattr(config, key, value)
+        if key not in GENERATION_KEYS:
+            setattr(config, key, value)
     return config
 
 
 def build_model(cfg: Config, vocab_size: int, seed: int | None = None, layout: dict | None = None) -> MarianMTModel:
-    """A freshly initialised model of the shape ``cfg`` describes (``layout``: see :func:`marian_config`)."""
+    """A freshly initialised model of the shape ``cfg`` describes (``layout``: see :func:`marian_config`; its
+    generation settings, e.g. the teacher's ``bad_words_ids``, go to the model's generation config)."""
     if seed is not None:
         torch.manual_seed(seed)
     model = MarianMTModel(marian_config(cfg, vocab_size, layout))
     if cfg.init == "fairseq":
         fairseq_init(model)
     model.generation_config.max_length = cfg.max_positions
+    for key in GENERATION_KEYS:
+        if key in (layout or {}):
+            setattr(model.generation_config, key, layout[key])
     return model
 
 

@@ -11,7 +11,8 @@ Everything in a2d that turns text into ids and back goes through one small inter
     len(tok), checksum(), save(folder), layout         size, identity, files, embedding layout
 
 ``layout`` is what a student built on data encoded with this tokenizer takes from it (special ids,
-vocabulary sizes, shared/tied embeddings), as :class:`transformers.MarianConfig` keyword arguments.
+vocabulary sizes, shared/tied embeddings), as :class:`transformers.MarianConfig` keyword arguments, and the
+ids it never generates (``bad_words_ids``, a generation setting: OPUS-MT's ``[[<pad>]]``).
 
 :func:`write_marian_tokenizer` writes the files that make an a2d model folder load with
 ``AutoTokenizer.from_pretrained``: ``source.spm`` and ``target.spm`` (both the joint model), a
@@ -34,6 +35,8 @@ LAYOUT_FILE = "a2d_tokenizer.json"
 LAYOUT_KEYS = ("vocab_size", "decoder_vocab_size", "pad_token_id", "eos_token_id", "bos_token_id",
                "decoder_start_token_id", "forced_eos_token_id", "share_encoder_decoder_embeddings",
                "tie_word_embeddings")
+#: Generation settings a student takes from the teacher's ``generation_config.json`` (kept out of its ``MarianConfig``).
+GENERATION_KEYS = ("bad_words_ids",)
 #: ``a2d prepare`` refuses a tokenizer that maps more than this share of the corpus's pieces to <unk>.
 MAX_UNKNOWN_RATE = 0.01
 
@@ -89,24 +92,24 @@ class MarianVocabulary:
         except (OSError, ValueError, KeyError, RuntimeError, TypeError, json.JSONDecodeError) as e:
             raise UserError(f"{self.folder}: cannot load its Marian tokenizer ({str(e).splitlines()[0]})") from None
         self.pad_id, self.unk_id, self.eos_id = self.hf.pad_token_id, self.hf.unk_token_id, self.hf.eos_token_id
+        self._source_pieces = {i: p for p, i in self.hf.encoder.items()}  # vocab.json's, id -> piece
         self.layout = self._read_layout()
         self.decoder_start_id = self.layout["decoder_start_token_id"]
         self.bos_id = self.decoder_start_id  # Marian has no <s>: the decoder starts from decoder_start_token_id
 
     def _read_layout(self) -> dict:
         """The model's ids and embedding layout: from ``a2d_tokenizer.json`` (a data directory), else the
-        folder's ``config.json`` (a model folder), else what the tokenizer alone implies."""
+        folder's ``config.json`` and ``generation_config.json`` (a model folder), else what the tokenizer alone
+        implies."""
+        layout = {}
         for name in (LAYOUT_FILE, "config.json"):
-            path = self.folder / name
-            if path.is_file():
-                try:
-                    config = json.loads(path.read_text(encoding="utf-8"))
-                except (OSError, ValueError) as e:
-                    raise UserError(f"{path}: not valid JSON ({e})") from None
-                layout = {k: config.get(k) for k in LAYOUT_KEYS if k in config}
+            if (self.folder / name).is_file():
+                config = _read_json(self.folder / name)
+                layout = {k: config.get(k) for k in LAYOUT_KEYS + GENERATION_KEYS if k in config}
+                if name == "config.json" and (self.folder / "generation_config.json").is_file():
+                    generation = _read_json(self.folder / "generation_config.json")
+                    layout.update({k: generation.get(k) for k in GENERATION_KEYS})
                 break
-        else:
-            layout = {}
         size = len(self.hf.encoder)
         layout.setdefault("vocab_size", size)
         layout.setdefault("pad_token_id", self.pad_id)
@@ -119,6 +122,10 @@ class MarianVocabulary:
             layout["decoder_vocab_size"] = layout["vocab_size"]
         if layout.get("bos_token_id") is None:
             layout.pop("bos_token_id", None)
+        if "bad_words_ids" not in layout and layout["decoder_start_token_id"] == self.pad_id:
+            # not recorded (a tokenizer alone, a data directory prepared before a2d kept it): a decoder that starts
+            # from <pad> is OPUS-MT's, whose converter always bars <pad>
+            layout["bad_words_ids"] = [[self.pad_id]]
         if (layout["pad_token_id"], layout["eos_token_id"]) != (self.pad_id, self.eos_id):
             raise UserError(f"{self.folder}: the tokenizer's pad/eos ids ({self.pad_id}, {self.eos_id}) are not the "
                             f"model's ({layout['pad_token_id']}, {layout['eos_token_id']})")
@@ -143,7 +150,12 @@ class MarianVocabulary:
         return self.hf.decode([int(i) for i in ids], skip_special_tokens=True, use_source_tokenizer=False)
 
     def pieces(self, ids) -> list[str]:
-        """Source ids as the pieces CTranslate2 reads."""
+        """Source ids as the pieces CTranslate2 reads (``vocab.json``'s; MarianTokenizer's own
+        ``convert_ids_to_tokens`` reads ``target_vocab.json`` where there is one)."""
+        return [self._source_pieces.get(int(i), self.hf.unk_token) for i in ids]
+
+    def target_pieces(self, ids) -> list[str]:
+        """Target ids as the pieces CTranslate2 writes."""
         return self.hf.convert_ids_to_tokens([int(i) for i in ids])
 
     def piece_ids(self, pieces: list[str]) -> list[int]:
@@ -172,6 +184,13 @@ class MarianVocabulary:
         return h.hexdigest()
 
 
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise UserError(f"{path}: not valid JSON ({e})") from None
+
+
 def collate_ids(vocab) -> dict:
     """The ids :func:`a2d.data.batching.collate` pads, starts and ends sequences with, for this tokenizer."""
     return {"pad_id": vocab.pad_id, "bos_id": vocab.decoder_start_id, "eos_id": vocab.eos_id}
@@ -195,4 +214,4 @@ def check_unknown_rate(src_ids: list[list[int]], tgt_ids: list[list[int]], unk_i
 
 
 __all__ = ["MarianVocabulary", "collate_ids", "write_marian_tokenizer", "is_marian_tokenizer_folder", "check_unknown_rate",
-           "unknown_rate", "LAYOUT_KEYS", "MAX_UNKNOWN_RATE"]
+           "unknown_rate", "LAYOUT_KEYS", "GENERATION_KEYS", "MAX_UNKNOWN_RATE"]

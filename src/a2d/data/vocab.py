@@ -106,6 +106,8 @@ class Vocabulary:
     def pieces(self, ids) -> list[str]:
         return [self.sp.id_to_piece(int(i)) for i in ids]
 
+    target_pieces = pieces
+
     def piece_ids(self, pieces: list[str]) -> list[int]:
         return [self.sp.piece_to_id(p) for p in pieces]
 
