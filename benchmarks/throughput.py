@@ -17,6 +17,7 @@ from pathlib import Path
 
 import torch
 
+from a2d.allocator import keep_large_allocations
 from a2d.data.vocab import Vocabulary
 from a2d.experiments import throughput as tp
 from a2d.provenance import git_commit, hardware
@@ -50,7 +51,9 @@ def main() -> None:
             "command": " ".join([Path(sys.argv[0]).as_posix(), *sys.argv[1:]]), "max_tokens": args.max_tokens,
             "batches": args.batches, "tokens": tokens, "rounds": args.rounds,
             "memory": "GPU peak allocation" if device.type == "cuda" else "CPU peak resident set",
-            "rows": tp.rows(variants, tokens)}
+            "rows": tp.rows(variants, tokens),
+            "allocator": "large blocks kept in the heap (a2d.allocator)" if keep_large_allocations()
+            else "the C library's default"}
     by_name = {v.name: v for v in variants}
     info["profiles"] = {name: tp.profile(by_name[name], batches[args.warmup:], device) for name in args.profile}
     out = Path(args.out)

@@ -5,6 +5,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from a2d.allocator import keep_large_allocations
 from a2d.config import ConfigError, describe_keys, load_config, preset_names, read_yaml
 from a2d.utils import UserError
 
@@ -376,6 +377,7 @@ def _message(e: Exception) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    keep_large_allocations()  # large CPU tensors reused, not re-mapped per step (a2d.allocator)
     try:
         args.func(args)
     except (UserError, ConfigError) as e:

@@ -26,6 +26,7 @@ from pathlib import Path
 
 import torch
 
+from a2d.allocator import keep_large_allocations
 from a2d.config import load_config
 from a2d.data.batching import collate, token_batches
 from a2d.data.prepare import ParallelData
@@ -154,7 +155,9 @@ def load_batches(data_dir: Path, max_tokens: int, count: int, device) -> tuple[l
 
 
 def measure(variants: list[Variant], batches: list[dict], warmup: int, rounds: int, device, log=print) -> None:
-    """Time every variant over ``batches`` (after ``warmup`` untimed batches), ``rounds`` times, interleaved."""
+    """Time every variant over ``batches`` (after ``warmup`` untimed batches), ``rounds`` times, interleaved;
+    with the allocator settings the recipes run with (``make_accelerator``: :mod:`a2d.allocator`)."""
+    keep_large_allocations()
     for v in variants:
         for i, batch in enumerate(batches[:warmup]):
             v.run(batch, i)
@@ -209,7 +212,8 @@ def profile(variant: Variant, batches: list[dict], device, top: int = 20) -> str
 def markdown(info: dict) -> str:
     lines = [f"Training throughput, {info['hardware']}, commit {info['commit']}, torch {info['torch']}, "
              f"max_tokens {info['max_tokens']}, {info['batches']} batches ({info['tokens']:,} target tokens) "
-             f"x {info['rounds']} rounds, median",
+             f"x {info['rounds']} rounds, median"
+             + (f", allocator: {info['allocator']}" if "allocator" in info else ""),
              "", f"`{info['command']}`", "",
              "| run | model | teacher | target tokens/s | vs. No KD | bound tokens/s | over the bound | peak memory |",
              "|---|---|---|---|---|---|---|---|"]
