@@ -20,31 +20,20 @@ from a2d.tokenizer import collate_ids
 from a2d.training import model_inputs
 from a2d.utils import UserError
 from tests.recipes.conftest import TINY
+from tests.tiny import quiet, save_tiny_teacher, tiny_corpus
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def quiet(*args):
-    pass
-
-
 @pytest.fixture(scope="module")
 def tiny_data(tmp_path_factory, data_root):
-    out = tmp_path_factory.mktemp("cache-data") / "m30k"
-    prepare(out, locate_corpus("multi30k", "de", "en"), "de", "en", vocab_size=500, max_train=240, log=quiet)
-    return out
+    return tiny_corpus(tmp_path_factory.mktemp("cache-data") / "m30k", 240)
 
 
 def save_teacher(path, data_dir, seed=7):
     """An untrained teacher whose output bias makes its distributions peaked (max probability ~0.3), as a
     trained one's are, so that fp16 rounding of small probabilities is exercised."""
-    vocab = Vocabulary.load(data_dir)
-    model = build_model(load_config("tiny-teacher", TINY), len(vocab), seed=seed)
-    with torch.no_grad():
-        model.final_logits_bias.normal_(0.0, 3.0)
-    model.save_pretrained(path)
-    vocab.save(path)
-    return path
+    return save_tiny_teacher(path, data_dir, TINY, seed, bias_std=3.0)
 
 
 @pytest.fixture(scope="module")

@@ -14,35 +14,26 @@ from a2d.data.vocab import Vocabulary
 from a2d.evaluate import translate
 from a2d.methods import METHODS, Progress
 from a2d.methods.seq_kd import SequenceKD, check_data
-from a2d.models import build_model, load_model
+from a2d.models import load_model
 from a2d.recipes import distill_data as dd
 from a2d.recipes.distill import distill
 from a2d.recipes.distill_data import distill_data, work_dir_for
 from a2d.utils import UserError, sha256_file
 from tests.methods.test_kd import TINY, check_trains
+from tests.tiny import quiet, save_tiny_teacher, tiny_corpus
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 CHUNK, BEAM = 64, 2  # 200 train sentences -> chunks of 64, 64, 64, 8
 
 
-def quiet(*args):
-    pass
-
-
 @pytest.fixture(scope="module")
 def tiny_data(tmp_path_factory, data_root):
-    out = tmp_path_factory.mktemp("seqkd") / "m30k"
-    prepare(out, locate_corpus("multi30k", "de", "en"), "de", "en", vocab_size=500, max_train=200, log=quiet)
-    return out
+    return tiny_corpus(tmp_path_factory.mktemp("seqkd") / "m30k", 200)
 
 
 def save_teacher(path, data_dir, seed=7):
-    vocab = Vocabulary.load(data_dir)
-    model = build_model(load_config("tiny-teacher", TINY), len(vocab), seed=seed)
-    model.save_pretrained(path)
-    vocab.save(path)
-    return path
+    return save_tiny_teacher(path, data_dir, TINY, seed)
 
 
 @pytest.fixture(scope="module")
