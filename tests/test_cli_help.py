@@ -43,3 +43,19 @@ def test_an_error_about_a_missing_step_names_the_command(argv, command, tmp_path
     assert main([a.format(tmp=tmp_path) for a in argv]) == 2
     err = capsys.readouterr().err
     assert err.startswith("a2d: error:") and command in err, err
+
+
+def test_overrides_may_follow_the_options(monkeypatch):
+    """``key=value`` after ``--out`` (as the help examples write it) reaches the overrides; anything else left over
+    is still an error."""
+    from a2d import cli
+
+    seen = {}
+    monkeypatch.setattr(cli, "cmd_distill", lambda args: seen.setdefault("overrides", args.overrides))
+    parser = cli.build_parser()
+    monkeypatch.setattr(cli, "build_parser", lambda: parser)
+    parser._subparsers._group_actions[0].choices["distill"].set_defaults(func=cli.cmd_distill)
+    argv = ["distill", "--data", "d", "--teacher", "t", "--method", "kd", "lr=1e-3", "--out", "o", "kd_cache=c"]
+    assert cli.main(argv) == 0 and seen["overrides"] == ["lr=1e-3", "kd_cache=c"]
+    with pytest.raises(SystemExit):
+        cli.main(["distill", "--data", "d", "--out", "o", "--bogus"])

@@ -376,7 +376,13 @@ def _message(e: Exception) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    # key=value overrides may also come after the options (argparse stops a positional list at the first option)
+    if extra and hasattr(args, "overrides") and all("=" in a and not a.startswith("-") for a in extra):
+        args.overrides = [*args.overrides, *extra]
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     keep_large_allocations()  # large CPU tensors reused, not re-mapped per step (a2d.allocator)
     try:
         args.func(args)
