@@ -51,10 +51,7 @@ def test_overrides_may_follow_the_options(monkeypatch):
     from a2d import cli
 
     seen = {}
-    monkeypatch.setattr(cli, "cmd_distill", lambda args: seen.setdefault("overrides", args.overrides))
-    parser = cli.build_parser()
-    monkeypatch.setattr(cli, "build_parser", lambda: parser)
-    parser._subparsers._group_actions[0].choices["distill"].set_defaults(func=cli.cmd_distill)
+    monkeypatch.setattr(cli, "cmd_distill", lambda args: seen.setdefault("overrides", args.overrides))  # main builds its parser
     argv = ["distill", "--data", "d", "--teacher", "t", "--method", "kd", "lr=1e-3", "--out", "o", "kd_cache=c"]
     assert cli.main(argv) == 0 and seen["overrides"] == ["lr=1e-3", "kd_cache=c"]
     with pytest.raises(SystemExit):

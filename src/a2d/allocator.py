@@ -5,8 +5,8 @@ student's and the teacher's log-probabilities, their gradients: about 65 MB each
 pieces). glibc's ``malloc`` serves any block above its mmap threshold (128 KiB, raised dynamically only up to
 32 MiB) with a fresh ``mmap`` and returns it with ``munmap`` when freed, so each such tensor costs the kernel
 a page fault per 4 KiB page it touches, zeroed. Measured on a 2-core CPU (commit 9322c68, the tiny presets):
-a third of a KD step's CPU time was system time, and the KD step ran 65% above its bound
-(``benchmarks/results/throughput-tiny-cpu.md``).
+a third of a KD step's CPU time was system time, and the KD step ran 65% above its bound (docs/results.md,
+"Training throughput").
 
 :func:`keep_large_allocations` raises the mmap threshold to 1 GiB and the trim threshold (how much freed
 memory at the top of the heap is kept) to 1 GiB, with ``mallopt``: freed blocks are then reused by the next
@@ -37,8 +37,7 @@ def keep_large_allocations() -> bool:
     if (platform.system() != "Linux" or os.environ.get("A2D_MALLOC") == "default"
             or any(k in os.environ for k in ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_"))):
         return _done
-    libc_version = platform.libc_ver()[0]
-    if libc_version != "glibc":
+    if platform.libc_ver()[0] != "glibc":
         return _done
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")

@@ -25,7 +25,7 @@ import json
 import shutil
 from pathlib import Path
 
-from a2d.utils import UserError
+from a2d.utils import UserError, read_json
 
 SOURCE_SPM, TARGET_SPM, VOCAB_JSON, TARGET_VOCAB_JSON = "source.spm", "target.spm", "vocab.json", "target_vocab.json"
 TOKENIZER_CONFIG, SPECIAL_TOKENS_MAP = "tokenizer_config.json", "special_tokens_map.json"
@@ -104,10 +104,10 @@ class MarianVocabulary:
         layout = {}
         for name in (LAYOUT_FILE, "config.json"):
             if (self.folder / name).is_file():
-                config = _read_json(self.folder / name)
+                config = read_json(self.folder / name)
                 layout = {k: config.get(k) for k in LAYOUT_KEYS + GENERATION_KEYS if k in config}
                 if name == "config.json" and (self.folder / "generation_config.json").is_file():
-                    generation = _read_json(self.folder / "generation_config.json")
+                    generation = read_json(self.folder / "generation_config.json")
                     layout.update({k: generation.get(k) for k in GENERATION_KEYS})
                 break
         size = len(self.hf.encoder)
@@ -182,13 +182,6 @@ class MarianVocabulary:
             path = self.folder / name
             h.update(name.encode() + b"\0" + (path.read_bytes() if path.is_file() else b"") + b"\0")
         return h.hexdigest()
-
-
-def _read_json(path: Path) -> dict:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as e:
-        raise UserError(f"{path}: not valid JSON ({e})") from None
 
 
 def collate_ids(vocab) -> dict:

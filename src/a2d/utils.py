@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 import tempfile
@@ -91,6 +92,19 @@ def atomic_dir(path: Path | str):
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def read_json(path: Path | str, default=None, hint: str = ""):
+    """The JSON in ``path``; ``default`` where the file does not exist; a one-line :class:`UserError` naming the
+    file where it is not JSON (``hint``: what to do about it)."""
+    path = Path(path)
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return default
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        reason = e.msg if isinstance(e, json.JSONDecodeError) else str(e)
+        raise UserError(f"{path}: not valid JSON ({reason})" + (f"; {hint}" if hint else "")) from None
 
 
 def sha256_file(path: Path | str, chunk: int = 1 << 20) -> str:

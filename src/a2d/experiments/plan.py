@@ -9,7 +9,6 @@ once for every grid of the same corpus. A run's status and checkpoint state come
 from __future__ import annotations
 
 import hashlib
-import json
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -19,7 +18,7 @@ from a2d.curves import read_metrics
 from a2d.experiments.command import REPO
 from a2d.experiments.grid import TEACHER, Cell, Grid
 from a2d.rundir import RunDir
-from a2d.utils import UserError
+from a2d.utils import read_json as utils_read_json
 
 CELL_FILE = "cell.json"  # a scored job's result, beside its run
 WALL_FILE = "wall.json"  # the wall time of each piece of a job's training
@@ -141,12 +140,7 @@ def read_lines(path: Path) -> list[str]:
 
 
 def read_json(path: Path, default=None):
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        return default
-    except json.JSONDecodeError as e:
-        raise UserError(f"{path}: not valid JSON ({e.msg}); remove it or fix it") from None
+    return utils_read_json(path, default, hint="remove it or fix it")
 
 
 __all__ = ["Job", "plan", "data_dir", "eval_dir", "seqkd_dir", "run_status", "run_metrics", "CELL_FILE", "WALL_FILE"]
