@@ -68,20 +68,22 @@ def cmd_distill(args):
 
 
 def cmd_distill_data(args):
-    if args.cache_topk is not None:  # word-level KD: the teacher's top-K probabilities, not translations
+    if args.cache_topk is not None:  # word-level KD: the teacher's top-K log-probabilities, not translations
         from a2d.recipes.cache_teacher import build_cache
 
         if args.beam is not None:
             raise UserError("--beam: not used with --cache-topk (the teacher is teacher-forced on the references)")
-        from a2d.teacher_cache import DEFAULT_MAX_TOKENS, DEFAULT_SHARD_SIZE
+        from a2d.teacher_cache import DEFAULT_MAX_TOKENS, DEFAULT_SHARD_SIZE, DEFAULT_TEMPERATURE
 
         build_cache(Path(args.teacher), Path(args.data), Path(args.out), topk=args.cache_topk,
                     max_tokens=DEFAULT_MAX_TOKENS if args.max_tokens is None else args.max_tokens,
-                    shard_size=DEFAULT_SHARD_SIZE if args.shard_size is None else args.shard_size)
+                    shard_size=DEFAULT_SHARD_SIZE if args.shard_size is None else args.shard_size,
+                    temperature=DEFAULT_TEMPERATURE if args.kd_temperature is None else args.kd_temperature)
         return
     from a2d.recipes.distill_data import distill_data
 
-    for option, value in (("--max-tokens", args.max_tokens), ("--shard-size", args.shard_size)):
+    for option, value in (("--max-tokens", args.max_tokens), ("--shard-size", args.shard_size),
+                          ("--kd-temperature", args.kd_temperature)):
         if value is not None:
             raise UserError(f"{option}: used with --cache-topk only")
     distill_data(Path(args.teacher), Path(args.data), Path(args.out), beam=5 if args.beam is None else args.beam)
@@ -274,8 +276,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="the new data directory (with --cache-topk: the cache folder)")
     p.add_argument("--beam", type=int, help="beam size of the translations (default 5)")
     p.add_argument("--cache-topk", type=int, metavar="K",
-                   help="instead of translating, store the teacher's K most probable tokens and their probabilities "
-                        "(fp16) at every target position of the training set (resumable; docs/kd-cache.md)")
+                   help="instead of translating, store the teacher's K most probable tokens, their log-probabilities "
+                        "and the rest's log-mass (fp32) at every target position of the training set (resumable; "
+                        "docs/kd-cache.md)")
+    p.add_argument("--kd-temperature", type=float, metavar="T",
+                   help="with --cache-topk: the temperature of the cached distributions; must be the kd_temperature "
+                        "of the runs that read the cache (default 1)")
     p.add_argument("--max-tokens", type=int, help=f"with --cache-topk: padded tokens per teacher batch "
                                                    f"(default {DEFAULT_MAX_TOKENS})")
     p.add_argument("--shard-size", type=int, help=f"with --cache-topk: examples per shard file "

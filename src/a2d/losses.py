@@ -71,6 +71,68 @@ def word_kd(student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: 
 
 
 # --------------------------------------------------------------------------------------------------
+# Word-level KD from a teacher cache (a2d distill-data --cache-topk K, :mod:`a2d.teacher_cache`).
+
+#: The keys a batch carries when the teacher's distributions come from a cache (filled by
+#: :meth:`a2d.teacher_cache.TeacherCache.lookup`): (B, T, K) token ids, (B, T, K) fp32 tempered
+#: log-probabilities of those ids, (B, T) fp32 tempered log-mass of the rest of the vocabulary.
+IDS_KEY, LOGP_KEY, REST_KEY = "kd_topk_ids", "kd_topk_logp", "kd_rest_logp"
+#: What the student's top-K log-probabilities are replaced with before the log-sum-exp of its rest mass: finite,
+#: so that with K = V (nothing left) the rest is a large negative number, not -inf, and no NaN reaches the gradient.
+_MASKED = -1e30
+
+
+def cached_word_kd(student_logits: torch.Tensor, topk_ids: torch.Tensor, topk_logp: torch.Tensor,
+                   rest_logp: torch.Tensor, labels: torch.Tensor, temperature: float = 1.0,
+                   token_mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Word-level KD against a teacher cache: ``T^2 * KL`` over K + 1 buckets per target token.
+
+    The buckets are the teacher's top-K token ids and one "rest of the vocabulary" bucket. With ``t`` the
+    teacher's tempered log-probabilities (``log_softmax(z_T / T)``, cached at this ``T``) and ``s`` the
+    student's (``log_softmax(z_S / T)``, :func:`log_probs`, shared with the cross-entropy)::
+
+        t_rest = log sum_{v not in top-K} exp(t_v)           (cached)
+        s_rest = log sum_{v not in top-K} exp(s_v)           (the student's own mass outside the teacher's top K)
+        L_KD   = T^2 * [ sum_{k in top-K} e^t_k (t_k - s_k) + e^t_rest (t_rest - s_rest) ]
+
+    Nothing is renormalised: the K + 1 teacher buckets sum to 1, so a student equal to the teacher is a
+    minimum (loss 0, gradient 0) for any K, and with K = V the rest bucket is empty and this is
+    :func:`word_kd` exactly. ``s_rest`` is a log-sum-exp of ``s`` with the top-K ids set to a large finite
+    negative number (finite at K = V too, where ``e^t_rest`` is 0).
+
+    student_logits (B, T, V); topk_ids (B, T, K) integer ids; topk_logp (B, T, K) and rest_logp (B, T) the
+    cached teacher side (any float dtype, -inf allowed; padded positions any finite value or -inf); labels
+    (B, T) mark the real tokens; ``token_mask`` (B, T) bool narrows the tokens that take part (selective KD).
+    Mean over the tokens that take part, times ``T^2``, fp32, as :func:`word_kd`.
+    """
+    mask = labels.ne(IGNORE)
+    if token_mask is not None:
+        mask = mask & token_mask
+    s = log_probs(student_logits, temperature)  # (B, T, V)
+    with torch.no_grad():  # the teacher's side is a constant
+        ids = topk_ids.long()
+        t = torch.cat([topk_logp.float(), rest_logp.float().unsqueeze(-1)], dim=-1)  # (B, T, K + 1)
+        p = torch.where(mask.unsqueeze(-1), t.exp(), 0.0)  # padding and unselected tokens take no part
+        neg_entropy = torch.where(p > 0, p * t, 0.0).sum(-1)  # (B, T); 0 * log 0 = 0 (an empty rest bucket)
+    s_top = s.gather(-1, ids)  # (B, T, K)
+    s_rest = s.scatter(-1, ids, _MASKED).logsumexp(-1)  # (B, T), finite
+    cross = (p[..., :-1] * s_top).sum(-1) + p[..., -1] * s_rest
+    return _token_mean(neg_entropy - cross, mask) * temperature ** 2
+
+
+def kd_loss(student_logits: torch.Tensor, teacher, batch: dict, temperature: float = 1.0,
+            token_mask: torch.Tensor | None = None) -> torch.Tensor:
+    """The word-KD term of a batch: from the cache when ``batch`` carries it (:data:`IDS_KEY`, ...,
+    :func:`cached_word_kd`), else from the teacher's live logits (:func:`word_kd`)."""
+    if IDS_KEY in batch:
+        return cached_word_kd(student_logits, batch[IDS_KEY], batch[LOGP_KEY], batch[REST_KEY], batch["labels"],
+                              temperature, token_mask)
+    if teacher is None or getattr(teacher, "logits", None) is None:
+        raise ValueError("word-level KD needs the teacher's logits or a kd_cache")
+    return word_kd(student_logits, teacher.logits.detach(), batch["labels"], temperature, token_mask)
+
+
+# --------------------------------------------------------------------------------------------------
 # Attention transfer (Align-to-Distill, paper section 4.2.2). Maps are (B, C, Lq, Lk): C maps of one
 # kind (enc_self, dec_self or dec_cross), Lq query positions, Lk key positions.
 

@@ -24,10 +24,9 @@ from a2d.alignment import AAM_MODES, AttentionAlignment
 from a2d.attention import GRANULARITIES, KINDS, collect_attention
 from a2d.config import Config, setting
 from a2d.losses import (ATT_KINDS, DECAY_UNITS, KL_NORMS, attention_kl_per_query, attention_kl_reference,
-                        kind_weights, lambda_schedule)
+                        kd_loss, kind_weights, lambda_schedule)
 from a2d.methods.base import ATTENTIONS, LOGITS, DistillMethod, Progress
 from a2d.methods.kd import WordKDSettings
-from a2d.teacher_cache import kd_loss
 
 # (layers field, heads field) of a MarianConfig for each kind.
 _SHAPE_FIELDS = {

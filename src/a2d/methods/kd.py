@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 from a2d.config import setting
 from a2d.methods.base import LOGITS, DistillMethod, MethodSettings, Progress
-from a2d.teacher_cache import IDS_KEY, kd_loss
+from a2d.losses import IDS_KEY, kd_loss
 
 
 @dataclass
@@ -32,9 +32,9 @@ class WordKDSettings(MethodSettings):
 
     mu_kd: float = setting(1.0, "weight of word-level KD (mu in L = CE + lambda*L_att + mu*L_KD)", low=0.0)
     kd_temperature: float = setting(1.0, "softmax temperature of word-level KD", low=1e-3)
-    kd_cache: str = setting("", "a teacher cache (a2d distill-data --cache-topk K): the KD term reads the teacher's "
-                            "top-K probabilities from it instead of running the teacher for logits; empty: live "
-                            "(docs/kd-cache.md)")
+    kd_cache: str = setting("", "a teacher cache (a2d distill-data --cache-topk K --kd-temperature T, T = this run's "
+                            "kd_temperature): the KD term reads the teacher's top-K log-probabilities and rest mass "
+                            "from it instead of running the teacher for logits; empty: live (docs/kd-cache.md)")
 
 
 class WordKD(DistillMethod):

@@ -28,10 +28,9 @@ from dataclasses import dataclass
 import torch
 
 from a2d.config import setting
-from a2d.losses import IGNORE, token_nll
+from a2d.losses import IDS_KEY, IGNORE, kd_loss, token_nll
 from a2d.methods.base import Progress
 from a2d.methods.kd import WordKD, WordKDSettings
-from a2d.teacher_cache import IDS_KEY, kd_loss
 
 
 @dataclass

@@ -1,11 +1,13 @@
-"""Recipe: cache the teacher's top-K token probabilities for word-level KD (``a2d distill-data --cache-topk K``).
+"""Recipe: cache the teacher's top-K tempered token log-probabilities for word-level KD
+(``a2d distill-data --cache-topk K [--kd-temperature T]``).
 
 Read top to bottom: check the options, the data and the teacher (it must share the data's vocabulary and
-accept its longest example); record what the cache is made of (teacher weights, training tokens, K);
-keep the shards an interrupted run finished and remove what it left half-done; then run the teacher
-over the training split shard by shard, teacher-forced on the references, in eval mode and fp32
-(:func:`a2d.teacher_cache.compute_shard`), writing each shard through a temporary file and listing it
-in ``index.json`` once renamed. The format and the loss that reads it: :mod:`a2d.teacher_cache`.
+accept its longest example); record what the cache is made of (teacher weights and config, training
+tokens, K, T); keep the shards an interrupted run finished and remove what it left half-done; then run the
+teacher over the training split shard by shard, teacher-forced on the references, in eval mode and fp32
+(:func:`compute_shard`), writing each shard through a temporary file and listing it in ``index.json`` once
+renamed. The format: :mod:`a2d.teacher_cache`; the loss that reads it: :func:`a2d.losses.cached_word_kd`.
+A cache serves runs whose ``kd_temperature`` is its ``T`` only.
 
     a2d distill-data --teacher runs/teacher --data data/m30k-de-en --out cache/kd-top8 --cache-topk 8
     a2d distill --data data/m30k-de-en --teacher runs/teacher --method kd --preset tiny-student \
@@ -13,37 +15,92 @@ in ``index.json`` once renamed. The format and the loss that reads it: :mod:`a2d
 """
 from __future__ import annotations
 
+import dataclasses
+import math
 import time
 from datetime import datetime, timezone
 from pathlib import Path
 
+import numpy as np
 import torch
+import torch.nn.functional as F
 from safetensors.torch import save as save_safetensors
 
 import a2d
+from a2d.data.batching import collate, token_batches
 from a2d.data.prepare import ParallelData, load_meta
 from a2d.data.vocab import Vocabulary
+from a2d.losses import IGNORE
+from a2d.methods.kd import WordKDSettings
 from a2d.models import resolve_model_dir
 from a2d.recipes.distill import load_teacher
-from a2d.teacher_cache import (DEFAULT_MAX_TOKENS, DEFAULT_SHARD_SIZE, FORMAT_VERSION, INDEX_FILE, KIND,
-                               compute_shard, data_identity, describe, ids_dtype, read_index, shard_name,
+from a2d.teacher_cache import (DEFAULT_MAX_TOKENS, DEFAULT_SHARD_SIZE, DEFAULT_TEMPERATURE, FORMAT_VERSION,
+                               INDEX_FILE, KIND, data_identity, describe, ids_dtype, read_index, shard_name,
                                teacher_identity, write_index)
+from a2d.tokenizer import collate_ids
+from a2d.training import model_inputs, to_device
 from a2d.utils import UserError, atomic_write_bytes
+
+#: the smallest --kd-temperature: kd_temperature's own lower bound (a cache below it could serve no run)
+MIN_TEMPERATURE = next(f.metadata["low"] for f in dataclasses.fields(WordKDSettings) if f.name == "kd_temperature")
+
+
+@torch.inference_mode()
+def compute_shard(model, vocab, data, start: int, end: int, topk: int, max_tokens: int,
+                  device: torch.device | str = "cpu", temperature: float = DEFAULT_TEMPERATURE) -> dict[str, torch.Tensor]:
+    """The tensors of the shard holding examples ``[start, end)`` of ``data`` (:mod:`a2d.teacher_cache`'s format).
+
+    Per real target position, in fp32: ``t = log_softmax(logits / temperature)``, its top ``topk`` ids and
+    values (descending), and the log-sum-exp of the other entries of ``t`` (the rest of the vocabulary's
+    tempered log-mass; -inf when ``topk`` is the vocabulary size). The examples are batched by length
+    (:func:`a2d.data.batching.token_batches`, no shuffling) for little padding; the rows are stored in
+    example order. The result depends only on the arguments.
+    """
+    lengths = np.asarray(data.tgt_lens[start:end], dtype=np.int64) + 1  # positions per example (with </s>)
+    offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
+    np.cumsum(lengths, out=offsets[1:])
+    ids = torch.zeros(int(offsets[-1]), topk, dtype=ids_dtype(len(vocab)))
+    logp = torch.zeros(int(offsets[-1]), topk, dtype=torch.float32)
+    rest = torch.zeros(int(offsets[-1]), dtype=torch.float32)
+    special = collate_ids(vocab)
+    batches = token_batches(data.src_lens[start:end], data.tgt_lens[start:end], max_tokens, shuffle=False,
+                            seed=0, epoch=0)
+    model.eval()
+    for local in batches:
+        batch = to_device(collate([data[start + j] for j in local], **special), device)
+        logits = model(**model_inputs(batch)).logits
+        mask = batch["labels"].ne(IGNORE)
+        z = logits.float()[mask]  # (N, V), rows in (example, position) order
+        t = F.log_softmax(z if temperature == 1.0 else z / temperature, dim=-1)  # as a2d.losses.log_probs
+        top = t.topk(topk, dim=-1)  # sorted, descending
+        rows = torch.from_numpy(np.concatenate([np.arange(offsets[j], offsets[j + 1]) for j in local]))
+        if len(rows) != top.indices.shape[0]:
+            raise RuntimeError(f"examples {start}-{end}: {top.indices.shape[0]} label positions for {len(rows)} rows")
+        ids[rows] = top.indices.cpu().to(ids.dtype)
+        logp[rows] = top.values.cpu()
+        rest[rows] = t.scatter(-1, top.indices, -math.inf).logsumexp(-1).cpu()  # -inf for an empty rest
+    return {"ids": ids, "logp": logp, "rest": rest, "offsets": torch.from_numpy(offsets)}
 
 
 def build_cache(teacher: Path, data_dir: Path, out: Path, topk: int, max_tokens: int = DEFAULT_MAX_TOKENS,
-                shard_size: int = DEFAULT_SHARD_SIZE, log=print) -> dict:
-    """Write (or finish) the cache ``out``: ``teacher``'s top-``topk`` probabilities over ``data_dir``'s train split.
+                shard_size: int = DEFAULT_SHARD_SIZE, temperature: float = DEFAULT_TEMPERATURE, log=print) -> dict:
+    """Write (or finish) the cache ``out``: ``teacher``'s top-``topk`` log-probabilities at ``temperature`` over
+    ``data_dir``'s train split.
 
     ``teacher`` is a run folder (or its ``best/``/``last/``, or a Hugging Face Marian folder) sharing the
     data's vocabulary; teacher batches hold at most ``max_tokens`` padded tokens; a shard holds
-    ``shard_size`` examples. Rerunning the same command after an interruption keeps the finished
-    shards and computes the rest; on a finished cache it only reports it. Returns the index.
+    ``shard_size`` examples; ``temperature`` must be the ``kd_temperature`` of the runs that will read it.
+    Rerunning the same command after an interruption keeps the finished shards and computes the rest; on a
+    finished cache it only reports it. Returns the index.
     """
     teacher, data_dir, out = Path(teacher), Path(data_dir), Path(out)
     for option, value in (("--cache-topk", topk), ("--max-tokens", max_tokens), ("--shard-size", shard_size)):
         if value < 1:
             raise UserError(f"{option} {value}: must be at least 1")
+    if not MIN_TEMPERATURE <= temperature < math.inf:  # nan fails too
+        raise UserError(f"--kd-temperature {temperature:g}: must be at least {MIN_TEMPERATURE:g} and finite "
+                        "(the kd_temperature of the runs that read the cache)")
+    temperature = float(temperature)
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out}: exists and is not a folder")
     if out.is_dir() and any(out.iterdir()) and not (out / INDEX_FILE).is_file():
@@ -66,10 +123,12 @@ def build_cache(teacher: Path, data_dir: Path, out: Path, topk: int, max_tokens:
         "kind": KIND, "format": FORMAT_VERSION,
         "teacher": teacher_identity(resolve_model_dir(teacher)),
         "data": data_identity(data_dir, train, vocab),
-        "topk": int(topk), "vocab_size": len(vocab), "shard_size": int(shard_size),
-        "probabilities": "softmax of the teacher's logits at temperature 1 (kd_temperature is applied in training)",
+        "topk": int(topk), "temperature": temperature, "vocab_size": len(vocab), "shard_size": int(shard_size),
+        "log_probabilities": "logp: log_softmax(teacher logits / temperature) of the top-K ids; rest: the log-sum-exp "
+                             "of the other ids' (the rest of the vocabulary); only runs with kd_temperature = "
+                             "temperature read it",
         "teacher_precision": "fp32", "teacher_mode": "eval (no dropout), teacher-forced on the reference targets",
-        "dtypes": {"ids": str(ids_dtype(len(vocab))).removeprefix("torch."), "probs": "float16",
+        "dtypes": {"ids": str(ids_dtype(len(vocab))).removeprefix("torch."), "logp": "float32", "rest": "float32",
                    "offsets": "int64"},
     }
     index = _resume_index(out, identity, log)
@@ -82,13 +141,14 @@ def build_cache(teacher: Path, data_dir: Path, out: Path, topk: int, max_tokens:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model.to(device)
     if todo:
-        log(f"caching the top {topk} of {len(vocab)} teacher probabilities for {len(train):,} train examples of "
+        log(f"caching the top {topk} of {len(vocab)} teacher log-probabilities at temperature {temperature:g} for "
+            f"{len(train):,} train examples of "
             f"{data_dir} with {teacher} on {device}: {len(todo)} of {len(starts)} shard(s) of up to "
             f"{shard_size} examples to go")
     for i in todo:
         start, end = starts[i], min(starts[i] + shard_size, len(train))
         began = time.perf_counter()
-        tensors = compute_shard(model, vocab, train, start, end, topk, max_tokens, device)
+        tensors = compute_shard(model, vocab, train, start, end, topk, max_tokens, device, temperature)
         data = save_safetensors(tensors, metadata={"format": KIND})
         atomic_write_bytes(out / shard_name(i), data)  # a temporary file, renamed: never half-written
         seconds = time.perf_counter() - began
@@ -126,7 +186,7 @@ def _resume_index(out: Path, identity: dict, log) -> dict:
     changed = [k for k in identity if _key(index.get(k)) != _key(identity[k])]
     if changed:
         raise UserError(f"--out {out}: a cache of another {', '.join(_what(k) for k in changed)}; rerun with the "
-                        f"same --teacher, --data and --cache-topk, or choose another --out")
+                        f"same --teacher, --data, --cache-topk and --kd-temperature, or choose another --out")
     for shard in index["shards"]:
         file = out / shard["file"]
         if not file.is_file() or file.stat().st_size != shard["bytes"]:
@@ -154,7 +214,8 @@ def _key(value):
 
 
 def _what(key: str) -> str:
-    return {"teacher": "teacher", "data": "data", "topk": "--cache-topk", "shard_size": "--shard-size"}.get(key, key)
+    return {"teacher": "teacher (weights or config.json)", "data": "data", "topk": "--cache-topk",
+            "temperature": "--kd-temperature", "shard_size": "--shard-size"}.get(key, key)
 
 
-__all__ = ["build_cache"]
+__all__ = ["build_cache", "compute_shard"]
