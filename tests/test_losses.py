@@ -8,8 +8,9 @@ import pytest
 import torch
 
 from a2d.alignment import AttentionAlignment
-from a2d.losses import (KIND_WEIGHTS, attention_kl_per_query, attention_kl_reference, kind_weights,
-                        label_smoothed_ce, lambda_schedule, layer_average, log_probs, word_kd)
+from a2d.losses import (IDS_KEY, KIND_WEIGHTS, LOGP_KEY, REST_KEY, attention_kl_per_query, attention_kl_reference,
+                        cached_word_kd, kd_loss, kind_weights, label_smoothed_ce, lambda_schedule, layer_average,
+                        log_probs, word_kd)
 from a2d.utils import UserError
 
 
@@ -226,3 +227,85 @@ def test_log_probs_computed_once_per_logits_and_temperature():
     assert log_probs(logits) is log_probs(logits)
     assert log_probs(logits, 2.0) is not log_probs(logits)
     assert torch.allclose(log_probs(logits, 2.0), torch.log_softmax(logits / 2, -1))
+
+
+# ---------------------------------------------------------------------------- word KD from a teacher cache
+def cache_of(teacher_logits, k, temperature):
+    """What a teacher cache holds for these logits (a2d.recipes.cache_teacher.compute_shard's arithmetic):
+    the top-k ids and tempered log-probabilities, and the tempered log-mass of the rest (-inf when k = V)."""
+    t = torch.log_softmax(teacher_logits.float() / temperature, dim=-1)
+    top = t.topk(k, dim=-1)
+    return top.indices, top.values, t.scatter(-1, top.indices, float("-inf")).logsumexp(-1)
+
+
+def peaked_logits(*shape, seed):
+    """Logits as peaked as a trained teacher's: at T = 1 most probabilities lie below fp16's smallest normal
+    number (6.1e-5), where the format-1 cache's fp16 probabilities lost them."""
+    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed)) * 6
+
+
+KD_LABELS = torch.tensor([[5, 9, 2, -100, -100], [1, 4, 4, 7, 3], [6, -100, -100, -100, -100]])
+
+
+def kd_value_and_grad(loss_fn, student):
+    student = student.detach().clone().requires_grad_(True)
+    loss = loss_fn(student)
+    grad, = torch.autograd.grad(loss, student)
+    return loss.detach(), grad
+
+
+@pytest.mark.parametrize("temperature", [1.0, 2.0, 4.0])
+def test_cached_word_kd_with_every_id_cached_is_word_kd_value_and_gradient(temperature):
+    """K = V: the rest bucket is empty and the cached loss is the live one, in value and in gradient (the
+    format-1 cache, fp16 probabilities re-tempered, was 5% off at T = 2 and 75% at T = 4)."""
+    teacher = peaked_logits(3, 5, 40, seed=1)
+    assert (teacher.softmax(-1) < 6.1e-5).float().mean() > 0.5
+    student = torch.randn(3, 5, 40, generator=torch.Generator().manual_seed(2)) * 3
+    token_mask = torch.rand(3, 5, generator=torch.Generator().manual_seed(5)) > 0.3
+    ids, logp, rest = cache_of(teacher, 40, temperature)
+    assert torch.isinf(rest).all()
+    for mask in (None, token_mask):
+        live, g_live = kd_value_and_grad(lambda s: word_kd(s, teacher, KD_LABELS, temperature, mask), student)
+        cached, g_cached = kd_value_and_grad(
+            lambda s: cached_word_kd(s, ids, logp, rest, KD_LABELS, temperature, mask), student)
+        assert live > 0.1
+        assert torch.allclose(cached, live, rtol=1e-5, atol=1e-6), (cached, live)
+        assert torch.isfinite(g_cached).all()
+        assert torch.allclose(g_cached, g_live, rtol=1e-4, atol=1e-7), (g_cached - g_live).abs().max()
+    # kd_loss reads the cache from the batch when it carries one
+    batch = {"labels": KD_LABELS, IDS_KEY: ids, LOGP_KEY: logp, REST_KEY: rest}
+    s = student.clone()
+    assert torch.equal(kd_loss(s, None, batch, temperature), cached_word_kd(s, ids, logp, rest, KD_LABELS, temperature))
+
+
+@pytest.mark.parametrize("temperature", [1.0, 2.0, 4.0])
+@pytest.mark.parametrize("k", [1, 8, 20])
+def test_cached_word_kd_has_its_minimum_at_the_teacher_for_any_k(k, temperature):
+    """K < V: a student equal to the teacher (its logits shifted by a constant per position, the same
+    distribution) gets loss 0 and gradient 0; any other student a positive loss, at most the live KL (the K + 1
+    buckets coarsen the vocabulary). Renormalising over the top K (format 1) left the teacher a loss of about
+    -log(top-K mass) and a gradient pulling it away."""
+    teacher = peaked_logits(3, 5, 40, seed=1)
+    ids, logp, rest = cache_of(teacher, k, temperature)
+    assert torch.isfinite(rest).all()  # the rest bucket holds mass
+    same = teacher + torch.randn(3, 5, 1, generator=torch.Generator().manual_seed(3))
+    loss, grad = kd_value_and_grad(lambda s: cached_word_kd(s, ids, logp, rest, KD_LABELS, temperature), same)
+    assert abs(loss.item()) < 1e-5, loss
+    assert grad.abs().max().item() < 1e-6, grad.abs().max()
+    other = teacher + torch.randn(3, 5, 40, generator=torch.Generator().manual_seed(4)) * 2
+    loss, grad = kd_value_and_grad(lambda s: cached_word_kd(s, ids, logp, rest, KD_LABELS, temperature), other)
+    live = word_kd(other, teacher, KD_LABELS, temperature)
+    assert 1e-3 < loss.item() <= live.item() * (1 + 1e-5) + 1e-6, (loss, live)
+    assert grad[KD_LABELS.ne(-100)].abs().max() > 1e-4 and grad[KD_LABELS.eq(-100)].abs().max() == 0
+
+
+def test_cached_word_kd_ignores_whatever_padded_positions_hold():
+    teacher = peaked_logits(3, 5, 40, seed=1)
+    ids, logp, rest = cache_of(teacher, 8, 2.0)
+    student = torch.randn(3, 5, 40, generator=torch.Generator().manual_seed(2))
+    pad = KD_LABELS.eq(-100)
+    base, g_base = kd_value_and_grad(lambda s: cached_word_kd(s, ids, logp, rest, KD_LABELS, 2.0), student)
+    ids2, logp2, rest2 = ids.clone(), logp.clone(), rest.clone()
+    ids2[pad], logp2[pad], rest2[pad] = 0, 0.0, float("-inf")  # what TeacherCache.lookup leaves there, and worse
+    loss, grad = kd_value_and_grad(lambda s: cached_word_kd(s, ids2, logp2, rest2, KD_LABELS, 2.0), student)
+    assert torch.equal(loss, base) and torch.equal(grad, g_base) and torch.isfinite(grad).all()

@@ -1,21 +1,25 @@
-"""Teacher-output caching for word-level KD: the cache equals the live teacher, resumes, refuses a mismatch."""
+"""Teacher-output caching for word-level KD: the cache equals the live teacher, resumes, refuses a mismatch
+(another teacher, its config, other data, another temperature, an older format)."""
 from __future__ import annotations
 
 import json
+import shutil
+from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import load_file, save_file
 
 from a2d.config import load_config
 from a2d.data.batching import collate, token_batches
 from a2d.data.corpus import locate_corpus
 from a2d.data.prepare import ParallelData, prepare
 from a2d.data.vocab import Vocabulary
-from a2d.losses import word_kd
+from a2d.losses import IDS_KEY, LOGP_KEY, REST_KEY, cached_word_kd, kd_loss, word_kd
 from a2d.models import build_model, load_model
 from a2d.recipes import cache_teacher
 from a2d.recipes.cache_teacher import build_cache
-from a2d.teacher_cache import INDEX_FILE, IDS_KEY, PROBS_KEY, TeacherCache, cached_word_kd, kd_loss
+from a2d.teacher_cache import INDEX_FILE, TeacherCache
 from a2d.tokenizer import collate_ids
 from a2d.training import model_inputs
 from a2d.utils import UserError
@@ -32,7 +36,7 @@ def tiny_data(tmp_path_factory, data_root):
 
 def save_teacher(path, data_dir, seed=7):
     """An untrained teacher whose output bias makes its distributions peaked (max probability ~0.3), as a
-    trained one's are, so that fp16 rounding of small probabilities is exercised."""
+    trained one's are: many probabilities are tiny (the format-1 cache rounded them in fp16)."""
     return save_tiny_teacher(path, data_dir, TINY, seed, bias_std=3.0)
 
 
@@ -42,11 +46,24 @@ def teacher(tiny_data, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def full_cache(tiny_data, teacher, tmp_path_factory):
-    """K = the vocabulary size: every probability of the teacher, fp16."""
-    out = tmp_path_factory.mktemp("cache") / "full"
-    build_cache(teacher, tiny_data, out, topk=len(Vocabulary.load(tiny_data)), shard_size=100, log=quiet)
-    return out
+def full_caches(tiny_data, teacher, tmp_path_factory):
+    """K = the vocabulary size: every log-probability of the teacher, at each temperature as it is asked for."""
+    made = {}
+
+    def at(temperature):
+        if temperature not in made:
+            out = tmp_path_factory.mktemp("cache") / f"full-t{temperature:g}"
+            build_cache(teacher, tiny_data, out, topk=len(Vocabulary.load(tiny_data)), shard_size=100,
+                        temperature=temperature, log=quiet)
+            made[temperature] = out
+        return made[temperature]
+    return at
+
+
+@pytest.fixture(scope="module")
+def full_cache(full_caches):
+    """K = V at temperature 1."""
+    return full_caches(1.0)
 
 
 def batch_of(data, vocab, indices):
@@ -60,57 +77,103 @@ def live_teacher_logits(teacher_dir, batch):
         return model(**model_inputs(batch)).logits
 
 
-@pytest.mark.parametrize("temperature", [1.0, 2.0])
-def test_full_vocabulary_cache_gives_the_live_kd_loss(tiny_data, teacher, full_cache, temperature):
+def student_logits(vocab, batch, seed=1):
+    student = build_model(load_config("tiny-student", TINY), len(vocab), seed=seed)
+    return student(**model_inputs(batch)).logits.detach()
+
+
+def value_and_grad(loss_fn, logits):
+    logits = logits.detach().clone().requires_grad_(True)
+    loss = loss_fn(logits)
+    grad, = torch.autograd.grad(loss, logits)
+    return loss.detach(), grad
+
+
+@pytest.mark.parametrize("temperature", [1.0, 2.0, 4.0])
+def test_full_vocabulary_cache_gives_the_live_kd_loss_and_gradient(tiny_data, teacher, full_caches, temperature):
+    """K = V, built at the run's temperature: the cached KD term and its gradient are the live ones (the
+    format-1 cache, fp16 probabilities at T = 1 re-tempered, was 5% off at T = 2 and 75% off at T = 4)."""
     data, vocab = ParallelData.load(tiny_data, "train"), Vocabulary.load(tiny_data)
-    cache = TeacherCache(full_cache)
+    cache = TeacherCache(full_caches(temperature))
     cache.check(tiny_data, data, vocab, teacher)
-    assert cache.topk == len(vocab)
+    cache.check_temperature(temperature)
+    assert cache.topk == len(vocab) and cache.temperature == temperature
     # a training batch (length-sorted, shuffled) across shards, with padding
     indices = token_batches(data.src_lens, data.tgt_lens, 1024, shuffle=True, seed=3, epoch=1)[0]
     assert len({i // 100 for i in indices}) > 1
     batch = batch_of(data, vocab, indices)
-    assert batch["labels"].eq(-100).any()
-    cached = cache.lookup(indices, batch["labels"].shape[1])
+    labels = batch["labels"]
+    assert labels.eq(-100).any()
+    cached = cache.lookup(indices, labels.shape[1])
+    assert torch.isinf(cached[REST_KEY][labels.ne(-100)]).all()  # nothing left outside the top V
     t_logits = live_teacher_logits(teacher, batch)
-    student = build_model(load_config("tiny-student", TINY), len(vocab), seed=1)
-    s_logits = student(**model_inputs(batch)).logits.detach().requires_grad_(True)
-    live = word_kd(s_logits, t_logits, batch["labels"], temperature)
-    from_cache = cached_word_kd(s_logits, cached[IDS_KEY], cached[PROBS_KEY], batch["labels"], temperature)
-    torch.testing.assert_close(from_cache, live, rtol=1e-3, atol=1e-5)  # fp16 probabilities
-    # the same gradients reach the student
-    g_live, = torch.autograd.grad(live, s_logits, retain_graph=True)  # both share the memoised log-probs
-    g_cache, = torch.autograd.grad(from_cache, s_logits)
-    torch.testing.assert_close(g_cache, g_live, rtol=0, atol=2e-5)
+    s_logits = student_logits(vocab, batch)
+    token_mask = torch.rand(labels.shape, generator=torch.Generator().manual_seed(4)) > 0.5  # selective KD
+    for mask in (None, token_mask):
+        live, g_live = value_and_grad(lambda s: word_kd(s, t_logits, labels, temperature, mask), s_logits)
+        from_cache, g_cache = value_and_grad(
+            lambda s: cached_word_kd(s, cached[IDS_KEY], cached[LOGP_KEY], cached[REST_KEY], labels, temperature,
+                                     mask), s_logits)
+        assert live > 0.1
+        assert torch.allclose(from_cache, live, rtol=1e-5, atol=1e-6), (from_cache, live)
+        assert torch.isfinite(g_cache).all()
+        assert torch.allclose(g_cache, g_live, rtol=1e-4, atol=1e-8), (g_cache - g_live).abs().max()
     # kd_loss takes the cache when the batch carries it, the live logits otherwise
     out = type("Out", (), {"logits": t_logits})()
-    torch.testing.assert_close(kd_loss(s_logits, None, {**batch, **cached}, temperature), from_cache)
-    torch.testing.assert_close(kd_loss(s_logits, out, batch, temperature), live)
+    s = s_logits.clone()
+    torch.testing.assert_close(kd_loss(s, None, {**batch, **cached}, temperature),
+                               cached_word_kd(s, cached[IDS_KEY], cached[LOGP_KEY], cached[REST_KEY], labels,
+                                              temperature))
+    torch.testing.assert_close(kd_loss(s, out, batch, temperature), word_kd(s, t_logits, labels, temperature))
 
 
-def test_top_k_is_the_renormalised_teacher_distribution(tiny_data, teacher, tmp_path):
-    """K < V: the KL to the teacher's top-K probabilities renormalised (tempered within the top K)."""
+@pytest.mark.parametrize("temperature", [1.0, 2.0])
+def test_top_k_cache_holds_the_tempered_log_probabilities_and_the_rest(tiny_data, teacher, tmp_path, temperature):
+    """K < V: the live teacher's top-K ids, their tempered log-probabilities in fp32, and the log-mass of the
+    rest of the vocabulary; K + 1 buckets that sum to 1."""
     data, vocab = ParallelData.load(tiny_data, "train"), Vocabulary.load(tiny_data)
-    build_cache(teacher, tiny_data, tmp_path / "k8", topk=8, log=quiet)
+    build_cache(teacher, tiny_data, tmp_path / "k8", topk=8, temperature=temperature, log=quiet)
     cache = TeacherCache(tmp_path / "k8")
     indices = [5, 17, 3, 200]
     batch = batch_of(data, vocab, indices)
     labels = batch["labels"]
     mask = labels.ne(-100)
     cached = cache.lookup(indices, labels.shape[1])
-    t_logits = live_teacher_logits(teacher, batch)
-    top = t_logits.float().topk(8, dim=-1)
+    assert cached[LOGP_KEY].dtype == cached[REST_KEY].dtype == torch.float32
+    t = (live_teacher_logits(teacher, batch).float() / temperature).log_softmax(-1)
+    top = t.topk(8, dim=-1)
     assert torch.equal(cached[IDS_KEY][mask], top.indices[mask])
-    torch.testing.assert_close(cached[PROBS_KEY][mask].float(), t_logits.float().softmax(-1).gather(-1, top.indices)[mask],
-                               rtol=1e-3, atol=1e-6)
-    assert cached[PROBS_KEY][~mask].eq(0).all()
-    s_logits = build_model(load_config("tiny-student", TINY), len(vocab), seed=1)(**model_inputs(batch)).logits
-    for temperature in (1.0, 2.0):
-        q = (top.values[mask] / temperature).softmax(-1)  # the teacher's tempered distribution within its top 8
-        s = (s_logits[mask].float() / temperature).log_softmax(-1).gather(-1, top.indices[mask])
-        expected = (q * (q.log() - s)).sum(-1).mean() * temperature ** 2
-        got = cached_word_kd(s_logits, cached[IDS_KEY], cached[PROBS_KEY], labels, temperature)
-        torch.testing.assert_close(got, expected, rtol=2e-3, atol=1e-4)
+    torch.testing.assert_close(cached[LOGP_KEY][mask], top.values[mask], rtol=1e-5, atol=1e-5)
+    rest = t.scatter(-1, top.indices, float("-inf")).logsumexp(-1)
+    torch.testing.assert_close(cached[REST_KEY][mask], rest[mask], rtol=1e-5, atol=1e-5)
+    assert (cached[REST_KEY][mask] > -20).all()  # the top 8 leave mass outside
+    total = torch.cat([cached[LOGP_KEY], cached[REST_KEY].unsqueeze(-1)], -1).logsumexp(-1)
+    torch.testing.assert_close(total[mask], torch.zeros_like(total[mask]), rtol=0, atol=1e-5)
+    assert cached[LOGP_KEY][~mask].eq(0).all() and cached[REST_KEY][~mask].eq(0).all()
+
+
+@pytest.mark.parametrize("temperature", [1.0, 2.0])
+def test_a_student_equal_to_the_teacher_is_the_minimum_of_the_top_k_cached_loss(tiny_data, teacher, tmp_path,
+                                                                                 temperature):
+    """K < V: a student whose logits are the teacher's gets loss 0 and gradient 0 through the cache, the batch
+    and kd_loss as training reads them; another student a positive loss, at most the live one. The format-1
+    cache renormalised over the top K: the teacher itself then had a loss (-log of its top-K mass) and a
+    gradient (at T = 1 too)."""
+    data, vocab = ParallelData.load(tiny_data, "train"), Vocabulary.load(tiny_data)
+    build_cache(teacher, tiny_data, tmp_path / "k8", topk=8, temperature=temperature, log=quiet)
+    cache = TeacherCache(tmp_path / "k8")
+    indices = token_batches(data.src_lens, data.tgt_lens, 1024, shuffle=True, seed=3, epoch=1)[0]
+    batch = batch_of(data, vocab, indices)
+    batch = {**batch, **cache.lookup(indices, batch["labels"].shape[1])}
+    t_logits = live_teacher_logits(teacher, batch)
+    loss, grad = value_and_grad(lambda s: kd_loss(s, None, batch, temperature), t_logits)
+    assert abs(loss.item()) < 1e-5, loss
+    assert grad.abs().max().item() < 1e-6, grad.abs().max()
+    s_logits = student_logits(vocab, batch)
+    loss, grad = value_and_grad(lambda s: kd_loss(s, None, batch, temperature), s_logits)
+    live = word_kd(s_logits, t_logits, batch["labels"], temperature)
+    assert 0.01 < loss.item() <= live.item() * (1 + 1e-5), (loss, live)
+    assert grad.abs().max() > 1e-4
 
 
 def test_an_interrupted_build_resumes_to_the_same_files(tiny_data, teacher, full_cache, tmp_path, monkeypatch):
@@ -171,6 +234,15 @@ def test_a_cache_of_another_teacher_or_other_data_is_refused(tiny_data, teacher,
     other_teacher = save_teacher(tmp_path / "other-teacher", tiny_data, seed=8)
     with pytest.raises(UserError, match="another teacher"):
         cache.check(tiny_data, data, vocab, other_teacher)
+    # the same weights with another config.json (the format-1 identity held the weights only)
+    changed = tmp_path / "changed-config"
+    shutil.copytree(teacher, changed)
+    config = json.loads((changed / "config.json").read_text())
+    config["scale_embedding"] = not config.get("scale_embedding", False)
+    (changed / "config.json").write_text(json.dumps(config, indent=2))
+    with pytest.raises(UserError, match="another config.json") as refused:
+        cache.check(tiny_data, data, vocab, changed)
+    assert len(str(refused.value).splitlines()) == 1 and str(changed) in str(refused.value)
     # other training data with the same tokenizer
     other = tmp_path / "other-data"
     prepare(other, locate_corpus("multi30k", "de", "en"), "de", "en", max_train=120,
@@ -200,13 +272,20 @@ def test_distill_data_command(tiny_data, teacher, tmp_path, capsys):
     assert main(base + ["--cache-topk", "4", "--shard-size", "100"]) == 0
     out = capsys.readouterr().out
     assert "wrote" in out and "MB" in out and "3 shard(s)" in out
+    assert main(base[:-1] + [str(tmp_path / "t2"), "--cache-topk", "4", "--kd-temperature", "2"]) == 0
+    capsys.readouterr()
+    assert TeacherCache(tmp_path / "t2").temperature == 2.0 and TeacherCache(tmp_path / "c").temperature == 1.0
     for extra, message in ((["--cache-topk", "0"], "--cache-topk 0: must be at least 1"),
+                           (["--cache-topk", "4", "--kd-temperature", "0"], "--kd-temperature 0: must be at least"),
+                           (["--cache-topk", "4", "--kd-temperature", "nan"], "--kd-temperature nan: must be"),
+                           (["--kd-temperature", "2"], "--kd-temperature: used with --cache-topk only"),
                            (["--cache-topk", "4", "--beam", "4"], "--beam: not used with --cache-topk"),
                            (["--max-tokens", "100"], "--max-tokens: used with --cache-topk only"),
                            (["--cache-topk", "4", "--max-tokens", "5"], "--max-tokens 5: smaller than")):
         assert main(base[:-1] + [str(tmp_path / "d"), *extra]) == 2
         err = capsys.readouterr().err.strip()
         assert message in err and len(err.splitlines()) == 1, err
+        assert not (tmp_path / "d").exists()
 
 
 # --------------------------------------------------------------------------------------------- training from a cache
@@ -217,7 +296,7 @@ def distill_cfg(method, *extra):
 @pytest.mark.parametrize("method", ["kd", "a2d"])
 def test_distill_step_from_a_full_cache_equals_the_live_teacher(method, tiny_data, teacher, full_cache, monkeypatch):
     """With kd_cache the KD term reads the cache: kd never runs the teacher, a2d runs its body (no lm_head)
-    for the attention maps; with K = V every loss term equals the live teacher's (fp16 probabilities)."""
+    for the attention maps; with K = V every loss term equals the live teacher's."""
     from a2d.methods import Progress, get_method
     from a2d.models import use_attention_maps
     from a2d.recipes.distill import distill_step, load_teacher
@@ -244,7 +323,7 @@ def test_distill_step_from_a_full_cache_equals_the_live_teacher(method, tiny_dat
     assert calls == ([] if method == "kd" else ["body"])
     assert set(cached) == set(live)
     for name in live:
-        torch.testing.assert_close(cached[name], live[name], rtol=1e-3, atol=1e-5, msg=name)
+        torch.testing.assert_close(cached[name], live[name], rtol=1e-5, atol=1e-6, msg=name)
 
 
 def test_distill_with_kd_cache_trains_and_refuses_what_does_not_fit(tiny_data, teacher, full_cache, tmp_path):
@@ -267,3 +346,67 @@ def test_distill_with_kd_cache_trains_and_refuses_what_does_not_fit(tiny_data, t
     other = save_teacher(tmp_path / "other-teacher", tiny_data, seed=8)
     with pytest.raises(UserError, match="another teacher"):
         distill(distill_cfg("kd", f"kd_cache={full_cache}"), tiny_data, tmp_path / "x-other", other, log=quiet)
+
+
+def test_a_cache_built_at_another_temperature_is_refused(tiny_data, teacher, full_caches, tmp_path):
+    """Built at T = 2, trained at kd_temperature = 1 (and the reverse): one line naming both temperatures and
+    the command that builds a matching cache, before the run folder exists."""
+    from a2d.recipes.distill import distill
+
+    for built, run in ((2.0, 1.0), (1.0, 2.0)):
+        cache = full_caches(built)
+        out = tmp_path / f"run-{built:g}-{run:g}"
+        with pytest.raises(UserError) as refused:
+            distill(distill_cfg("kd", f"kd_cache={cache}", f"kd_temperature={run}"), tiny_data, out, teacher,
+                    log=quiet)
+        message = str(refused.value)
+        assert len(message.splitlines()) == 1, message
+        assert f"built at --kd-temperature {built:g}" in message and f"kd_temperature is {run:g}" in message
+        assert f"a2d distill-data --teacher {teacher} --data {tiny_data}" in message
+        assert f"--kd-temperature {run:g}" in message.split("a2d distill-data")[1]
+        assert not out.exists()
+    TeacherCache(full_caches(2.0)).check_temperature(2.0)  # the matching run is accepted
+    # a build at another temperature does not continue a cache: it is refused and nothing changes
+    before = {p.name: p.read_bytes() for p in full_caches(2.0).iterdir()}
+    with pytest.raises(UserError, match="--kd-temperature"):
+        build_cache(teacher, tiny_data, full_caches(2.0), topk=len(Vocabulary.load(tiny_data)), shard_size=100,
+                    temperature=1.0, log=quiet)
+    assert {p.name: p.read_bytes() for p in full_caches(2.0).iterdir()} == before
+
+
+def format_1_cache(new: Path, old: Path) -> None:
+    """``new`` (a format-2 cache at T = 1) rewritten as commit 82e3b08 wrote caches: format 1, fp16
+    probabilities at temperature 1, a teacher identity without its config."""
+    shutil.copytree(new, old)
+    index = json.loads((old / INDEX_FILE).read_text())
+    for shard in index["shards"]:
+        tensors = load_file(old / shard["file"])
+        save_file({"ids": tensors["ids"], "probs": tensors["logp"].exp().half(), "offsets": tensors["offsets"]},
+                  old / shard["file"], metadata={"format": index["kind"]})
+        shard["bytes"] = (old / shard["file"]).stat().st_size
+    for key in ("temperature", "log_probabilities"):
+        index.pop(key)
+    index["teacher"].pop("config_sha256")
+    index.update(format=1, probabilities="softmax of the teacher's logits at temperature 1 (kd_temperature is "
+                 "applied in training)", dtypes={"ids": index["dtypes"]["ids"], "probs": "float16", "offsets": "int64"})
+    (old / INDEX_FILE).write_text(json.dumps(index, indent=2) + "\n")
+
+
+def test_an_old_format_cache_is_refused(tiny_data, teacher, full_cache, tmp_path):
+    """A format-1 cache (fp16 probabilities at T = 1) is refused with one line telling to rebuild it, by
+    training and by a build into it, which leaves it untouched."""
+    from a2d.recipes.distill import distill
+
+    old = tmp_path / "old"
+    format_1_cache(full_cache, old)
+    before = {p.name: p.read_bytes() for p in old.iterdir()}
+    with pytest.raises(UserError) as refused:
+        TeacherCache(old)
+    message = str(refused.value)
+    assert len(message.splitlines()) == 1 and "format 1" in message and "rebuild it with a2d distill-data" in message
+    with pytest.raises(UserError, match="format 1"):
+        distill(distill_cfg("kd", f"kd_cache={old}"), tiny_data, tmp_path / "run", teacher, log=quiet)
+    assert not (tmp_path / "run").exists()
+    with pytest.raises(UserError, match="format 1.*rebuild"):
+        build_cache(teacher, tiny_data, old, topk=len(Vocabulary.load(tiny_data)), shard_size=100, log=quiet)
+    assert {p.name: p.read_bytes() for p in old.iterdir()} == before
