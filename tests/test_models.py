@@ -1,6 +1,12 @@
 """Presets build the architectures the paper describes, with the parameter counts the formula gives."""
 from __future__ import annotations
 
+import io
+import json
+import re
+import shutil
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -95,3 +101,126 @@ def test_save_load_round_trip(tmp_path):
     load_weights(other, folder)
     for (k, a), b in zip(model.state_dict().items(), other.state_dict().values()):
         assert torch.equal(a, b), k
+
+
+# ---------------------------------------------------------------- weights that do not fit their config.json
+@pytest.fixture(scope="module")
+def hub_model(tmp_path_factory, data_root):
+    """A random hub-layout Marian folder (OPUS-MT's layout) whose decoder has 4 layers."""
+    from tests.hub_models import hub_folder
+
+    return hub_folder(tmp_path_factory.mktemp("hub") / "model", decoder_layers=4)
+
+
+def variant(model: Path, out: Path, config: dict | None = None, drop: str | None = None,
+            add: dict | None = None) -> Path:
+    """A copy of the folder ``model`` with ``config`` set in its config.json, the tensors whose names start with
+    ``drop`` removed from its weights, and ``add`` (name -> tensor) added to them."""
+    from safetensors.torch import load_file, save_file
+
+    shutil.copytree(model, out)
+    if config:
+        settings = json.loads((out / "config.json").read_text())
+        (out / "config.json").write_text(json.dumps({**settings, **config}))
+    if drop or add:
+        state = load_file(out / "model.safetensors")
+        state = {k: v for k, v in state.items() if not (drop and k.startswith(drop))}
+        state.update({k: v.detach().clone().contiguous() for k, v in (add or {}).items()})
+        save_file(state, out / "model.safetensors", metadata={"format": "pt"})
+    return out
+
+
+MISFITS = {  # 26 tensors per decoder layer
+    "config-6-layers": (dict(config={"decoder_layers": 6}),
+                        r"52 tensor\(s\) missing from the weights: model\.decoder\.layers\.4\.encoder_attn\.k_proj\.bias, "),
+    "config-2-layers": (dict(config={"decoder_layers": 2}),
+                        r"52 tensor\(s\) in the weights that the model has no place for: model\.decoder\.layers\.2\."),
+    "layer-1-missing": (dict(drop="model.decoder.layers.1."),
+                        r"26 tensor\(s\) missing from the weights: model\.decoder\.layers\.1\."),
+    "config-d-model-64": (dict(config={"d_model": 64}),
+                          r"\d+ tensor\(s\) of another shape: model\.shared\.weight \d+x32 in the weights, \d+x64 in the "
+                          r"model / model\.decoder\.layers\.0\."),
+}
+
+
+@pytest.mark.parametrize("name", list(MISFITS))
+def test_weights_that_do_not_fit_the_config_are_refused(hub_model, tmp_path, monkeypatch, capsys, name):
+    """Hugging Face fills what is missing (or of another shape) with random values and says so only in a log a2d
+    keeps quiet: a2d translate printed garbage and exited 0. Now: one line naming the folder and the tensors."""
+    from a2d.cli import main
+    from a2d.utils import UserError
+
+    changes, message = MISFITS[name]
+    folder = variant(hub_model, tmp_path / name, **changes)
+    with pytest.raises(UserError, match=f"^{re.escape(str(folder))}: the weights do not match its config.json: {message}"):
+        load_model(folder)
+    monkeypatch.setattr("sys.stdin", io.TextIOWrapper(io.BytesIO("Ein Hund läuft.\n".encode())))
+    assert main(["translate", "--model", str(folder), "--beam", "1"]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and err.count("\n") == 1 and err.startswith(f"a2d: error: {folder}: the weights do not match")
+
+
+def test_tensors_a_model_derives_are_not_asked_for(hub_model, tmp_path):
+    """The output layer and the embeddings tied to the shared one, the sinusoidal position tables and a zero
+    final_logits_bias may be stored or not: the model is the same either way, and nothing is reported."""
+    model, _ = load_model(hub_model)
+    assert not model.final_logits_bias.any()
+    pad = model.config.pad_token_id
+    batch = {"input_ids": torch.tensor([[5, 6, 7, 0]]), "decoder_input_ids": torch.tensor([[pad, 8, 9]])}
+    with torch.no_grad():
+        expected = model.eval()(**batch).logits
+    shared = model.model.shared.weight
+    stored = variant(hub_model, tmp_path / "all-stored", add={
+        "lm_head.weight": shared, "model.encoder.embed_tokens.weight": shared,
+        "model.decoder.embed_tokens.weight": shared,
+        "model.encoder.embed_positions.weight": model.model.encoder.embed_positions.weight,
+        "model.decoder.embed_positions.weight": model.model.decoder.embed_positions.weight})
+    no_bias = variant(hub_model, tmp_path / "no-bias", drop="final_logits_bias")
+    for folder in (stored, no_bias):
+        loaded, _ = load_model(folder)
+        with torch.no_grad():
+            assert torch.equal(loaded.eval()(**batch).logits, expected), folder.name
+
+
+def test_resume_weights_of_another_shape_are_one_line(tmp_path):
+    """--resume reads last/ into the model the run's settings build: another shape names the tensors too."""
+    from a2d.utils import UserError
+
+    cfg = load_config("tiny-student", ["d_model=32", "ffn_dim=64"])
+    folder = tmp_path / "last"
+    build_model(cfg, 100).save_pretrained(folder)
+    wider = build_model(load_config("tiny-student", ["d_model=32", "ffn_dim=96"]), 100)
+    with pytest.raises(UserError, match=r"last: the weights do not match this run's model: \d+ tensor\(s\) of another "
+                                        r"shape: model\.decoder\.layers\.0\.fc1\.bias 64 in the weights, 96 in the model"):
+        load_weights(wider, folder)
+
+
+def test_every_command_refuses_a_model_that_does_not_fit(hub_model, tmp_path, capsys):
+    """The teacher of distill, the caches' teachers (distill-data, with and without --cache-topk), evaluate and
+    export: each loads through load_model, each says the one line and writes nothing."""
+    from a2d.cli import main
+    from a2d.data.prepare import prepare
+    from tests.hub_models import corpus_text
+
+    src, tgt = corpus_text(224)
+    text = tmp_path / "text"
+    text.mkdir()
+    splits = {}
+    for split, rows in (("train", slice(0, 200)), ("valid", slice(200, None))):
+        for lang, lines in (("de", src[rows]), ("en", tgt[rows])):
+            (text / f"{split}.{lang}").write_text("\n".join(lines) + "\n", encoding="utf-8")
+        splits[split] = (text / f"{split}.de", text / f"{split}.en")
+    data = tmp_path / "data"
+    prepare(data, splits, "de", "en", tokenizer=hub_model, log=lambda *a: None)
+    bad = variant(hub_model, tmp_path / "six-layers", config={"decoder_layers": 6})
+    out = tmp_path / "out"
+    for argv in (["distill", "--data", data, "--teacher", bad, "--method", "kd", "--preset", "tiny-student",
+                  "--out", out, "max_steps=1"],
+                 ["distill-data", "--teacher", bad, "--data", data, "--out", out],
+                 ["distill-data", "--teacher", bad, "--data", data, "--out", out, "--cache-topk", "4"],
+                 ["evaluate", "--model", bad, "--data", data, "--split", "valid"],
+                 ["export", "--model", bad, "--out", out]):
+        assert main([str(a) for a in argv]) == 2, argv[0]
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and f"{bad}: the weights do not match its config.json: 52 tensor(s) missing" in err
+        assert not out.exists(), argv

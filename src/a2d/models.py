@@ -7,6 +7,7 @@ A checkpoint folder is a ``save_pretrained`` folder (``config.json`` + ``model.s
 """
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import torch
@@ -17,8 +18,12 @@ from transformers.utils import logging as hf_logging
 
 from a2d.config import Config
 from a2d.data.vocab import BOS, EOS, PAD, Vocabulary
+from a2d.rundir import CONFIG_FILE, METRICS_FILE
 from a2d.tokenizer import GENERATION_KEYS
 from a2d.utils import UserError
+
+#: What a run folder holds from its start, before its first checkpoint (:mod:`a2d.rundir`).
+RUN_FILES = (CONFIG_FILE, METRICS_FILE)
 
 hf_logging.set_verbosity_error()
 hf_logging.disable_progress_bar()
@@ -100,15 +105,58 @@ def count_parameters(model: torch.nn.Module) -> int:
 
 def load_model(path: Path | str, attn_implementation: str | None = None) -> tuple[MarianMTModel, Vocabulary]:
     """Load a checkpoint folder (``RUN``, ``RUN/best`` or ``RUN/last``) or a Hugging Face Marian folder, and
-    its tokenizer (:meth:`a2d.data.vocab.Vocabulary.load`)."""
+    its tokenizer (:meth:`a2d.data.vocab.Vocabulary.load`).
+
+    Every command that reads a model goes through here. The weights must fit ``config.json`` exactly: a tensor the
+    config asks for and the file lacks, one the file has and the config does not know, or one of another shape
+    is a one-line :class:`UserError` naming the folder and the first of them (Hugging Face's own loading report;
+    it would otherwise fill them with random values, and a2d keeps its log quiet). Tensors the model derives
+    rather than stores (an output layer tied to the embedding, the sinusoidal position tables, a zero
+    ``final_logits_bias``) are not asked for."""
     path = resolve_model_dir(path)
     check_safetensors(path)
     kwargs = {"attn_implementation": attn_implementation} if attn_implementation else {}
     try:
-        model = freeze_positions(MarianMTModel.from_pretrained(path, use_safetensors=True, **kwargs))
-    except (OSError, ValueError, SafetensorError) as e:
+        model, info = MarianMTModel.from_pretrained(path, use_safetensors=True, output_loading_info=True,
+                                                    ignore_mismatched_sizes=True, **kwargs)
+    except (OSError, ValueError, RuntimeError, SafetensorError) as e:
         raise UserError(f"{path}: cannot load the model ({str(e).splitlines()[0]})") from None
-    return model, Vocabulary.load(path)
+    check_fit(path, info["missing_keys"], info["unexpected_keys"], info["mismatched_keys"], info["error_msgs"])
+    return freeze_positions(model), Vocabulary.load(path)
+
+
+def check_fit(folder: Path | str, missing=(), unexpected=(), mismatched=(), errors=(), model: str = "its config.json",
+              cause: str = "damaged, or its config.json comes from another model") -> None:
+    """Refuse weights that do not fit the model ``model`` describes: one line naming ``folder`` and the first few
+    offending tensors. ``mismatched`` holds ``(name, shape in the weights, shape in the model)``; ``errors``
+    other loading errors."""
+    if not (missing or unexpected or mismatched or errors):
+        return
+    parts = []
+    for what, names in (("missing from the weights", sorted(missing, key=_order)),
+                        ("in the weights that the model has no place for", sorted(unexpected, key=_order))):
+        if names:
+            parts.append(f"{len(names)} tensor(s) {what}: {_first(names, ', ')}")
+    if mismatched:
+        shown = [f"{name} {_shape(stored)} in the weights, {_shape(wanted)} in the model"
+                 for name, stored, wanted in sorted(mismatched, key=lambda m: _order(m[0]))]
+        parts.append(f"{len(shown)} tensor(s) of another shape: {_first(shown, ' / ')}")
+    if errors:
+        parts.append(str(errors[0]).splitlines()[0])
+    raise UserError(f"{folder}: the weights do not match {model}: {'; '.join(parts)} ({cause})")
+
+
+def _order(name: str) -> tuple:
+    """Tensors outside the layers first (the embeddings tell a size apart), then ``layers.2`` before ``layers.10``."""
+    return ".layers." in name, [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", name)]
+
+
+def _first(items: list[str], sep: str, n: int = 3) -> str:
+    return sep.join(items[:n]) + (f"{sep}..." if len(items) > n else "")
+
+
+def _shape(shape) -> str:
+    return "x".join(str(int(d)) for d in shape) or "scalar"
 
 
 def resolve_model_dir(path: Path | str) -> Path:
@@ -122,8 +170,14 @@ def resolve_model_dir(path: Path | str) -> Path:
     elif not (path / "config.json").exists() and (path / "last" / "config.json").exists():
         path = path / "last"
     if (path / "a2d_export.json").is_file():
+        if not (path / "model.bin").is_file():
+            raise UserError(f"{path}: an incomplete CTranslate2 export (a2d_export.json but no model.bin); export the "
+                            "model again with a2d export")
         raise UserError(f"{path}: a CTranslate2 export; this command needs the Hugging Face model folder it was made from")
     if not (path / "config.json").exists():
+        if any((path / name).exists() for name in RUN_FILES):
+            raise UserError(f"{path}: a run with no saved model yet (no best/ or last/: it is before its first "
+                            "checkpoint, or was stopped there); wait for its first checkpoint, or continue it with --resume")
         raise UserError(f"{path}: not a model folder (no config.json; give a run folder, its best/ or last/, "
                         "or a Hugging Face Marian folder); run a2d train or a2d distill to make one")
     try:
@@ -166,15 +220,13 @@ def load_weights(model: MarianMTModel, folder: Path | str) -> MarianMTModel:
         state = load_file(path)
     except (SafetensorError, OSError) as e:
         raise UserError(f"{path}: cannot be read ({str(e).splitlines()[0] if str(e) else 'damaged'})") from None
-    try:
-        missing, unexpected = model.load_state_dict(state, strict=False)
-    except RuntimeError as e:  # a size mismatch: another model shape
-        raise UserError(f"{path}: weights of another shape than this model ({str(e).splitlines()[-1].strip()})") from None
+    own = model.state_dict()
     derived = {"lm_head.weight", "model.encoder.embed_tokens.weight", "model.decoder.embed_tokens.weight",
                "model.encoder.embed_positions.weight", "model.decoder.embed_positions.weight"}
-    if unexpected or set(missing) - derived:
-        raise UserError(f"{folder}: weights do not fit this model (missing {sorted(set(missing) - derived)[:3]}, "
-                        f"unexpected {sorted(unexpected)[:3]})")
+    check_fit(folder, missing=set(own) - set(state) - derived, unexpected=set(state) - set(own),
+              mismatched=[(k, v.shape, own[k].shape) for k, v in state.items() if k in own and v.shape != own[k].shape],
+              model="this run's model", cause="damaged, or the run's settings changed")
+    model.load_state_dict(state, strict=False)
     model.tie_weights()
     return model
 
