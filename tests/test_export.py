@@ -166,3 +166,66 @@ def test_export_refuses_bad_input(exports, tmp_path, capsys):
         err = one_line_error(["export", "--model", STORED, "--out", tmp_path / "z", "--quantization", "float16"], capsys)
         assert "cannot run it" in err
     assert not any(p.name in ("x", "y", "z") for p in tmp_path.iterdir())
+
+
+def test_export_checks_where_it_writes_before_the_work(tmp_path, monkeypatch, capsys):
+    """An --out that cannot be made (a file above it, a folder that cannot be written) is refused before the model
+    is loaded, in one line, and nothing is left there (it was a traceback after the load)."""
+    import tempfile
+
+    import a2d.models
+
+    loaded = []
+    load_model_ = a2d.models.load_model
+    monkeypatch.setattr(a2d.models, "load_model", lambda *a, **k: loaded.append(a) or load_model_(*a, **k))
+    (tmp_path / "file").write_text("x")
+    err = one_line_error(["export", "--model", STORED, "--out", tmp_path / "file" / "sub" / "ct2"], capsys)
+    assert f"{tmp_path / 'file'} is a file, not a folder" in err
+    read_only = tmp_path / "read-only"
+    read_only.mkdir()
+
+    def refused(make):
+        def in_read_only(*args, **kwargs):
+            folder = kwargs.get("dir", args[2] if len(args) > 2 else None)
+            if folder is not None and Path(folder) == read_only:
+                raise PermissionError(13, "Permission denied")
+            return make(*args, **kwargs)
+        return in_read_only
+
+    monkeypatch.setattr(tempfile, "mkstemp", refused(tempfile.mkstemp))
+    monkeypatch.setattr(tempfile, "mkdtemp", refused(tempfile.mkdtemp))
+    err = one_line_error(["export", "--model", STORED, "--out", read_only / "ct2"], capsys)
+    assert f"cannot write in {read_only} (Permission denied)" in err
+    assert loaded == [] and list(read_only.iterdir()) == [] and (tmp_path / "file").read_text() == "x"
+
+
+def test_export_of_a_run_names_the_checkpoint(tmp_path, capsys):
+    """A run before its first checkpoint is a run (not "run a2d train to make one"); a run with last/ but no best/
+    (still training, never validated) is not exported silently from last/: it asks for RUN/last."""
+    from a2d.config import save_config
+
+    vocab = Vocabulary.load(STORED)
+    cfg = load_config("tiny-student", ["d_model=32", "ffn_dim=64", "encoder_layers=1", "decoder_layers=1"])
+    run = RunDir(tmp_path / "run")
+    run.path.mkdir()
+    save_config(cfg, run.config_file)
+    run.metrics_file.write_text("")
+    out = tmp_path / "ct2"
+    err = one_line_error(["export", "--model", run.path, "--out", out], capsys)
+    assert f"{run.path}: a run with no saved model yet" in err and "to make one" not in err
+    run.save("last", build_model(cfg, len(vocab), seed=1), vocab, cfg)
+    err = one_line_error(["export", "--model", run.path, "--out", out], capsys)
+    assert f"--model {run.path}: the run has no best/ yet" in err and f"give --model {run.last} to export" in err
+    assert not out.exists()
+    assert main(["export", "--model", str(run.last), "--out", str(out), "--quantization", "float32"]) == 0
+    assert json.loads((out / "a2d_export.json").read_text())["source"] == str(run.last.resolve())
+
+
+def test_an_export_without_its_model_bin_is_called_incomplete(exports, tmp_path, monkeypatch, capsys):
+    broken = tmp_path / "ct2"
+    shutil.copytree(exports / "int8", broken)
+    (broken / "model.bin").unlink()
+    monkeypatch.setattr("sys.stdin", io.TextIOWrapper(io.BytesIO(b"Ein Hund.\n")))
+    err = one_line_error(["translate", "--model", broken], capsys)
+    assert f"{broken}: an incomplete CTranslate2 export (a2d_export.json but no model.bin)" in err
+    assert "needs the Hugging Face model folder" not in err

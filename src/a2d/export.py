@@ -30,7 +30,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import a2d
-from a2d.utils import UserError, atomic_dir, sha256_file
+from a2d.utils import UserError, atomic_dir, check_writable_parent, sha256_file
 
 EXPORT_FILE = "a2d_export.json"
 QUANTIZATIONS = ("int8", "int8_float32", "int16", "float16", "float32")
@@ -147,11 +147,17 @@ def export(model_path: Path | str, out: Path | str, quantization: str = "int8", 
 
     from a2d.models import load_model, resolve_model_dir
 
-    out = Path(out)
+    out, model_path = Path(out), Path(model_path)
     if out.exists():
         raise UserError(f"--out {out}: already exists; a2d export does not overwrite (remove it or choose another)")
+    check_writable_parent(out)
     check_quantization(quantization)
-    model_dir = resolve_model_dir(Path(model_path))
+    if (not (model_path / "config.json").exists() and not (model_path / "best" / "config.json").exists()
+            and (model_path / "last" / "config.json").exists()):
+        raise UserError(f"--model {model_path}: the run has no best/ yet (no validated model: it is still training, or "
+                        f"stopped before its first validation); give --model {model_path / 'last'} to export its "
+                        "latest, unvalidated weights")
+    model_dir = resolve_model_dir(model_path)
     model, vocab = load_model(model_dir)  # the clear errors for a folder that is not a model (or not Marian)
     bad_words = [ids for ids in (model.generation_config.bad_words_ids or []) if len(ids) == 1]
     settings = {

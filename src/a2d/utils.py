@@ -30,13 +30,20 @@ def check_output_file(path: Path | str, option: str = "--out") -> Path:
     path = Path(path)
     if path.is_dir():
         raise UserError(f"{option} {path}: is a folder; give a file name")
+    check_writable_parent(path, option)
+    return path
+
+
+def check_writable_parent(path: Path | str, option: str = "--out") -> None:
+    """Refuse, before any work, an output (file or folder) that cannot be made beside its siblings: the nearest
+    existing folder above ``path`` is a file or cannot be written. Nothing is created in ``path`` itself."""
+    path = Path(path)
     parent = path.parent
     while not parent.exists() and parent != parent.parent:
         parent = parent.parent
     if not parent.is_dir():
         raise UserError(f"{option} {path}: {parent} is a file, not a folder")
     check_writable_dir(parent, option, shown=path)
-    return path
 
 
 def check_writable_dir(folder: Path | str, option: str = "--out", shown: Path | str | None = None) -> None:
