@@ -302,3 +302,19 @@ def test_a_users_file_in_a_prepared_dir_is_never_deleted(small_inputs, tmp_path)
     (out / "notes.txt").unlink()
     prepare(out, small_inputs, "de", "en", vocab_size=300, max_train=50, log=_quiet)
     assert load_meta(out)["splits"]["train"]["lines"] == 50
+
+
+def test_a_refused_out_is_not_touched(small_inputs, tmp_path):
+    """--out over a folder of the user's is refused before anything is created in it (a probe file was created and
+    removed there first, changing the folder's modification time)."""
+    import os
+
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    os.utime(out, ns=(1_000_000_000_000_000_000, 1_000_000_000_000_000_000))
+    with pytest.raises(UserError, match="holds files a2d prepare did not write"):
+        prepare(out, small_inputs, "de", "en", vocab_size=300, log=_quiet)
+    assert out.stat().st_mtime_ns == 1_000_000_000_000_000_000
+    assert [p.name for p in out.iterdir()] == ["notes.txt"] and (out / "notes.txt").read_text() == "mine"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["inputs", "mine"]

@@ -33,7 +33,7 @@ import a2d
 from a2d.data.corpus import SPLITS, read_lines, read_parallel
 from a2d.data.vocab import SPM_FILE, Vocabulary, train_sentencepiece
 from a2d.tokenizer import MAX_UNKNOWN_RATE, check_unknown_rate
-from a2d.utils import UserError, atomic_dir, check_writable_dir, sha256_file
+from a2d.utils import UserError, atomic_dir, check_writable_dir, check_writable_parent, sha256_file
 
 META_FILE = "meta.json"
 FORMAT_VERSION = 1
@@ -86,6 +86,8 @@ def prepare(out_dir: Path | str, splits: dict[str, tuple[Path, Path]], src_lang:
         raise UserError(f"--out {out_dir}: holds files a2d prepare did not write ({', '.join(foreign[:3])}"
                         f"{', ...' if len(foreign) > 3 else ''}); choose another --out, or give --overwrite to "
                         "replace the prepared files and keep these")
+    if foreign:  # --overwrite: the prepared files are moved in among the user's
+        check_writable_dir(out_dir)
     data = _read_splits(splits, max_train)
     for part in data.values():
         _drop_empty(part)
@@ -190,10 +192,7 @@ def _check_options(out_dir: Path, splits: dict, src_lang: str, tgt_lang: str, vo
         raise UserError(f"--max-train {max_train}: must be at least 1")
     if out_dir.exists() and not out_dir.is_dir():
         raise UserError(f"--out {out_dir}: exists and is not a directory")
-    parent = out_dir if out_dir.exists() else out_dir.parent
-    while not parent.exists() and parent != parent.parent:
-        parent = parent.parent
-    check_writable_dir(parent, shown=out_dir)
+    check_writable_parent(out_dir)  # the result is made beside out_dir; nothing is created in it yet
 
 
 def _foreign_files(out_dir: Path) -> list[str]:
