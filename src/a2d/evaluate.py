@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from a2d.data.batching import fill_batches
-from a2d.data.vocab import SPM_FILE
+from a2d.data.vocab import SPM_FILE, check_same_vocabulary
 from a2d.utils import UserError, atomic_write_text, check_output_file, sha256_file
 
 #: sacreBLEU's default seed for its bootstrap resampling (``SACREBLEU_SEED``); we pin it explicitly.
@@ -283,9 +283,7 @@ def evaluate_model(model_path: Path | str, data_dir: Path | str, split: str = "t
         vocab = model.vocab
     else:
         model, vocab = load_model(model_path)
-    if vocab.checksum() != data_vocab.checksum():
-        raise UserError(f"{model_path} was trained with another vocabulary than {data_dir} "
-                        f"({vocab.path} and {data_vocab.path} differ)")
+    check_same_vocabulary(vocab, data_vocab, str(model_path), data_dir)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model.to(device)
 

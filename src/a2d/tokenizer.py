@@ -83,6 +83,7 @@ class MarianVocabulary:
         self.path = self.folder / VOCAB_JSON
         if not is_marian_tokenizer_folder(self.folder):
             raise UserError(f"{self.folder}: no Marian tokenizer here (needs {SOURCE_SPM}, {TARGET_SPM} and {VOCAB_JSON})")
+        _check_tokenizer_files(self.folder)
         try:
             import warnings
 
@@ -104,10 +105,10 @@ class MarianVocabulary:
         layout = {}
         for name in (LAYOUT_FILE, "config.json"):
             if (self.folder / name).is_file():
-                config = read_json(self.folder / name)
+                config = _json_object(self.folder / name)
                 layout = {k: config.get(k) for k in LAYOUT_KEYS + GENERATION_KEYS if k in config}
                 if name == "config.json" and (self.folder / "generation_config.json").is_file():
-                    generation = read_json(self.folder / "generation_config.json")
+                    generation = _json_object(self.folder / "generation_config.json")
                     layout.update({k: generation.get(k) for k in GENERATION_KEYS})
                 break
         size = len(self.hf.encoder)
@@ -175,6 +176,17 @@ class MarianVocabulary:
         if not (directory / "config.json").is_file():
             (directory / LAYOUT_FILE).write_text(json.dumps(self.layout, indent=2) + "\n", encoding="utf-8")
 
+    @property
+    def id_files(self) -> str:
+        """The files that decide the ids, for messages."""
+        names = [name for name in (SOURCE_SPM, TARGET_SPM, VOCAB_JSON, TARGET_VOCAB_JSON) if (self.folder / name).is_file()]
+        return ", ".join(names[:-1]) + " and " + names[-1]
+
+    @property
+    def prepare_option(self) -> str:
+        """The ``a2d prepare`` option that encodes data with this tokenizer."""
+        return f"--tokenizer {self.folder}"
+
     def checksum(self) -> str:
         """sha256 over the files that decide the ids (the two SentencePiece models and the vocabularies)."""
         h = hashlib.sha256()
@@ -182,6 +194,40 @@ class MarianVocabulary:
             path = self.folder / name
             h.update(name.encode() + b"\0" + (path.read_bytes() if path.is_file() else b"") + b"\0")
         return h.hexdigest()
+
+
+def _json_object(path: Path, what: str = "settings") -> dict:
+    """The JSON object in ``path`` ({} if there is no such file); a one-line error naming the file otherwise."""
+    value = read_json(path, default={})
+    if not isinstance(value, dict):
+        raise UserError(f"{path}: expected a JSON object of {what}, found a {type(value).__name__}")
+    return value
+
+
+def _check_tokenizer_files(folder: Path) -> None:
+    """Refuse, naming the file, a Marian tokenizer folder whose JSON files ``MarianTokenizer`` would choke on (or
+    read wrongly): a ``tokenizer_config.json`` of another tokenizer class, a ``vocab.json`` that is not a mapping
+    of pieces to ids, or one without the special tokens."""
+    config = _json_object(folder / TOKENIZER_CONFIG)
+    kind = config.get("tokenizer_class")
+    if kind is not None and kind != "MarianTokenizer":
+        raise UserError(f"{folder / TOKENIZER_CONFIG}: the tokenizer of this folder is a {kind}, not a MarianTokenizer; "
+                        "a2d reads Marian tokenizers only (source.spm, target.spm, vocab.json)")
+    _json_object(folder / SPECIAL_TOKENS_MAP)
+    special = {key: config.get(key, default) for key, default in
+               (("unk_token", "<unk>"), ("eos_token", "</s>"), ("pad_token", "<pad>"))}
+    for name in (VOCAB_JSON, TARGET_VOCAB_JSON):
+        path = folder / name
+        if not path.is_file():
+            continue
+        vocab = _json_object(path, "pieces and their ids")
+        bad = next((f"{piece!r}: {i!r}" for piece, i in vocab.items()
+                    if not isinstance(i, int) or isinstance(i, bool) or i < 0), None)
+        if bad is not None:
+            raise UserError(f"{path}: expected a JSON object of pieces and their ids (integers >= 0), found {bad}")
+        absent = [token for token in special.values() if isinstance(token, str) and token not in vocab]
+        if absent and name == VOCAB_JSON:
+            raise UserError(f"{path}: has no {', '.join(absent)} (the special tokens of {TOKENIZER_CONFIG})")
 
 
 def collate_ids(vocab) -> dict:

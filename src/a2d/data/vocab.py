@@ -126,3 +126,24 @@ class Vocabulary:
         from a2d.utils import sha256_file
 
         return sha256_file(self.path)
+
+    @property
+    def id_files(self) -> str:
+        """The files that decide the ids, for messages."""
+        return SPM_FILE
+
+    @property
+    def prepare_option(self) -> str:
+        """The ``a2d prepare`` option that encodes data with this tokenizer."""
+        return f"--vocab {self.path}"
+
+
+def check_same_vocabulary(model_vocab, data_vocab, model: str, data_dir: Path | str) -> None:
+    """Refuse a model (``model``: how the message names it, e.g. ``--teacher RUN``) whose tokenizer is not the data
+    directory's: one line naming both sides' files (``sentencepiece.model``, or a Marian tokenizer's) and the
+    ``a2d prepare`` option that encodes data with the model's."""
+    if model_vocab.checksum() == data_vocab.checksum():
+        return
+    raise UserError(f"{model}: trained with another vocabulary than {data_dir} (its {model_vocab.id_files} and the data "
+                    f"directory's {data_vocab.id_files} differ); prepare the data with a2d prepare "
+                    f"{model_vocab.prepare_option}")

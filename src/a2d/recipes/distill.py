@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 from a2d.config import Config, save_config
 from a2d.data.batching import collate, shard_batches, token_batches
 from a2d.data.prepare import ParallelData, load_meta
-from a2d.data.vocab import Vocabulary
+from a2d.data.vocab import Vocabulary, check_same_vocabulary
 from a2d.losses import label_smoothed_ce
 from a2d.methods import ATTENTIONS, HIDDEN_STATES, LOGITS, Progress, get_method
 from a2d.models import build_model, count_parameters, load_model, load_weights, use_attention_maps
@@ -39,9 +39,7 @@ from a2d.utils import UserError
 def load_teacher(path: Path, vocab: Vocabulary, data_dir: Path):
     """The teacher, frozen: eval mode, ``requires_grad=False``; its vocabulary must be the data's."""
     teacher, teacher_vocab = load_model(path)
-    if teacher_vocab.checksum() != vocab.checksum():
-        raise UserError(f"--teacher {path}: trained with another vocabulary than {data_dir} "
-                        "(teacher and student must share the data directory's sentencepiece.model)")
+    check_same_vocabulary(teacher_vocab, vocab, f"--teacher {path}", data_dir)  # student and teacher share it
     teacher.eval()
     teacher.requires_grad_(False)
     return teacher

@@ -30,7 +30,7 @@ from tqdm.auto import tqdm
 import a2d
 from a2d.data.corpus import LINE_BREAK_TABLE, read_lines
 from a2d.data.prepare import META_FILE, ParallelData, Split, encode_split, load_meta, write_split
-from a2d.data.vocab import Vocabulary
+from a2d.data.vocab import Vocabulary, check_same_vocabulary
 from a2d.evaluate import translate
 from a2d.models import load_model
 from a2d.utils import UserError, atomic_dir, atomic_write_text, sha256_file
@@ -67,9 +67,7 @@ def distill_data(teacher: Path, data_dir: Path, out_dir: Path, beam: int = 5, ma
     sources = train.src_text
     vocab = Vocabulary.load(data_dir)
     model, teacher_vocab = load_model(teacher)
-    if teacher_vocab.checksum() != vocab.checksum():
-        raise UserError(f"--teacher {teacher}: trained with another vocabulary than {data_dir} "
-                        "(the teacher must share the data directory's sentencepiece.model)")
+    check_same_vocabulary(teacher_vocab, vocab, f"--teacher {teacher}", data_dir)
     model_dir = teacher_vocab.path.parent  # the folder load_model resolved (RUN/best, ...)
     identity = {
         "teacher_sha256": sha256_file(model_dir / "model.safetensors"),
