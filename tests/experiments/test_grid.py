@@ -63,3 +63,26 @@ def test_method_facts_come_from_the_method_classes():
     assert [cells[n].needs_teacher for n in ("nokd", "kd", "seq-kd", "a2d")] == [False, True, True, True]
     assert cells["seq-kd"].method_class.generated_data and not cells["kd"].method_class.generated_data
     assert cells["seq-kd"].label == "Sequence KD" and cells["a2d-layerwise"].label == "A2D (layer-wise)"
+
+
+def test_grid_errors_name_the_file_and_the_cell(tmp_path, capsys):
+    """An unknown method in a cell, or a language the corpus lacks, was reported as if an option were wrong
+    (--method nope, --tgt xx: options a2d reproduce does not have); it names the grid file and the cell now."""
+    bad = tmp_path / "bad.yaml"
+    for old, new, says in [
+            ("nokd: {method: none}", "nokd: {method: nope}", f"{bad}: methods: nokd: method: unknown method 'nope' "
+                                                             "(choose from a2d, "),
+            ("name: smoke", "name: smoke\ndirections: [de-xx]", f"{bad}: direction 'de-xx': multi30k has no language "
+                                                                 "'xx' (choose from de, en)"),
+            ("name: smoke", "name: smoke\ndirections: [en-en]", f"{bad}: direction 'en-en': source and target "
+                                                                 "languages must differ"),
+            ("corpus: multi30k", "corpus: wmt99", f"{bad}: corpus: unknown corpus 'wmt99' (choose from ")]:
+        text = SMOKE.read_text()
+        if "directions:" in new:
+            text = re.sub(r"(?m)^directions:.*\n", "", text)
+        assert old in text
+        bad.write_text(text.replace(old, new, 1))
+        assert reproduce([str(bad), "--dry-run"]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"a2d: error: {says}") and err.count("\n") == 1, err
+        assert "--method" not in err and "--src" not in err and "--tgt" not in err and "--corpus" not in err

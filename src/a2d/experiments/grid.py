@@ -61,9 +61,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from a2d.config import ConfigError, load_config, read_yaml
-from a2d.data.corpus import corpus_spec
+from a2d.data.corpus import CORPORA
 from a2d.losses import ATT_KINDS
-from a2d.methods import get_method
+from a2d.methods import UnknownMethod, get_method
 from a2d.utils import UserError
 
 TEACHER = "teacher"  # the teacher's cell name (RUNS/<name>/<dir>/teacher)
@@ -298,11 +298,19 @@ def load_grid(path: Path | str) -> Grid:
         raise UserError(f"{path}: continue_from: expected the name of another grid, got {grid.continue_from!r}")
     if not grid.directions:
         raise UserError(f"{path}: directions: expected a list like [de-en, en-de]")
+    if grid.corpus not in CORPORA:
+        raise UserError(f"{path}: corpus: unknown corpus {grid.corpus!r} (choose from {', '.join(sorted(CORPORA))})")
+    languages = CORPORA[grid.corpus].languages
     for d in grid.directions:
         parts = d.split("-")
         if len(parts) != 2:
             raise UserError(f"{path}: direction {d!r}: write it src-tgt, e.g. de-en")
-        corpus_spec(grid.corpus, *parts)
+        unknown = [lang for lang in parts if lang not in languages]
+        if unknown:
+            raise UserError(f"{path}: direction {d!r}: {grid.corpus} has no language {unknown[0]!r} "
+                            f"(choose from {', '.join(languages)})")
+        if parts[0] == parts[1]:
+            raise UserError(f"{path}: direction {d!r}: source and target languages must differ")
     if len(set(grid.directions)) != len(grid.directions):
         raise UserError(f"{path}: directions: listed twice")
     if not grid.seeds:
@@ -332,7 +340,11 @@ def _add_cells(grid: Grid) -> None:
         if not NAME_RE.match(cname) or cname == TEACHER or cname.startswith("seqkd-data"):
             raise UserError(f"{where}: cell name {cname!r}: use lower-case letters, digits, '.', '_', '-' "
                             f"(not {TEACHER!r})")
-        method = get_method(spec.method)
+        try:
+            method = get_method(spec.method)
+        except UnknownMethod as e:  # the cell's, not an option's: name the file and the cell
+            raise UserError(f"{where}: {cname}: method: unknown method {e.name!r} (choose from "
+                            f"{', '.join(e.choices)})") from None
         label = spec.label
         if label is None:  # "No KD" for a cell named nokd, "No KD [nokd-long]" for another one
             label = (method.label or method.name) + ("" if cname == (method.baseline or method.name) else f" [{cname}]")
