@@ -38,37 +38,33 @@ ENGINES = ("hf-fp32", "ct2-float32", "ct2-int8")
 
 
 def _load(engine: str, folder: str, threads: int):
+    from a2d.translator import CT2Translator, HFTranslator
+
     if engine == "hf-fp32":
         import torch
 
-        from a2d.models import load_model
-
         torch.set_num_threads(threads)
-        model, vocab = load_model(folder)
-        return model.eval(), vocab
-    from a2d.ct2 import CT2Model
-
-    model = CT2Model(folder, threads=threads)
-    return model, model.vocab
+        return HFTranslator.load(folder, device="cpu")
+    return CT2Translator(folder, threads=threads)
 
 
 def measure(engine: str, folder: str, data: str, split: str, threads: int, max_tokens: int,
             latency_sentences: int) -> dict:
     """Run in a fresh process: load, time the test set (beam 5 and greedy), time batch-1 latency, score."""
     from a2d.data.prepare import ParallelData
-    from a2d.evaluate import score, translate
+    from a2d.evaluate import score
 
     os.environ["OMP_NUM_THREADS"] = str(threads)
     test = ParallelData.load(data, split)
     start = time.perf_counter()
-    model, vocab = _load(engine, folder, threads)
+    translator = _load(engine, folder, threads)
     result = {"engine": engine, "folder": folder, "load_seconds": round(time.perf_counter() - start, 3), "runs": {}}
-    translate(model, vocab, test.src_text[:20], beam=5, max_tokens=max_tokens)  # warm-up
+    translator.translate(test.src_text[:20], beam=5, max_tokens=max_tokens)  # warm-up
     for beam in (5, 1):
         start = time.perf_counter()
-        hyps = translate(model, vocab, test.src_text, beam=beam, max_tokens=max_tokens)
+        hyps = translator.translate(test.src_text, beam=beam, max_tokens=max_tokens)
         seconds = time.perf_counter() - start
-        tokens = sum(len(ids) + 1 for ids in vocab.encode_target_batch(hyps))  # target pieces + </s>
+        tokens = sum(len(ids) + 1 for ids in translator.vocab.encode_target_batch(hyps))  # target pieces + </s>
         s = score(hyps, test.tgt_text, n_bootstrap=1, tgt_lang=test.meta.get("tgt"))
         result["runs"][f"beam{beam}"] = {
             "seconds": round(seconds, 3), "sentences": len(hyps), "target_tokens": tokens,
@@ -77,7 +73,7 @@ def measure(engine: str, folder: str, data: str, split: str, threads: int, max_t
     times = []
     for text in test.src_text[:latency_sentences]:
         start = time.perf_counter()
-        translate(model, vocab, [text], beam=5, max_tokens=max_tokens)
+        translator.translate([text], beam=5, max_tokens=max_tokens)
         times.append(time.perf_counter() - start)
     q = statistics.quantiles(times, n=10)
     result["latency_ms"] = {"p50": round(1000 * statistics.median(times), 2), "p90": round(1000 * q[8], 2),

@@ -47,7 +47,8 @@ def tiny(tmp_path_factory, data_root):
     text = root / "spm.txt"
     text.write_text("\n".join(de + en) + "\n", encoding="utf-8")
     train_sentencepiece([text], data, vocab_size=200)
-    (data / "meta.json").write_text(json.dumps({"src": "de", "tgt": "en"}), encoding="utf-8")
+    (data / "meta.json").write_text(json.dumps({"src": "de", "tgt": "en", "splits": {"valid": {"lines": 12}}}),
+                                    encoding="utf-8")
     (data / "valid.de").write_text("\n".join(de[:12]) + "\n", encoding="utf-8")
     (data / "valid.en").write_text("\n".join(en[:12]) + "\n", encoding="utf-8")
     vocab = Vocabulary.load(data)

@@ -83,11 +83,11 @@ def test_trained_model_generates_as_a2d_translate(tmp_path, test_text):
 
 
 def test_float32_export_matches_hugging_face(exports, test_text):
-    from a2d.ct2 import CT2Model
+    from a2d.translator import CT2Translator
 
     model, vocab = load_model(STORED)
     sources = test_text[0][:48]
-    ct2 = CT2Model(exports / "float32")
+    ct2 = CT2Translator(exports / "float32")
     assert ct2.translate(sources, beam=1) == translate(model, vocab, sources, beam=1)
     assert ct2.translate(sources[:16], beam=5) == translate(model, vocab, sources[:16], beam=5)
 
@@ -96,7 +96,7 @@ def test_two_vocabulary_export_matches_hugging_face(tmp_path):
     """A Marian folder with separate source and target vocabularies (vocab.json and target_vocab.json, as
     OPUS-MT's two-vocabulary models): CTranslate2 gets each side's own, and the float32 export decodes as
     Hugging Face does, string for string."""
-    from a2d.ct2 import CT2Model
+    from a2d.translator import CT2Translator
     from a2d.export import export
 
     # large random weights, so that the output depends on the source (at init_std 0.02 every source gives one)
@@ -110,19 +110,19 @@ def test_two_vocabulary_export_matches_hugging_face(tmp_path):
     sources = corpus_text(40)[0]
     hyps = translate(model, vocab, sources, beam=1)
     assert len(set(hyps)) > 30
-    ct2 = CT2Model(tmp_path / "ct2")
+    ct2 = CT2Translator(tmp_path / "ct2")
     assert ct2.translate(sources, beam=1) == hyps
     assert ct2.translate(sources[:12], beam=4) == translate(model, vocab, sources[:12], beam=4)
 
 
 def test_int8_export_within_tolerance(exports, test_text):
-    from a2d.ct2 import CT2Model
+    from a2d.translator import CT2Translator
     from a2d.export import folder_size
 
     model, vocab = load_model(STORED)
     sources, refs = test_text
     fp32 = score(translate(model, vocab, sources, beam=1), refs, n_bootstrap=1)["bleu"]
-    int8 = score(CT2Model(exports / "int8").translate(sources, beam=1), refs, n_bootstrap=1)["bleu"]
+    int8 = score(CT2Translator(exports / "int8").translate(sources, beam=1), refs, n_bootstrap=1)["bleu"]
     assert abs(int8 - fp32) <= INT8_BLEU_TOLERANCE
     assert folder_size(exports / "int8", weights_only=True) <= 0.3 * folder_size(exports / "float32", weights_only=True)
     settings = json.loads((exports / "int8" / "a2d_export.json").read_text())

@@ -118,14 +118,14 @@ def test_score_distill_translate(hub, tmp_path, monkeypatch, capsys):
 
 
 def test_hub_export_matches_hugging_face(hub, tmp_path):
-    from a2d.ct2 import CT2Model
+    from a2d.translator import CT2Translator
     from a2d.export import export
 
     teacher, _ = hub
     export(teacher, tmp_path / "ct2", quantization="float32", log=quiet)
     model, vocab = load_model(teacher)
     sources = corpus_text(30)[0]
-    assert CT2Model(tmp_path / "ct2").translate(sources, beam=1) == translate(model, vocab, sources, beam=1)
+    assert CT2Translator(tmp_path / "ct2").translate(sources, beam=1) == translate(model, vocab, sources, beam=1)
 
 
 def test_bad_teachers_and_tokenizers(hub, tmp_path, data_root):

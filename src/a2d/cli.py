@@ -115,22 +115,13 @@ def _stdin_lines() -> list[str]:
 
 
 def cmd_translate(args):
-    from a2d.evaluate import translate
-    from a2d.models import load_model
+    from a2d.translator import load_translator
 
     if args.beam < 1:
         raise UserError(f"--beam {args.beam}: must be at least 1")
-    from a2d.export import is_exported
-
-    if is_exported(args.model):  # a CTranslate2 export (a2d export)
-        from a2d.ct2 import CT2Model
-
-        model = CT2Model(Path(args.model), threads=args.threads)
-        vocab = model.vocab
-    else:
-        model, vocab = load_model(Path(args.model))
+    translator = load_translator(Path(args.model), threads=args.threads)
     lines = _stdin_lines()
-    for hyp in translate(model, vocab, lines, beam=args.beam, max_tokens=args.max_tokens):
+    for hyp in translator.translate(lines, beam=args.beam, max_tokens=args.max_tokens):
         print(hyp)
 
 

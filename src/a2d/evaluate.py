@@ -1,12 +1,12 @@
 """Evaluation: decode with beam search, score with sacreBLEU, confidence intervals and significance.
 
-* :func:`translate` batches sources by a token budget and decodes them with Hugging Face
-  ``generate`` (beam search), returning hypotheses in the input order.
+* :func:`translate` decodes sources with a Hugging Face model in memory (the engines and how they decode:
+  :mod:`a2d.translator`).
 * :func:`score` gives corpus BLEU with its 95% bootstrap confidence interval (sacreBLEU's own
   resampling, 1000 resamples, fixed seed) and chrF, with both sacreBLEU signatures.
 * :func:`paired_bootstrap` compares systems to a baseline with sacreBLEU's paired bootstrap test.
-* :func:`evaluate_model` ties these together for ``a2d evaluate``: a checkpoint, a prepared data
-  directory and a split in; a JSON report (and the hypotheses, one per line) out.
+* :func:`evaluate_model` ties these together for ``a2d evaluate``: a translator (or a model folder), a
+  prepared data directory and a split in; a JSON report (and the hypotheses, one per line) out.
 """
 from __future__ import annotations
 
@@ -16,11 +16,11 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
-import torch
-
-from a2d.data.batching import fill_batches
-from a2d.data.vocab import SPM_FILE, check_same_vocabulary
-from a2d.utils import UserError, atomic_write_text, check_output_file, sha256_file
+from a2d.data.corpus import read_lines
+from a2d.data.prepare import load_meta
+from a2d.data.vocab import Vocabulary, check_same_vocabulary
+from a2d.translator import HFTranslator, Translator, load_translator
+from a2d.utils import UserError, atomic_write_text, check_output_file
 
 #: sacreBLEU's default seed for its bootstrap resampling (``SACREBLEU_SEED``); we pin it explicitly.
 BOOTSTRAP_SEED = 12345
@@ -31,65 +31,10 @@ BOOTSTRAP_SEED = 12345
 # ---------------------------------------------------------------------------------------------
 def translate(model, vocab, sources: list[str], beam: int = 5, max_len_a: float = 1.2, max_len_b: int = 10,
               max_tokens: int = 6000, progress: bool = False) -> list[str]:
-    """Translate ``sources`` (detokenised text) and return the hypotheses in the same order.
-
-    Each source is encoded with ``vocab``, truncated to the model's positions and closed with ``</s>``;
-    sources are sorted longest first and batched so that ``batch_size * longest <= max_tokens``.
-    Each batch may generate up to ``int(max_len_a * longest_source + max_len_b)`` new tokens.
-    Empty (or blank) sources give ``""`` without being decoded. ``model`` may be a CTranslate2 export
-    (:class:`a2d.ct2.CT2Model`), which decodes the same way.
-    """
-    if getattr(model, "is_ctranslate2", False):
-        return model.translate(sources, beam=beam, max_len_a=max_len_a, max_len_b=max_len_b, max_tokens=max_tokens)
-    if beam < 1:
-        raise ValueError(f"beam={beam}: must be >= 1")
-    sources = list(sources)
-    hypotheses = [""] * len(sources)
-    limit = max(1, int(model.config.max_position_embeddings) - 1)
-    encoded: dict[int, list[int]] = {}
-    for i, text in enumerate(sources):
-        if text is None or not text.strip():
-            continue
-        encoded[i] = vocab.encode(text)[:limit] + [vocab.eos_id]
-    order = sorted(encoded, key=lambda i: (-len(encoded[i]), i))
-    batches = fill_batches(order, {i: len(encoded[i]) for i in order}, max(1, int(max_tokens)))
-    if not batches:
-        return hypotheses
-
-    device = next(model.parameters()).device
-    pad = vocab.pad_id
-    was_training = model.training
-    model.eval()
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=len(order), unit="sent", desc="translate", leave=False)
-    try:
-        with torch.inference_mode():
-            for batch in batches:
-                longest = max(len(encoded[i]) for i in batch)
-                input_ids = torch.full((len(batch), longest), pad, dtype=torch.long)
-                attention_mask = torch.zeros((len(batch), longest), dtype=torch.long)
-                for row, i in enumerate(batch):
-                    ids = encoded[i]
-                    input_ids[row, :len(ids)] = torch.tensor(ids, dtype=torch.long)
-                    attention_mask[row, :len(ids)] = 1
-                max_new = max(1, min(int(max_len_a * longest + max_len_b), limit))
-                search = {"num_beams": beam, "early_stopping": True} if beam > 1 else {"num_beams": 1}
-                out = model.generate(
-                    input_ids=input_ids.to(device), attention_mask=attention_mask.to(device),
-                    max_new_tokens=max_new, do_sample=False, **search,
-                )
-                for row, i in enumerate(batch):
-                    hypotheses[i] = vocab.decode(out[row].tolist()).replace("\n", " ").strip()
-                if bar is not None:
-                    bar.update(len(batch))
-    finally:
-        if bar is not None:
-            bar.close()
-        model.train(was_training)
-    return hypotheses
+    """Translate ``sources`` with a Hugging Face model in memory and its tokenizer: what
+    :class:`a2d.translator.HFTranslator` does (decoding is described in :mod:`a2d.translator`)."""
+    return HFTranslator(model, vocab).translate(sources, beam=beam, max_len_a=max_len_a, max_len_b=max_len_b,
+                                                max_tokens=max_tokens, progress=progress)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -230,73 +175,47 @@ def paired_bootstrap(baseline_hyps: list[str], system_hyps: dict[str, list[str]]
 # a2d evaluate
 # ---------------------------------------------------------------------------------------------
 def _read_lines(path: Path) -> list[str]:
-    from a2d.data.corpus import read_lines
-
     if not path.is_file():
         raise UserError(f"{path}: no such file (is the split name right?)")
     return read_lines(path)
 
 
-def evaluate_model(model_path: Path | str, data_dir: Path | str, split: str = "test", beam: int = 5,
+def evaluate_model(model: Translator | Path | str, data_dir: Path | str, split: str = "test", beam: int = 5,
                    out: Path | str | None = None, max_len_a: float = 1.2, max_len_b: int = 10,
                    progress: bool = True, max_tokens: int = 6000, threads: int = 1) -> dict:
-    """Translate ``DATA_DIR/{split}.{src}`` with the checkpoint and score it against ``{split}.{tgt}``.
+    """Translate ``DATA_DIR/{split}.{src}`` with ``model`` and score it against ``{split}.{tgt}``.
 
-    With ``out`` the result is written there as JSON and the hypotheses, one per line, to
-    ``out.with_suffix(".hyp")``. Returns the result dict (the :func:`score` keys plus model, data,
-    split, beam, decode_seconds, sentences_per_second, device).
+    ``model`` is a :class:`~a2d.translator.Translator`, or a folder, opened with
+    :func:`~a2d.translator.load_translator` (``threads``: CTranslate2's) once the data is found. With ``out`` the
+    result is written there as JSON and the hypotheses, one per line, to ``out.with_suffix(".hyp")``. Returns the
+    result dict (the :func:`score` keys plus model, data, split, beam, decode_seconds, sentences_per_second, device).
     """
-    from a2d.models import load_model
-
     if beam < 1:
         raise UserError(f"--beam {beam}: must be at least 1")
     if out is not None:
         check_output_file(out)
         check_output_file(Path(out).with_suffix(".hyp"))
     data_dir = Path(data_dir)
-    if not data_dir.is_dir():
-        raise UserError(f"{data_dir}: no such data directory (prepare the data with `a2d prepare`)")
-    meta_path = data_dir / "meta.json"
-    if not meta_path.is_file():
-        raise UserError(f"{meta_path}: missing (prepare the data with `a2d prepare`)")
-    try:
-        meta = json.loads(meta_path.read_text(encoding="utf-8"))
-        src, tgt = meta["src"], meta["tgt"]
-    except (json.JSONDecodeError, KeyError, TypeError) as e:
-        raise UserError(f"{meta_path}: not a valid meta.json with src and tgt ({e})") from None
-    from a2d.data.vocab import Vocabulary
-
-    if not (data_dir / SPM_FILE).is_file() and not (data_dir / "vocab.json").is_file():
-        raise UserError(f"{data_dir / SPM_FILE}: missing (prepare the data with `a2d prepare`)")
+    meta = load_meta(data_dir)
+    src, tgt = meta["src"], meta["tgt"]
     data_vocab = Vocabulary.load(data_dir)
     src_path, ref_path = data_dir / f"{split}.{src}", data_dir / f"{split}.{tgt}"
     sources, references = _read_lines(src_path), _read_lines(ref_path)
     if len(sources) != len(references):
         raise UserError(f"{src_path} has {len(sources)} lines but {ref_path} has {len(references)}")
 
-    from a2d.export import is_exported
-
-    if is_exported(model_path):  # a CTranslate2 export (a2d export)
-        from a2d.ct2 import CT2Model
-
-        model = CT2Model(model_path, threads=threads)
-        vocab = model.vocab
-    else:
-        model, vocab = load_model(model_path)
-    check_same_vocabulary(vocab, data_vocab, str(model_path), data_dir)
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    model.to(device)
-
+    translator = load_translator(model, threads=threads) if isinstance(model, (str, os.PathLike)) else model
+    check_same_vocabulary(translator.vocab, data_vocab, translator.name, data_dir)
     start = time.perf_counter()
-    hypotheses = translate(model, vocab, sources, beam=beam, max_len_a=max_len_a, max_len_b=max_len_b,
-                           max_tokens=max_tokens, progress=progress)
+    hypotheses = translator.translate(sources, beam=beam, max_len_a=max_len_a, max_len_b=max_len_b,
+                                      max_tokens=max_tokens, progress=progress)
     seconds = time.perf_counter() - start
     result = score(hypotheses, references, tgt_lang=tgt)
     result.update({
-        "model": str(model_path), "data": str(data_dir), "split": split, "src": src, "tgt": tgt, "beam": beam,
+        "model": translator.name, "data": str(data_dir), "split": split, "src": src, "tgt": tgt, "beam": beam,
         "max_len_a": max_len_a, "max_len_b": max_len_b, "decode_seconds": round(seconds, 3),
         "sentences_per_second": round(len(sources) / seconds, 2) if seconds > 0 else None,
-        "device": str(device),
+        "device": translator.device,
     })
     if out is not None:
         out = Path(out)

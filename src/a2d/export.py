@@ -9,8 +9,8 @@ from the embedding of ``decoder_start_token_id`` and every id is kept, which is 
 ``generate`` computes for any Marian folder, a2d's or the hub's; and each side gets its own number of
 attention heads (the stock mapping gives the decoder the encoder's). Ids a hub model never generates
 (``bad_words_ids`` in its generation config, OPUS-MT's ``<pad>``) are suppressed when translating
-(:mod:`a2d.ct2`). A folder with two vocabularies (``target_vocab.json``, as some OPUS-MT models) gets
-CTranslate2's source and target vocabularies from ``vocab.json`` and ``target_vocab.json``.
+(:class:`a2d.translator.CT2Translator`). A folder with two vocabularies (``target_vocab.json``, as some OPUS-MT
+models) gets CTranslate2's source and target vocabularies from ``vocab.json`` and ``target_vocab.json``.
 
 An exported folder::
 
@@ -38,6 +38,22 @@ QUANTIZATIONS = ("int8", "int8_float32", "int16", "float16", "float32")
 
 def is_exported(folder: Path | str) -> bool:
     return (Path(folder) / EXPORT_FILE).is_file() and (Path(folder) / "model.bin").is_file()
+
+
+def read_settings(folder: Path | str) -> dict:
+    """The ``a2d_export.json`` of an exported folder: what it was made from and how to decode it as Hugging Face
+    does (``max_position_embeddings``, ``suppress_tokens``, ``forced_eos``)."""
+    folder = Path(folder)
+    if not is_exported(folder):
+        raise UserError(f"{folder}: not an a2d export (no {EXPORT_FILE} and model.bin)")
+    try:
+        settings = json.loads((folder / EXPORT_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise UserError(f"{folder / EXPORT_FILE}: not valid JSON ({e})") from None
+    if not isinstance(settings, dict):
+        raise UserError(f"{folder / EXPORT_FILE}: not written by a2d export (not a JSON object); export the model "
+                        "again")
+    return settings
 
 
 def require_ctranslate2():
@@ -120,6 +136,9 @@ def _tokens(vocab: dict[str, int], rows: int) -> list[str]:
 
 @contextlib.contextmanager
 def _marian_as_hugging_face():
+    """Convert Marian folders with :func:`_loader_class`'s loader: it replaces the stock one in ctranslate2's private
+    ``_MODEL_LOADERS`` for the conversion (pyproject caps ctranslate2's version; tests/test_ctranslate2_guard.py
+    checks what is used)."""
     from ctranslate2.converters import transformers as ct2t
 
     loaders = ct2t._MODEL_LOADERS
@@ -128,7 +147,10 @@ def _marian_as_hugging_face():
     try:
         yield
     finally:
-        loaders["MarianConfig"] = saved
+        if saved is None:
+            loaders.pop("MarianConfig", None)
+        else:
+            loaders["MarianConfig"] = saved
 
 
 def _staged(model_dir: Path, vocab, stage: Path) -> Path:
@@ -201,4 +223,5 @@ def folder_size(folder: Path | str, weights_only: bool = False) -> int:
     return sum(p.stat().st_size for p in files)
 
 
-__all__ = ["export", "is_exported", "check_quantization", "QUANTIZATIONS", "EXPORT_FILE", "folder_size"]
+__all__ = ["export", "is_exported", "read_settings", "check_quantization", "QUANTIZATIONS", "EXPORT_FILE",
+           "folder_size"]

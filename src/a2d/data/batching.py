@@ -62,7 +62,7 @@ def fill_batches(order: Sequence[int], sizes, max_tokens: int) -> list[list[int]
     """Cut ``order`` greedily into batches with ``len(batch) * max(size) <= max_tokens``.
 
     ``sizes[i]`` is the size of example ``i`` (a list or a dict by index). The one token batcher: training
-    (:func:`token_batches`) and decoding (:func:`a2d.evaluate.translate`, longest sources first) use it.
+    (:func:`token_batches`) and decoding (:class:`a2d.translator.BatchTranslator`, longest sources first) use it.
     """
     batches: list[list[int]] = []
     batch: list[int] = []

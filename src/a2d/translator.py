@@ -1,0 +1,178 @@
+"""Translating: one :class:`Translator` interface, two engines, and :func:`load_translator` to open a folder.
+
+* :class:`HFTranslator`: a Hugging Face ``MarianMTModel`` (a run folder, its ``best/`` or ``last/``, a Marian
+  folder, or a model in memory), decoded with ``generate``;
+* :class:`CT2Translator`: a CTranslate2 folder written by ``a2d export``, decoded with ``translate_batch``.
+
+Both decode the same way because they share :meth:`BatchTranslator.translate`: each source is encoded with the
+model's tokenizer, cut to the model's positions and closed with ``</s>``; blank sources give ``""`` without
+being decoded; the rest are sorted longest first and batched so that ``batch size * longest <= max_tokens``;
+a batch may generate ``int(max_len_a * longest + max_len_b)`` new tokens (at most the model's positions);
+beam search, or greedy with ``beam=1``; the hypotheses come back in the input order, detokenised on one line.
+An engine gives only how one batch of token ids is decoded (:meth:`BatchTranslator.generate`).
+"""
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Protocol
+
+import torch
+
+from a2d.data.batching import fill_batches
+from a2d.data.vocab import Vocabulary
+from a2d.export import is_exported, read_settings, require_ctranslate2
+from a2d.models import load_model
+from a2d.utils import UserError
+
+
+class Translator(Protocol):
+    """What ``a2d translate``, ``a2d evaluate`` and the evaluation code need of a model."""
+
+    vocab: Vocabulary  # the tokenizer of its ids (checked against a data directory's)
+    name: str  # what it was loaded from, for messages and reports
+    device: str  # where it runs: "cpu" or "cuda"
+
+    def translate(self, sources: Sequence[str], beam: int = 5, max_len_a: float = 1.2, max_len_b: int = 10,
+                  max_tokens: int = 6000, progress: bool = False) -> list[str]:
+        """The hypotheses of ``sources`` (detokenised text), in the same order."""
+        ...
+
+
+class BatchTranslator:
+    """The decoding both engines share (the module's docstring); an engine sets ``vocab``, ``name``, ``device``
+    and ``limit`` (the source and target positions the model has, less one for ``</s>``) and gives :meth:`generate`."""
+
+    vocab: Vocabulary
+    name: str
+    device: str
+    limit: int
+
+    def generate(self, batch: list[list[int]], beam: int, max_new: int) -> list[list[int]]:
+        """The output ids of each source of ``batch`` (ids closed with ``</s>``), at most ``max_new`` new tokens."""
+        raise NotImplementedError
+
+    def decoding(self) -> contextlib.AbstractContextManager:
+        """The state the engine decodes in, entered once per :meth:`translate` call."""
+        return contextlib.nullcontext()
+
+    def translate(self, sources: Sequence[str], beam: int = 5, max_len_a: float = 1.2, max_len_b: int = 10,
+                  max_tokens: int = 6000, progress: bool = False) -> list[str]:
+        if beam < 1:
+            raise ValueError(f"beam={beam}: must be >= 1")
+        sources = list(sources)
+        hypotheses = [""] * len(sources)
+        encoded = {i: self.vocab.encode(text)[:self.limit] + [self.vocab.eos_id]
+                   for i, text in enumerate(sources) if text is not None and text.strip()}
+        order = sorted(encoded, key=lambda i: (-len(encoded[i]), i))
+        batches = fill_batches(order, {i: len(encoded[i]) for i in order}, max(1, int(max_tokens)))
+        if not batches:
+            return hypotheses
+        bar = None
+        if progress:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=len(order), unit="sent", desc="translate", leave=False)
+        try:
+            with self.decoding():
+                for batch in batches:
+                    longest = max(len(encoded[i]) for i in batch)
+                    max_new = max(1, min(int(max_len_a * longest + max_len_b), self.limit))
+                    for i, ids in zip(batch, self.generate([encoded[i] for i in batch], beam, max_new)):
+                        hypotheses[i] = self.vocab.decode(ids).replace("\n", " ").strip()
+                    if bar is not None:
+                        bar.update(len(batch))
+        finally:
+            if bar is not None:
+                bar.close()
+        return hypotheses
+
+
+class HFTranslator(BatchTranslator):
+    """A Hugging Face ``MarianMTModel`` and its tokenizer; decodes on the device the model is on, in eval mode
+    (a model in training mode is put back in it afterwards)."""
+
+    def __init__(self, model, vocab: Vocabulary, name: str = "the model"):
+        self.model, self.vocab, self.name = model, vocab, name
+        self.limit = max(1, int(model.config.max_position_embeddings) - 1)
+
+    @classmethod
+    def load(cls, path: Path | str, device: str | None = None) -> "HFTranslator":
+        """The model folder ``path`` names (:func:`a2d.models.load_model`), on ``device`` (default: the GPU if
+        there is one)."""
+        model, vocab = load_model(path)
+        model.to(torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu")))
+        return cls(model, vocab, name=str(path))
+
+    @property
+    def device(self) -> str:
+        return next(self.model.parameters()).device.type
+
+    @contextlib.contextmanager
+    def decoding(self):
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            with torch.inference_mode():
+                yield
+        finally:
+            self.model.train(was_training)
+
+    def generate(self, batch: list[list[int]], beam: int, max_new: int) -> list[list[int]]:
+        longest = max(len(ids) for ids in batch)
+        input_ids = torch.full((len(batch), longest), self.vocab.pad_id, dtype=torch.long)
+        attention_mask = torch.zeros((len(batch), longest), dtype=torch.long)
+        for row, ids in enumerate(batch):
+            input_ids[row, :len(ids)] = torch.tensor(ids, dtype=torch.long)
+            attention_mask[row, :len(ids)] = 1
+        search = {"num_beams": beam, "early_stopping": True} if beam > 1 else {"num_beams": 1}
+        device = next(self.model.parameters()).device
+        out = self.model.generate(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device),
+                                  max_new_tokens=max_new, do_sample=False, **search)
+        return out.tolist()
+
+
+class CT2Translator(BatchTranslator):
+    """A CTranslate2 folder written by ``a2d export``, run with ``threads`` intra-op threads.
+
+    The export's settings (:func:`a2d.export.read_settings`) say how to decode as Hugging Face does: the model's
+    positions, the ids it never generates (``bad_words_ids``), and whether a hypothesis that reaches the length
+    limit ends with a forced ``</s>`` (one token early).
+    """
+
+    def __init__(self, folder: Path | str, threads: int = 1, device: str = "cpu", compute_type: str = "default"):
+        ctranslate2 = require_ctranslate2()
+        self.folder = Path(folder)
+        self.name, self.device = str(folder), device
+        if threads < 1:
+            raise UserError(f"--threads {threads}: must be at least 1")
+        settings = read_settings(self.folder)
+        self.vocab = Vocabulary.load(self.folder)
+        try:
+            self.translator = ctranslate2.Translator(str(self.folder), device=device, compute_type=compute_type,
+                                                     intra_threads=int(threads), inter_threads=1)
+        except (RuntimeError, ValueError) as e:
+            raise UserError(f"{self.folder}: CTranslate2 cannot load it ({str(e).splitlines()[0]})") from None
+        self.limit = max(1, int(settings.get("max_position_embeddings", 512)) - 1)
+        self.suppress = [[t] for t in settings.get("suppress_tokens", [])] or None
+        self.forced_eos = int(bool(settings.get("forced_eos")))
+
+    def generate(self, batch: list[list[int]], beam: int, max_new: int) -> list[list[int]]:
+        results = self.translator.translate_batch(
+            [self.vocab.pieces(ids) for ids in batch], beam_size=beam, length_penalty=1.0,
+            max_decoding_length=max(1, max_new - self.forced_eos), max_batch_size=0,
+            suppress_sequences=self.suppress, return_scores=False)
+        return [self.vocab.piece_ids(result.hypotheses[0]) for result in results]
+
+
+def load_translator(path: Path | str, threads: int = 1, device: str | None = None) -> Translator:
+    """The translator of the folder ``path``: :class:`CT2Translator` for an ``a2d export`` folder (with ``threads``
+    CTranslate2 threads, on the CPU), else :class:`HFTranslator` (a run folder, its ``best/`` or ``last/``, or a
+    Marian folder; on ``device``, default the GPU if there is one)."""
+    if is_exported(path):
+        return CT2Translator(path, threads=threads)
+    return HFTranslator.load(path, device=device)
+
+
+__all__ = ["Translator", "BatchTranslator", "HFTranslator", "CT2Translator", "load_translator"]
