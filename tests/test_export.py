@@ -173,11 +173,10 @@ def test_export_checks_where_it_writes_before_the_work(tmp_path, monkeypatch, ca
     is loaded, in one line, and nothing is left there (it was a traceback after the load)."""
     import tempfile
 
-    import a2d.models
+    import a2d.export
 
     loaded = []
-    load_model_ = a2d.models.load_model
-    monkeypatch.setattr(a2d.models, "load_model", lambda *a, **k: loaded.append(a) or load_model_(*a, **k))
+    monkeypatch.setattr(a2d.export, "load_model", lambda *a, **k: loaded.append(a) or load_model(*a, **k))
     (tmp_path / "file").write_text("x")
     err = one_line_error(["export", "--model", STORED, "--out", tmp_path / "file" / "sub" / "ct2"], capsys)
     assert f"{tmp_path / 'file'} is a file, not a folder" in err

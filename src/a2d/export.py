@@ -30,6 +30,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import a2d
+from a2d.models import load_model, resolve_model_dir
 from a2d.utils import UserError, atomic_dir, check_writable_parent, sha256_file
 
 EXPORT_FILE = "a2d_export.json"
@@ -166,8 +167,6 @@ def export(model_path: Path | str, out: Path | str, quantization: str = "int8", 
     """Convert the model folder (or run folder) ``model_path`` into a CTranslate2 model at ``out``."""
     ctranslate2 = require_ctranslate2()
     from ctranslate2.converters import TransformersConverter
-
-    from a2d.models import load_model, resolve_model_dir
 
     out, model_path = Path(out), Path(model_path)
     if out.exists():
