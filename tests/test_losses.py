@@ -208,7 +208,7 @@ def test_logit_losses_match_the_masked_row_formulas_values_and_gradients(tempera
     results = []
     for new in (True, False):
         student = (torch.randn(3, 5, 11, generator=torch.Generator().manual_seed(4)) * 3).requires_grad_(True)
-        if new:  # CE first, then KD on the same logits: they share the student's log-probabilities
+        if new:  # CE first, then KD on the same logits
             terms = [label_smoothed_ce(student, labels, 0.1), word_kd(student, teacher, labels, temperature),
                      word_kd(student, teacher, labels, temperature, token_mask)]
         else:
@@ -222,11 +222,14 @@ def test_logit_losses_match_the_masked_row_formulas_values_and_gradients(tempera
     assert new_grad[labels.eq(-100)].abs().max() == 0  # padding positions get no gradient
 
 
-def test_log_probs_computed_once_per_logits_and_temperature():
+def test_log_probs_is_the_tempered_log_softmax_and_the_losses_keep_nothing_on_the_logits():
+    """The losses stream over the vocabulary (tests/test_streamed_losses.py): no (B, T, V) log-probabilities are
+    memoised on the logits tensor any more."""
     logits = torch.randn(2, 3, 7, requires_grad=True)
-    assert log_probs(logits) is log_probs(logits)
-    assert log_probs(logits, 2.0) is not log_probs(logits)
     assert torch.allclose(log_probs(logits, 2.0), torch.log_softmax(logits / 2, -1))
+    labels = torch.tensor([[1, 2, -100], [3, -100, -100]])
+    label_smoothed_ce(logits, labels) + word_kd(logits, logits.detach() + 1, labels, 2.0)
+    assert not logits.__dict__
 
 
 # ---------------------------------------------------------------------------- word KD from a teacher cache
