@@ -7,7 +7,10 @@
 * :mod:`~a2d.experiments.runner`: data staging, training and scoring each job, ``continue_from``;
 * :mod:`~a2d.experiments.stores`: the translations, teachers and students kept beside the results;
 * :mod:`~a2d.experiments.compare`: results merged, paired bootstrap tests, the best A2D student's figure;
-* :mod:`~a2d.experiments.report`: ``quality-<name>.json`` and the markdown tables.
+* :mod:`~a2d.experiments.report`: ``quality-<name>.json`` and the markdown tables;
+* :mod:`~a2d.experiments.files`: their text and JSON files, read back exactly as written.
+
+Each result records its hardware, commit and time (:mod:`a2d.provenance`).
 
 What a method is to an experiment (its label, whether it needs a teacher or trains on the teacher's
 translations, which baseline it is) is said by its class in :mod:`a2d.methods`.

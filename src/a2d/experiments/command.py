@@ -6,8 +6,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[3]  # the checkout (an editable install): grid paths and commits
-DEFAULT_RESULTS = REPO / "benchmarks" / "results"
+from a2d.provenance import CHECKOUT
+
+#: the checkout's benchmarks/results; installed from a wheel, ./benchmarks/results (never inside site-packages)
+DEFAULT_RESULTS = (Path() if CHECKOUT is None else CHECKOUT) / "benchmarks" / "results"
 DEFAULT_RUNS = Path("runs") / "quality"
 
 
@@ -20,7 +22,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--runs-dir", type=Path, default=DEFAULT_RUNS,
                         help="where data and runs go (default %(default)s)")
     parser.add_argument("--results-dir", type=Path, default=DEFAULT_RESULTS,
-                        help="where quality-<name>.{json,md} go (default benchmarks/results)")
+                        help="where quality-<name>.{json,md} go (default: the a2d checkout's benchmarks/results; "
+                             "./benchmarks/results where a2d is installed from a wheel)")
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument("--dry-run", action="store_true", help="print the planned cells and which are done")
     mode.add_argument("--report-only", action="store_true", help="rebuild the JSON and markdown, train nothing")
@@ -49,4 +52,4 @@ def run(args, log=print) -> None:
             raise
 
 
-__all__ = ["add_arguments", "run", "REPO", "DEFAULT_RESULTS", "DEFAULT_RUNS"]
+__all__ = ["add_arguments", "run", "DEFAULT_RESULTS", "DEFAULT_RUNS"]

@@ -12,8 +12,9 @@ from dataclasses import replace
 from pathlib import Path
 
 from a2d.evaluate import paired_bootstrap
+from a2d.experiments.files import read_json
 from a2d.experiments.grid import BASELINES, TEACHER, Grid
-from a2d.experiments.plan import CELL_FILE, read_json, run_metrics
+from a2d.experiments.plan import CELL_FILE, run_metrics
 from a2d.experiments.stores import load_hypotheses, results_paths
 from a2d.methods import METHODS
 

@@ -8,17 +8,12 @@ once for every grid of the same corpus. A run's status and checkpoint state come
 """
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from pathlib import Path
 
-from a2d import provenance
 from a2d.curves import read_metrics
-from a2d.experiments.command import REPO
 from a2d.experiments.grid import TEACHER, Cell, Grid
 from a2d.rundir import RunDir
-from a2d.utils import read_json as utils_read_json
 
 CELL_FILE = "cell.json"  # a scored job's result, beside its run
 WALL_FILE = "wall.json"  # the wall time of each piece of a job's training
@@ -107,40 +102,6 @@ def run_metrics(run: Path) -> dict:
     state = RunDir(run).state()
     out["updates"] = state.update if state is not None else None
     return out
-
-
-# =============================================================================================== provenance
-def hardware() -> str:
-    return provenance.hardware()
-
-
-def commit() -> str:
-    return provenance.git_commit(str(REPO))
-
-
-def now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
-
-
-# =============================================================================================== files
-def sha_lines(lines: list[str]) -> str:
-    """sha256 of the lines as a file, one per line (how hypotheses and references are identified)."""
-    return hashlib.sha256("".join(x + "\n" for x in lines).encode("utf-8")).hexdigest()
-
-
-def split_lines(text: str) -> list[str]:
-    lines = text.split("\n")
-    if lines and lines[-1] == "":
-        lines.pop()
-    return lines
-
-
-def read_lines(path: Path) -> list[str]:
-    return split_lines(path.read_text(encoding="utf-8"))
-
-
-def read_json(path: Path, default=None):
-    return utils_read_json(path, default, hint="remove it or fix it")
 
 
 __all__ = ["Job", "plan", "data_dir", "eval_dir", "seqkd_dir", "run_status", "run_metrics", "CELL_FILE", "WALL_FILE"]

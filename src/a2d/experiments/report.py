@@ -17,9 +17,8 @@ from pathlib import Path
 
 from a2d.experiments.compare import alignment_figures, best_a2d, collect, comparisons
 from a2d.experiments.grid import TEACHER, Grid
-from a2d.experiments.command import REPO
-from a2d.experiments.plan import now
 from a2d.experiments.stores import results_paths, save_hypotheses
+from a2d.provenance import CHECKOUT, now
 from a2d.utils import atomic_write_text
 
 DASH = "–"
@@ -33,10 +32,9 @@ def write_report(grid: Grid, runs: Path, results: Path, log, figures: bool = Tru
     if figures:
         alignment = alignment_figures(grid, records, results, alignment, log)
     json_path, md_path = results_paths(grid, results)
-    try:
-        grid_file = grid.path.resolve().relative_to(REPO).as_posix()
-    except ValueError:
-        grid_file = str(grid.path)
+    grid_file = str(grid.path)  # relative to the checkout when it lies there (the shipped grids do)
+    if CHECKOUT is not None and grid.path.resolve().is_relative_to(CHECKOUT):
+        grid_file = grid.path.resolve().relative_to(CHECKOUT).as_posix()
     strip = ("hypotheses", "references")
     info = {
         "name": grid.name, "grid_file": grid_file, "grid": grid.raw, "updated": now(),

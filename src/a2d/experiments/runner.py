@@ -35,11 +35,13 @@ from a2d.data.prepare import prepare, summary_lines
 from a2d.evaluate import evaluate_model
 from a2d.experiments.compare import collect, distilled
 from a2d.experiments.grid import TEACHER, Grid
-from a2d.experiments.plan import (CELL_FILE, WALL_FILE, Job, commit, data_dir, eval_dir, hardware, now, plan,
-                                  read_json, read_lines, run_metrics, run_status, seqkd_dir, sha_lines)
+from a2d.experiments.files import read_json, read_written_lines, sha_lines
+from a2d.experiments.plan import (CELL_FILE, WALL_FILE, Job, data_dir, eval_dir, plan, run_metrics, run_status,
+                                  seqkd_dir)
 from a2d.experiments.report import write_report
 from a2d.experiments.stores import (TEACHER_MANIFEST, results_paths, store_student, store_teacher, stored_teacher,
                                     stored_teacher_vocab, teacher_store)
+from a2d.provenance import commit, hardware, now
 from a2d.recipes.distill import distill
 from a2d.recipes.distill_data import distill_data
 from a2d.recipes.train import train
@@ -90,7 +92,7 @@ def ensure_eval_dir(grid: Grid, runs: Path, direction: str) -> Path:
     with atomic_dir(out) as tmp:
         shutil.copyfile(data / "sentencepiece.model", tmp / "sentencepiece.model")
         for lang in (meta["src"], meta["tgt"]):
-            lines = read_lines(data / f"test.{lang}")[:n]
+            lines = read_written_lines(data / f"test.{lang}")[:n]
             (tmp / f"test.{lang}").write_text("".join(x + "\n" for x in lines), encoding="utf-8")
         meta["test_max_sentences"] = n
         (tmp / "meta.json").write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
@@ -193,8 +195,8 @@ def evaluate_job(job: Job, grid: Grid, evaldir: Path, log) -> dict:
     run = job.run
     start = time.perf_counter()
     result = evaluate_model(run, evaldir, split="test", beam=grid.beam, out=run / "test.json", progress=False)
-    hyps = read_lines(run / "test.hyp")
-    refs = read_lines(evaldir / f"test.{result['tgt']}")
+    hyps = read_written_lines(run / "test.hyp")
+    refs = read_written_lines(evaldir / f"test.{result['tgt']}")
     pieces = (read_json(run / WALL_FILE, {}) or {}).get("pieces", [])
     cfg = job.config(grid)
     low, high = result["bleu_ci"]

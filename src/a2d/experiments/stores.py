@@ -19,8 +19,10 @@ import json
 import shutil
 from pathlib import Path
 
+from a2d.experiments.files import read_json, read_written_lines, sha_lines, split_lines
 from a2d.experiments.grid import Grid
-from a2d.experiments.plan import Job, eval_dir, now, read_json, read_lines, sha_lines, split_lines
+from a2d.experiments.plan import Job, eval_dir
+from a2d.provenance import now
 from a2d.utils import UserError, atomic_dir, atomic_write_bytes, sha256_file
 
 TEACHER_MANIFEST = "teacher.json"  # in a stored teacher's folder
@@ -73,7 +75,7 @@ def load_hypotheses(grid: Grid, runs: Path, results: Path, records: dict[str, di
         d = rec["direction"]
         if d not in refs:
             ref_file = eval_dir(grid, runs, d) / f"test.{d.split('-')[-1]}"
-            lines = read_lines(ref_file) if ref_file.is_file() else None
+            lines = read_written_lines(ref_file) if ref_file.is_file() else None
             refs[d] = (lines, sha_lines(lines)) if lines is not None else None
         if "references" not in rec and refs[d] is not None and refs[d][1] == rec.get("ref_sha256"):
             rec["references"] = refs[d][0]
