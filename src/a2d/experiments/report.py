@@ -111,9 +111,22 @@ def _table(header: list[str], rows: list[list[str]]) -> list[str]:
 
 
 def render_markdown(grid: Grid, grid_file: str, records: dict, comps_list: list[dict], alignment: dict) -> str:
+    """The markdown of a grid's results, section by section (the module's docstring lists them)."""
     comps = {(c["direction"], c["seed"], c["baseline"], c["system"]): c for c in comps_list}
+    lines = (_overview(grid, grid_file, records) + _table_1(grid, records, comps) + _validation(grid, records)
+             + _variants(grid, records, comps) + _validation_curves(grid, records) + _loss_terms(grid, records)
+             + _ablations(grid, records, comps) + _alignment(grid, alignment) + _every_cell(grid, records))
+    return "\n".join(lines)
+
+
+def _present(grid: Grid, records: dict, names) -> bool:
+    """Whether any of the cells ``names`` has a result in some direction."""
+    return any(_records(grid, records, d, n) for d in grid.directions for n in names if n)
+
+
+def _overview(grid: Grid, grid_file: str, records: dict) -> list[str]:
+    """The title, what the grid is, how far it is, where it ran, and how to regenerate this."""
     dirs = grid.directions
-    nokd, kd = grid.baselines.nokd, grid.baselines.kd
     planned = len(dirs) * (1 + sum(len(grid.cell_seeds(c)) for c in grid.cells.values()))
     done = sum(1 for d in dirs for c in [TEACHER, *grid.cells] for _ in _records(grid, records, d, c))
     any_rec = next(iter(records.values()), None)
@@ -139,11 +152,12 @@ def render_markdown(grid: Grid, grid_file: str, records: dict, comps_list: list[
     ]
     if any_rec:
         lines += [f"sacreBLEU: `{any_rec['signature']}`, beam {grid.beam}.", ""]
+    return lines
 
-    def present(names) -> bool:
-        return any(_records(grid, records, d, n) for d in dirs for n in names if n)
 
-    # ---- Table 1
+def _table_1(grid: Grid, records: dict, comps: dict) -> list[str]:
+    """Test BLEU of the teacher and the main cells, with the p-values against the No-KD and vanilla-KD students."""
+    dirs, nokd, kd = grid.directions, grid.baselines.nokd, grid.baselines.kd
     header = ["model"]
     for d in dirs:
         header += [f"{d} BLEU", "p vs No KD", "p vs KD"]
@@ -161,7 +175,7 @@ def render_markdown(grid: Grid, grid_file: str, records: dict, comps_list: list[
                     _p(grid, comps, d, nokd, cell.name),
                     _p(grid, comps, d, kd, cell.name)]
         rows.append(row)
-    lines += ["## Table 1: test BLEU", ""] + _table(header, rows) + [
+    return ["## Table 1: test BLEU", ""] + _table(header, rows) + [
         "",
         "BLEU ± half-width of the 95% bootstrap confidence interval (sacreBLEU, 1000 resamples). p: paired "
         f"bootstrap resampling (sacreBLEU's paired test, {grid.bootstrap_samples} samples) against the No-KD "
@@ -169,7 +183,10 @@ def render_markdown(grid: Grid, grid_file: str, records: dict, comps_list: list[
         "per seed; small p = the difference is unlikely to be resampling noise. `·` = the baseline itself, "
         f"{DASH} = not run yet.", ""]
 
-    # ---- validation
+
+def _validation(grid: Grid, records: dict) -> list[str]:
+    """The best validation BLEU of the main cells (where defaults are chosen), and the best A2D variant."""
+    dirs = grid.directions
     header = ["model"] + [f"{d} valid BLEU" for d in dirs]
     rows = []
     for cell in grid.cells.values():
@@ -180,43 +197,49 @@ def render_markdown(grid: Grid, grid_file: str, records: dict, comps_list: list[
             recs = _records(grid, records, d, cell.name)
             row.append(_num(_mean([r.get("valid_best_bleu") for r in recs])))
         rows.append(row)
-    lines += ["## Validation BLEU (choose defaults here, not on test)", ""] + _table(header, rows) + [""]
+    lines = ["## Validation BLEU (choose defaults here, not on test)", ""] + _table(header, rows) + [""]
     bests = []
     for d in dirs:
         best = best_a2d(grid, records, d)
         if best:
             bests.append(f"{d}: `{best[0]}` ({best[2]:.2f})")
-    lines += ["Best per-epoch validation BLEU of each run (the checkpoint that is scored on test; validation "
-              "uses the preset's `valid_beam` and `valid_max_sentences`), mean over seeds."
-              + (" Best A2D variant on validation: " + "; ".join(bests) + "." if bests else ""), ""]
+    return lines + ["Best per-epoch validation BLEU of each run (the checkpoint that is scored on test; validation "
+                    "uses the preset's `valid_beam` and `valid_max_sentences`), mean over seeds."
+                    + (" Best A2D variant on validation: " + "; ".join(bests) + "." if bests else ""), ""]
 
-    # ---- variants against the cell they vary
-    variants = [c for c in grid.cells.values() if c.compare_to and present([c.name])]
-    if variants:
-        header = ["variant", "vs"]
-        for d in dirs:
-            header += [f"{d} BLEU", "difference", "p", "valid difference"]
-        rows = []
-        for cell in variants:
-            row = [f"{cell.label} (`{cell.name}`)", f"`{cell.compare_to}`"]
-            for d in dirs:  # over the seeds both cells ran, so the differences are paired
-                seeds = _matched_seeds(grid, records, d, [cell.name, cell.compare_to])
-                recs, base_recs = (_records(grid, records, d, n, seeds) for n in (cell.name, cell.compare_to))
-                diffs = [comps[(d, s, cell.compare_to, cell.name)]["delta"] for s in seeds
-                         if (d, s, cell.compare_to, cell.name) in comps]
-                valid = [_mean([r.get("valid_best_bleu") for r in rs]) for rs in (recs, base_recs)]
-                row += [_bleu(_records(grid, records, d, cell.name), len(grid.cell_seeds(cell))),
-                        _num(_mean(diffs), "+.2f"),
-                        _p(grid, comps, d, cell.compare_to, cell.name, seeds),
-                        DASH if None in valid else f"{valid[0] - valid[1]:+.2f}"]
-            rows.append(row)
-        lines += ["## Variants against the cell they vary", ""] + _table(header, rows) + [
-            "", "difference: test BLEU of the variant minus that of the cell it varies (mean over seeds); p: paired "
-            "bootstrap of the two (same seed); valid difference: the same on the best validation BLEU. Differences and p "
-            "are over the seeds both cells ran; BLEU is the variant's over all its seeds.", ""]
 
-    # ---- validation curves
-    for d in dirs:
+def _variants(grid: Grid, records: dict, comps: dict) -> list[str]:
+    """Each variant cell against the cell it varies, over the seeds both ran."""
+    variants = [c for c in grid.cells.values() if c.compare_to and _present(grid, records, [c.name])]
+    if not variants:
+        return []
+    header = ["variant", "vs"]
+    for d in grid.directions:
+        header += [f"{d} BLEU", "difference", "p", "valid difference"]
+    rows = []
+    for cell in variants:
+        row = [f"{cell.label} (`{cell.name}`)", f"`{cell.compare_to}`"]
+        for d in grid.directions:  # over the seeds both cells ran, so the differences are paired
+            seeds = _matched_seeds(grid, records, d, [cell.name, cell.compare_to])
+            recs, base_recs = (_records(grid, records, d, n, seeds) for n in (cell.name, cell.compare_to))
+            diffs = [comps[(d, s, cell.compare_to, cell.name)]["delta"] for s in seeds
+                     if (d, s, cell.compare_to, cell.name) in comps]
+            valid = [_mean([r.get("valid_best_bleu") for r in rs]) for rs in (recs, base_recs)]
+            row += [_bleu(_records(grid, records, d, cell.name), len(grid.cell_seeds(cell))),
+                    _num(_mean(diffs), "+.2f"),
+                    _p(grid, comps, d, cell.compare_to, cell.name, seeds),
+                    DASH if None in valid else f"{valid[0] - valid[1]:+.2f}"]
+        rows.append(row)
+    return ["## Variants against the cell they vary", ""] + _table(header, rows) + [
+        "", "difference: test BLEU of the variant minus that of the cell it varies (mean over seeds); p: paired "
+        "bootstrap of the two (same seed); valid difference: the same on the best validation BLEU. Differences and p "
+        "are over the seeds both cells ran; BLEU is the variant's over all its seeds.", ""]
+
+
+def _validation_curves(grid: Grid, records: dict) -> list[str]:
+    """Per direction, the validation BLEU after each epoch of the teacher and the main cells (mean over seeds)."""
+    lines = []
+    for d in grid.directions:
         curves = []
         for cell in [TEACHER] + [c.name for c in grid.cells.values() if c.main]:
             recs = [r for r in _records(grid, records, d, cell) if r.get("valid_curve")]
@@ -229,9 +252,13 @@ def render_markdown(grid: Grid, grid_file: str, records: dict, comps_list: list[
             rows = [[label] + [_num(c[e]) if e < len(c) else "" for e in range(n)] for label, c in curves]
             lines += [f"## {d}: validation BLEU after each epoch", ""] + _table(
                 ["model"] + [f"ep {e + 1}" for e in range(n)], rows) + [""]
+    return lines
 
-    # ---- loss terms of the distilled students
-    for d in dirs:
+
+def _loss_terms(grid: Grid, records: dict) -> list[str]:
+    """Per direction, the weighted training terms of the distilled main cells per epoch (mean over seeds)."""
+    lines = []
+    for d in grid.directions:
         rows, n = [], 0
         for cell in [c for c in grid.cells.values() if c.main and c.needs_teacher]:
             recs = [r for r in _records(grid, records, d, cell.name) if (r.get("loss_terms") or {}).get("ce")]
@@ -249,45 +276,61 @@ def render_markdown(grid: Grid, grid_file: str, records: dict, comps_list: list[
                 ["term (mean per epoch)"] + [f"ep {e + 1}" for e in range(n)], rows) + [
                 "", "Means of the logged training terms over each epoch's logged updates, weights applied "
                 "(lambda decays as the cell's schedule says); the loss is their sum.", ""]
+    return lines
 
-    # ---- ablations
-    if grid.heads_rows and present([n for row in grid.heads_rows for n in row[1:]]):
-        seeds = {d: _matched_seeds(grid, records, d, [n for row in grid.heads_rows for n in row[1:]]) for d in dirs}
-        header = ["student heads"]
-        for d in dirs:
-            header += [f"{d} No KD" + _seeds_note(grid, seeds[d]), f"{d} A2D", "p", "final L_att"]
-        rows = []
-        for n, nokd_name, a2d_name in grid.heads_rows:
-            row = [str(n)]
-            for d in dirs:
-                a = _records(grid, records, d, a2d_name, seeds[d])
-                row += [_bleu(_records(grid, records, d, nokd_name, seeds[d]), len(seeds[d])) if nokd_name else DASH,
-                        _bleu(a, len(seeds[d])), _p(grid, comps, d, nokd_name, a2d_name, seeds[d]),
-                        _num(_mean([r.get("final_att") for r in a]), ".3f")]
-            rows.append(row)
-        lines += ["## Table 3: student attention heads", ""] + _table(header, rows) + [
-            "", "Test BLEU ± CI half-width; p: paired bootstrap of the A2D student against the No-KD student with "
-            "the same heads; final L_att: the last logged attention loss of the A2D run (mean over seeds). "
-            + ABLATION_SEEDS, ""]
 
-    if grid.granularity_rows and present([n for _, n in grid.granularity_rows]):
+def _ablations(grid: Grid, records: dict, comps: dict) -> list[str]:
+    """Tables 3 (student heads), 4 (head-wise vs layer-wise) and 5 (attention kinds), each once one of its cells ran."""
+    lines = []
+    if grid.heads_rows and _present(grid, records, [n for row in grid.heads_rows for n in row[1:]]):
+        lines += _heads_table(grid, records, comps)
+    if grid.granularity_rows and _present(grid, records, [n for _, n in grid.granularity_rows]):
         lines += _ablation_table(grid, records, comps, "## Table 4: head-wise vs layer-wise A2D", "A2D",
                                  grid.granularity_rows)
-    if grid.att_kind_rows and present([n for _, n in grid.att_kind_rows]):
+    if grid.att_kind_rows and _present(grid, records, [n for _, n in grid.att_kind_rows]):
         lines += _ablation_table(grid, records, comps, "## Table 5: attention kinds", "attention kinds",
                                  grid.att_kind_rows)
+    return lines
 
-    # ---- alignment
-    if alignment:
-        lines += ["## Alignment of the best A2D student (chosen on validation)", ""]
+
+def _heads_table(grid: Grid, records: dict, comps: dict) -> list[str]:
+    """Table 3: No-KD and A2D students per number of student heads, with the A2D run's final L_att."""
+    dirs = grid.directions
+    seeds = {d: _matched_seeds(grid, records, d, [n for row in grid.heads_rows for n in row[1:]]) for d in dirs}
+    header = ["student heads"]
+    for d in dirs:
+        header += [f"{d} No KD" + _seeds_note(grid, seeds[d]), f"{d} A2D", "p", "final L_att"]
+    rows = []
+    for n, nokd_name, a2d_name in grid.heads_rows:
+        row = [str(n)]
         for d in dirs:
-            a = alignment.get(d)
-            if not a:
-                continue
-            lines += [f"{d}: `{a['cell']}` seed {a['seed']} (valid BLEU {a['valid_bleu']:.2f})", "",
-                      f"![AAM weights {d}]({a['png']})", "", "```", a.get("summary_text", ""), "```", ""]
+            a = _records(grid, records, d, a2d_name, seeds[d])
+            row += [_bleu(_records(grid, records, d, nokd_name, seeds[d]), len(seeds[d])) if nokd_name else DASH,
+                    _bleu(a, len(seeds[d])), _p(grid, comps, d, nokd_name, a2d_name, seeds[d]),
+                    _num(_mean([r.get("final_att") for r in a]), ".3f")]
+        rows.append(row)
+    return ["## Table 3: student attention heads", ""] + _table(header, rows) + [
+        "", "Test BLEU ± CI half-width; p: paired bootstrap of the A2D student against the No-KD student with "
+        "the same heads; final L_att: the last logged attention loss of the A2D run (mean over seeds). "
+        + ABLATION_SEEDS, ""]
 
-    # ---- per cell
+
+def _alignment(grid: Grid, alignment: dict) -> list[str]:
+    """The AAM figure and summary of the A2D student that is best on validation, per direction."""
+    if not alignment:
+        return []
+    lines = ["## Alignment of the best A2D student (chosen on validation)", ""]
+    for d in grid.directions:
+        a = alignment.get(d)
+        if not a:
+            continue
+        lines += [f"{d}: `{a['cell']}` seed {a['seed']} (valid BLEU {a['valid_bleu']:.2f})", "",
+                  f"![AAM weights {d}]({a['png']})", "", "```", a.get("summary_text", ""), "```", ""]
+    return lines
+
+
+def _every_cell(grid: Grid, records: dict) -> list[str]:
+    """One row per cell x seed: scores, training time, hardware, commit, finish time."""
     header = ["direction", "cell", "seed", "method", "test BLEU", "95% CI", "chrF", "valid BLEU", "final L_att",
               "updates", "train time", "hardware", "commit", "finished"]
     rows = []
@@ -298,10 +341,9 @@ def render_markdown(grid: Grid, grid_file: str, records: dict, comps_list: list[
                      _num(r.get("valid_best_bleu")), _num(r.get("final_att"), ".3f"), str(r.get("updates") or DASH),
                      _duration(r.get("train_seconds")) + (" (resumed)" if len(r.get("pieces") or []) > 1 else ""),
                      r["hardware"], r["commit"], r["finished"]])
-    lines += ["## Every cell", ""] + _table(header, rows) + [
+    return ["## Every cell", ""] + _table(header, rows) + [
         "", "train time: wall time of training, summed over the pieces of a resumed run (each up to its last "
         "epoch end); the seq-kd cells' teacher translations are timed separately in the JSON.", ""]
-    return "\n".join(lines)
 
 
 def _ablation_table(grid: Grid, records: dict, comps: dict, title: str, first: str, rows_spec) -> list[str]:
