@@ -112,9 +112,6 @@ class RunDir:
         return f"RunDir({str(self.path)!r})"
 
     # ------------------------------------------------------------------------------------------ status
-    def has_checkpoint(self) -> bool:
-        return self.state_file.is_file() or self._swap_leftover("last") is not None
-
     def state(self) -> TrainState | None:
         """The saved :class:`TrainState` of ``last/`` (or of a half-swapped one), or None before the first save."""
         path = self.state_file
