@@ -46,18 +46,20 @@ def _vocab(*models: bytes) -> dict[str, int]:
 
 
 def hub_folder(out: Path, shared_vocab: bool = True, tied: bool = True, separate_vocabs: bool = False, seed: int = 0,
-               **config) -> Path:
+               pieces: int = 400, vocab_size: int | None = None, **config) -> Path:
     """A random Marian model with an OPUS-MT-style tokenizer; ``shared_vocab=False`` gives separate
     source.spm and target.spm (one vocab.json over both), ``separate_vocabs=True`` separate source.spm and
     target.spm with their own vocab.json and target_vocab.json (of one size, ``<pad>`` last in both, separate
     encoder and decoder embeddings, as OPUS-MT's two-vocabulary models), ``tied=False`` untied output and
-    decoder embeddings."""
+    decoder embeddings. ``pieces``: the SentencePiece size (a shared one; separate ones take 3/4 and 5/8 of it);
+    ``vocab_size``: vocab.json filled up to this many entries with unused pieces before ``<pad>`` (an OPUS-MT
+    size, e.g. 58,101, for the output layer's cost), with one vocab.json only."""
     out.mkdir(parents=True)
     src, tgt = corpus_text()
     if shared_vocab and not separate_vocabs:
-        source = target = _spm(src + tgt, 400)
+        source = target = _spm(src + tgt, pieces)
     else:
-        source, target = _spm(src, 300), _spm(tgt, 250)
+        source, target = _spm(src, pieces * 3 // 4), _spm(tgt, pieces * 5 // 8)
     (out / "source.spm").write_bytes(source)
     (out / "target.spm").write_bytes(target)
     if separate_vocabs:
@@ -70,6 +72,13 @@ def hub_folder(out: Path, shared_vocab: bool = True, tied: bool = True, separate
         (out / "target_vocab.json").write_text(json.dumps(target_vocab, ensure_ascii=False), encoding="utf-8")
     else:
         vocab = _vocab(source, target)
+    if vocab_size is not None:
+        if separate_vocabs or vocab_size < len(vocab):
+            raise ValueError(f"vocab_size={vocab_size}: one vocab.json of at least {len(vocab)} entries only")
+        vocab.pop("<pad>")
+        while len(vocab) < vocab_size - 1:
+            vocab[f"<unused{len(vocab)}>"] = len(vocab)
+        vocab["<pad>"] = len(vocab)
     (out / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False), encoding="utf-8")
     (out / "tokenizer_config.json").write_text(json.dumps({
         "tokenizer_class": "MarianTokenizer", "source_lang": "de", "target_lang": "en", "unk_token": "<unk>",
