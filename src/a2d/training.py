@@ -200,18 +200,45 @@ def validate(accelerator: Accelerator, model, vocab: Vocabulary, valid, cfg: Con
 
 
 # --------------------------------------------------------------------------------------------- stopping
-def end_of_epoch(state: TrainState, cfg: Config, metrics: dict) -> bool:
-    """Update the early-stopping record with this epoch's validation BLEU; return whether it is a new best."""
+def end_of_epoch(state: TrainState, cfg: Config, metrics: dict, epoch_done: bool = True) -> bool:
+    """Update the early-stopping record with a validation's BLEU; return whether it is a new best.
+
+    ``epoch_done=False`` (the validation at the update that spends ``max_steps``, mid-epoch) may set a new
+    best but does not count as an epoch for ``patience``.
+    """
     improved = metrics["valid_bleu"] > state.best_bleu
     if improved:
         state.best_bleu, state.best_epoch, state.bad_epochs = metrics["valid_bleu"], state.epoch, 0
-    else:
+    elif epoch_done:
         state.bad_epochs += 1
     return improved
 
 
+def budget_spent(state: TrainState, cfg: Config) -> bool:
+    """Whether ``max_steps`` (when set) is reached."""
+    return bool(cfg.max_steps) and state.update >= cfg.max_steps
+
+
+def record_validation(accelerator: Accelerator, model, vocab: Vocabulary, valid, cfg: Config, state: TrainState,
+                      metrics, log, epoch_done: bool) -> bool:
+    """Validate (:func:`validate`), update the record (:func:`end_of_epoch`), write the metrics line and say it.
+
+    Called at every epoch's end and at the update that spends ``max_steps`` (``epoch_done=False`` when that
+    update is mid-epoch), so that ``best/`` always holds validated weights. Returns whether the caller
+    should save ``best/``.
+    """
+    result = validate(accelerator, model, vocab, valid, cfg)
+    improved = end_of_epoch(state, cfg, result, epoch_done)
+    metrics.write(type="valid", update=state.update, epoch=state.epoch, **result)
+    if accelerator.is_main_process:
+        where = f"epoch {state.epoch}" if epoch_done else f"epoch {state.epoch} (in progress, max_steps reached)"
+        log(f"{where}: update {state.update}, valid loss {result['valid_loss']:.3f}, "
+            f"valid BLEU {result['valid_bleu']:.2f}" + (" (best)" if improved else ""))
+    return improved
+
+
 def should_stop(state: TrainState, cfg: Config) -> str | None:
-    if cfg.max_steps and state.update >= cfg.max_steps:
+    if budget_spent(state, cfg):
         return f"reached max_steps={cfg.max_steps}"
     if state.epoch > cfg.max_epochs:
         return f"reached max_epochs={cfg.max_epochs}"

@@ -69,6 +69,22 @@ def test_distill_resume_restores_aam(small_data, teacher, tmp_path):
         assert all(torch.equal(a[k], b[k]) for k in a), name
 
 
+def test_a_distillation_stopped_by_max_steps_validates_and_saves_best(small_data, teacher, tmp_path):
+    """best/ and the AAM beside it are those of the validated last update, not unvalidated weights."""
+    lines, run = [], tmp_path / "a2d"
+    cfg = load_config("tiny-student", TINY + ["max_tokens=400", "max_steps=3", "valid_max_sentences=20", "method=a2d"])
+    distill(cfg, small_data, run, teacher, log=lines.append)
+    state = json.loads((run / "last" / "trainer" / "state.json").read_text())
+    valid = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines() if '"valid"' in x]
+    assert [v["update"] for v in valid] == [3] and state["batch_in_epoch"] == 3
+    assert state["best_bleu"] == valid[0]["valid_bleu"] >= 0.0
+    best, last = load_file(run / "best" / "model.safetensors"), load_file(run / "last" / "model.safetensors")
+    assert all(torch.equal(best[k], last[k]) for k in best)
+    aam, aam_last = load_file(run / "method.safetensors"), load_file(run / "last" / "trainer" / "method.safetensors")
+    assert aam.keys() == aam_last.keys() and all(torch.equal(aam[k], aam_last[k]) for k in aam)
+    assert "-1.00" not in lines[-1] and f"best valid BLEU {valid[0]['valid_bleu']:.2f} at epoch 1" in lines[-1]
+
+
 def test_distill_errors(small_data, teacher, tmp_path, capsys):
     other = tmp_path / "other-data"
     from a2d.data.corpus import locate_corpus
@@ -93,6 +109,7 @@ def test_every_method_runs_in_the_recipe(method, small_data, teacher, tmp_path):
                                               f"method={method}", "d_model=48", "ffn_dim=96"])
     result = distill(cfg, small_data, tmp_path / method, teacher, log=quiet)
     assert result.state.update == 2
-    line = json.loads((tmp_path / method / "metrics.jsonl").read_text().splitlines()[-1])
+    lines = [json.loads(x) for x in (tmp_path / method / "metrics.jsonl").read_text().splitlines()]
+    line = [x for x in lines if x["type"] == "train"][-1]
     assert all(v == v and abs(v) != float("inf") for v in line.values() if isinstance(v, float))
     assert (tmp_path / method / "best" / "model.safetensors").exists()

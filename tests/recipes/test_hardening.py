@@ -61,8 +61,9 @@ def test_resume_after_a_kill_mid_swap_with_debris_matches_a_straight_run(small_d
     train(load_config("tiny-student", STEP + ["max_steps=6"]), small_data, run, resume=True, log=quiet)
     assert same_weights(straight, run)
     assert not [p for p in run.iterdir() if p.name.startswith(".")]
-    updates = [json.loads(x)["update"] for x in (run / "metrics.jsonl").read_text().splitlines()]
-    assert updates == [1, 2, 3, 4, 5, 6]
+    records = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["update"] for r in records if r["type"] == "train"] == [1, 2, 3, 4, 5, 6]
+    assert [r["update"] for r in records if r["type"] == "valid"] == [6]  # max_steps=6's validation
 
 
 def test_kill_after_validation_does_not_log_the_epoch_twice(small_data, tmp_path, monkeypatch):

@@ -8,10 +8,13 @@ import torch
 from safetensors.torch import load_file
 from transformers import MarianMTModel
 
+from a2d import training
 from a2d.cli import main
 from a2d.config import load_config
 from a2d.evaluate import evaluate_model
 from a2d.recipes.train import train
+from a2d.rundir import TrainState
+from a2d.training import end_of_epoch
 from tests.recipes.conftest import TINY
 
 
@@ -49,6 +52,76 @@ def test_resume_matches_uninterrupted_run(small_data, tmp_path):
         assert torch.equal(a[k], b[k]), k
     lines = [json.loads(x) for x in (tmp_path / "split" / "metrics.jsonl").read_text().splitlines()]
     assert [x["update"] for x in lines if x["type"] == "train"] == list(range(1, 9))
+
+
+def test_a_run_stopped_by_max_steps_validates_and_saves_best(small_data, tmp_path):
+    """max_steps mid-epoch: validated at the last update, best/ holds those weights, the summary has its BLEU."""
+    lines, run = [], tmp_path / "run"
+    train(load_config("tiny-student", TINY + ["max_tokens=400", "max_steps=5", "valid_max_sentences=20"]), small_data,
+          run, log=lines.append)
+    state = json.loads((run / "last" / "trainer" / "state.json").read_text())
+    assert state["update"] == 5 and state["batch_in_epoch"] == 5 and state["finished"]  # stopped mid-epoch 1
+    valid = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines() if '"valid"' in x]
+    assert [(v["update"], v["epoch"]) for v in valid] == [(5, 1)]
+    assert state["best_bleu"] == valid[0]["valid_bleu"] >= 0.0 and state["best_epoch"] == 1
+    assert state["bad_epochs"] == 0
+    best, last = load_file(run / "best" / "model.safetensors"), load_file(run / "last" / "model.safetensors")
+    assert best.keys() == last.keys() and all(torch.equal(best[k], last[k]) for k in best)
+    assert lines[-1] == f"stopped: reached max_steps=5; best valid BLEU {valid[0]['valid_bleu']:.2f} at epoch 1"
+    assert any(line.startswith("epoch 1 (in progress, max_steps reached): update 5, valid loss") for line in lines)
+
+
+def test_max_steps_at_an_epoch_end_validates_once(small_data, tmp_path):
+    cfg = TINY + ["max_tokens=400", "valid_max_sentences=20", "max_epochs=1"]
+    straight = tmp_path / "epoch"
+    train(load_config("tiny-student", cfg), small_data, straight, log=quiet)
+    per_epoch = json.loads((straight / "last" / "trainer" / "state.json").read_text())["update"]
+    run = tmp_path / "steps"
+    train(load_config("tiny-student", cfg + [f"max_steps={per_epoch}"]), small_data, run, log=quiet)
+    valid = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines() if '"valid"' in x]
+    assert [(v["update"], v["epoch"]) for v in valid] == [(per_epoch, 1)]
+    assert json.loads((run / "last" / "trainer" / "state.json").read_text())["epoch"] == 2  # the epoch was closed
+
+
+def test_a_run_killed_after_its_last_update_validates_on_resume(small_data, tmp_path, monkeypatch):
+    """last/ written by save_every at the final update, killed in the validation: --resume validates, best/ follows."""
+    class Killed(BaseException):
+        pass
+
+    def killed(*args, **kwargs):
+        raise Killed()
+
+    cfg = load_config("tiny-student", TINY + ["max_tokens=400", "max_steps=4", "save_every=2", "valid_max_sentences=20"])
+    run = tmp_path / "run"
+    with monkeypatch.context() as m:
+        m.setattr(training, "validate", killed)
+        with pytest.raises(Killed):
+            train(cfg, small_data, run, log=quiet)
+    state = json.loads((run / "last" / "trainer" / "state.json").read_text())
+    assert state["update"] == 4 and not state["finished"] and not (run / "best").exists()
+    lines = []
+    train(cfg, small_data, run, resume=True, log=lines.append)
+    state = json.loads((run / "last" / "trainer" / "state.json").read_text())
+    assert state["finished"] and state["best_bleu"] >= 0.0
+    best, last = load_file(run / "best" / "model.safetensors"), load_file(run / "last" / "model.safetensors")
+    assert all(torch.equal(best[k], last[k]) for k in best)
+    assert [json.loads(x)["update"] for x in (run / "metrics.jsonl").read_text().splitlines() if '"valid"' in x] == [4]
+    assert "-1.00" not in lines[-1]
+    # a finished run resumed again does not validate again
+    again = []
+    train(cfg, small_data, run, resume=True, log=again.append)
+    assert not [line for line in again if "valid loss" in line] and again[-1] == lines[-1]
+
+
+def test_a_mid_epoch_validation_does_not_count_for_patience():
+    state = TrainState(best_bleu=10.0, best_epoch=1)
+    assert not end_of_epoch(state, None, {"valid_bleu": 9.0}, epoch_done=False)
+    assert state.bad_epochs == 0 and state.best_bleu == 10.0
+    assert not end_of_epoch(state, None, {"valid_bleu": 9.0})
+    assert state.bad_epochs == 1
+    state.epoch = 3
+    assert end_of_epoch(state, None, {"valid_bleu": 11.0}, epoch_done=False)
+    assert (state.best_bleu, state.best_epoch, state.bad_epochs) == (11.0, 3, 0)
 
 
 def test_progress_bar_is_quiet_when_stderr_is_not_a_terminal(small_data, tmp_path, capfd):

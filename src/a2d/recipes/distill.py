@@ -30,9 +30,9 @@ from a2d.models import build_model, count_parameters, load_model, load_weights, 
 from a2d.rundir import RunDir, TrainState, rng_state, set_rng_state
 from a2d.teacher_cache import IDS_KEY, open_kd_cache
 from a2d.tokenizer import collate_ids
-from a2d.training import (RunResult, Throughput, check_data_fits, check_finite, end_of_epoch, inverse_sqrt_schedule,
-                          make_accelerator, make_optimizer, micro_batches, model_inputs, should_stop, start_run, to_device,
-                          validate)
+from a2d.training import (RunResult, Throughput, budget_spent, check_data_fits, check_finite, inverse_sqrt_schedule,
+                          make_accelerator, make_optimizer, micro_batches, model_inputs, record_validation, should_stop,
+                          start_run, to_device)
 from a2d.utils import UserError
 
 
@@ -161,6 +161,7 @@ def distill(cfg: Config, data_dir: Path, out: Path, teacher_path: Path | None, r
     student.train()
     speed = Throughput()
     stop = should_stop(state, cfg)
+    validated = None  # the update of this process's last validation
     while stop is None:
         batches = token_batches(train_data.src_lens, train_data.tgt_lens, cfg.max_tokens, shuffle=True,
                                 seed=cfg.seed, epoch=state.epoch)
@@ -208,22 +209,23 @@ def distill(cfg: Config, data_dir: Path, out: Path, teacher_path: Path | None, r
             if cfg.max_steps and state.update >= cfg.max_steps:
                 break
         bar.close()
-        if state.batch_in_epoch >= len(batches):
-            result = validate(accelerator, student, vocab, valid_data, cfg)
-            improved = end_of_epoch(state, cfg, result)
-            metrics.write(type="valid", update=state.update, epoch=state.epoch, **result)
-            if main:
-                log(f"epoch {state.epoch}: update {state.update}, valid loss {result['valid_loss']:.3f}, "
-                    f"valid BLEU {result['valid_bleu']:.2f}" + (" (best)" if improved else ""))
-            if improved:
+        epoch_done = state.batch_in_epoch >= len(batches)
+        if epoch_done or budget_spent(state, cfg):  # every epoch's end, and the update that spends max_steps
+            if record_validation(accelerator, student, vocab, valid_data, cfg, state, metrics, log, epoch_done):
                 save("best")
+            validated = state.update
+        if epoch_done:
             state.epoch += 1
             state.batch_in_epoch = 0
         stop = should_stop(state, cfg)
         state.finished = stop is not None
         save("last")
-    if not run.best.exists():
-        save("best")
+    if validated != state.update and (not state.finished or state.best_bleu < 0):
+        # resumed from a last/ written (save_every) at the update that ends the run, before its validation
+        if record_validation(accelerator, student, vocab, valid_data, cfg, state, metrics, log, epoch_done=False):
+            save("best")
+        state.finished = True
+        save("last")
     accelerator.wait_for_everyone()
     if main:
         log(f"stopped: {stop}; best valid BLEU {state.best_bleu:.2f} at epoch {state.best_epoch}")
