@@ -161,33 +161,49 @@ def train_job(job: Job, grid: Grid, data: Path, teacher_run: Path, seqkd: Path |
             status = "started"
         else:
             log(f"   {job.id}: not continuing a run of grid {grid.continue_from}: {why}; training from the start")
-    pieces = (read_json(run / WALL_FILE, {}) or {}).get("pieces", []) if status == "started" else []
-    piece = {"hardware": hardware(), "commit": commit(), "started": now(), "seconds": 0.0,
-             "resumed": status == "started"}
-    if source is not None:
-        piece["continued_from"] = str(source)
-    start = time.perf_counter()
-
-    def record() -> None:
-        piece["seconds"] = round(time.perf_counter() - start, 1)
-        piece["ended"] = now()
-        if run.is_dir():
-            atomic_write_text(run / WALL_FILE, json.dumps({"pieces": pieces + [piece]}, indent=2) + "\n")
-
-    def tick(msg: str) -> None:  # called by the recipes after the checkpoint folder exists, at every epoch end
-        log(f"   [{job.id}] {msg}")
-        record()
-
     resume = status == "started"
+    clock = WallClock(run, resumed=resume, continued_from=source)
+
+    def job_log(msg: str) -> None:
+        log(f"   [{job.id}] {msg}")
+
+    def log_and_mark(msg: str) -> None:
+        # The recipes offer no epoch-end hook; they say a line at every epoch end (once the run folder exists),
+        # and that is when this piece's time is marked.
+        job_log(msg)
+        clock.mark()
+
     log(f"== {job.id}: " + ("resuming " if resume else "training ") + str(run))
     cfg = job.config(grid)
     if job.cell is None or not job.cell.needs_teacher:  # the teacher, and No KD: cross-entropy on the corpus
-        train(cfg, data, run, resume=resume, log=tick)
+        train(cfg, data, run, resume=resume, log=log_and_mark)
     elif job.cell.method_class.generated_data:  # cross-entropy on the teacher's translations
-        distill(cfg, seqkd, run, None, resume=resume, log=tick)
+        distill(cfg, seqkd, run, None, resume=resume, log=log_and_mark)
     else:
-        distill(cfg, data, run, teacher_run, resume=resume, log=tick)
-    record()
+        distill(cfg, data, run, teacher_run, resume=resume, log=log_and_mark)
+    clock.mark()
+
+
+class WallClock:
+    """``RUN/wall.json``: the wall time of each piece of a job's training (one process training it, from its start
+    or its resume), with the hardware and commit of the piece. The piece's time so far is written at each
+    :meth:`mark`, so an interrupted piece still counts up to its last mark."""
+
+    def __init__(self, run: Path, resumed: bool, continued_from: Path | None = None):
+        self.run = run
+        self.pieces = (read_json(run / WALL_FILE, {}) or {}).get("pieces", []) if resumed else []
+        self.piece = {"hardware": hardware(), "commit": commit(), "started": now(), "seconds": 0.0, "resumed": resumed}
+        if continued_from is not None:
+            self.piece["continued_from"] = str(continued_from)
+        self.start = time.perf_counter()
+
+    def mark(self) -> None:
+        """Write this piece's time so far (once the run folder exists: the recipe makes it)."""
+        self.piece["seconds"] = round(time.perf_counter() - self.start, 1)
+        self.piece["ended"] = now()
+        if self.run.is_dir():
+            atomic_write_text(self.run / WALL_FILE,
+                              json.dumps({"pieces": self.pieces + [self.piece]}, indent=2) + "\n")
 
 
 def evaluate_job(job: Job, grid: Grid, evaldir: Path, log) -> dict:
