@@ -11,6 +11,7 @@ import statistics
 from dataclasses import replace
 from pathlib import Path
 
+from a2d.analysis import format_summary, plot_alignment
 from a2d.evaluate import paired_bootstrap
 from a2d.experiments.files import read_json
 from a2d.experiments.grid import BASELINES, TEACHER, Grid
@@ -137,8 +138,6 @@ def best_a2d(grid: Grid, records: dict[str, dict], direction: str) -> tuple[str,
 def alignment_figures(grid: Grid, records: dict[str, dict], results: Path, old: dict, log) -> dict:
     """``RESULTS/quality-<name>-alignment-<dir>.png``: the AAM weights of the best A2D student of each direction
     (drawn again only when another student is best, or its translations changed)."""
-    from a2d.analysis import format_summary, plot_alignment
-
     out = dict(old or {})
     for d in grid.directions:
         best = best_a2d(grid, records, d)
