@@ -11,9 +11,18 @@ a third of a KD step's CPU time was system time, and the KD step ran 65% above i
 :func:`keep_large_allocations` raises the mmap threshold to 1 GiB and the trim threshold (how much freed
 memory at the top of the heap is kept) to 1 GiB, with ``mallopt``: freed blocks are then reused by the next
 step. The cost is resident memory: the heap keeps what a step freed (about 300 MiB more at the peak in that
-benchmark). ``make_accelerator`` (both recipes) and the command line call it; it does nothing where the C
-library is not glibc, where ``A2D_MALLOC=default`` is set, or where the user set glibc's own
-``MALLOC_MMAP_THRESHOLD_`` / ``MALLOC_TRIM_THRESHOLD_`` (their choice stands).
+benchmark), and the setting holds for the rest of the process, whatever else it runs (a freed 600 MiB array
+stays resident).
+
+Only the ``a2d`` command applies it (:func:`a2d.cli.main`, before any command runs). A program that calls
+the library (``a2d.recipes.distill.distill(...)``, ``train``) keeps its own allocator unless it opts in::
+
+    from a2d.allocator import keep_large_allocations
+    keep_large_allocations()  # once, before training
+
+It does nothing where the C library is not glibc, where ``A2D_MALLOC=default`` is set (the command's opt
+out), or where the user set glibc's own ``MALLOC_MMAP_THRESHOLD_`` / ``MALLOC_TRIM_THRESHOLD_`` (their
+choice stands).
 """
 from __future__ import annotations
 

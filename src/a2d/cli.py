@@ -380,7 +380,9 @@ def main(argv: list[str] | None = None) -> int:
         args.overrides = [*args.overrides, *extra]
     elif extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
-    keep_large_allocations()  # large CPU tensors reused, not re-mapped per step (a2d.allocator)
+    # large CPU tensors reused, not re-mapped per step: the command's setting; the library leaves the
+    # allocator of a program that calls it alone (a2d.allocator)
+    keep_large_allocations()
     try:
         args.func(args)
     except (UserError, ConfigError) as e:

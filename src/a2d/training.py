@@ -11,7 +11,6 @@ from dataclasses import dataclass
 import torch
 from accelerate import Accelerator
 
-from a2d.allocator import keep_large_allocations
 from a2d.config import Config
 from a2d.data.vocab import Vocabulary
 from a2d.rundir import TrainState
@@ -30,10 +29,10 @@ class RunResult:
 def make_accelerator(cfg: Config) -> Accelerator:
     """Accelerate handles devices, data-parallel gradient sync and mixed precision.
 
-    ``precision=auto`` takes bf16 on a GPU that supports it and full fp32 on a CPU. Also keeps large CPU
-    tensors in the heap (:mod:`a2d.allocator`).
+    ``precision=auto`` takes bf16 on a GPU that supports it and full fp32 on a CPU. The process's memory
+    allocator is left alone: the ``a2d`` command keeps large CPU tensors in the heap, a library caller opts
+    in with :func:`a2d.allocator.keep_large_allocations`.
     """
-    keep_large_allocations()
     precision = cfg.precision
     if precision == "auto":
         precision = "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
