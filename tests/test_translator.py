@@ -3,7 +3,11 @@ load_translator choosing by the folder, and evaluation taking a translator. Tiny
 downloaded."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
+import torch
+from transformers import MarianMTModel
 
 from a2d.data.prepare import prepare
 from a2d.data.vocab import Vocabulary
@@ -45,7 +49,7 @@ class Echo(BatchTranslator):
         self.vocab, self.name, self.device, self.limit = vocab, "echo", "cpu", limit
         self.calls = []
 
-    def generate(self, batch, beam, max_new):
+    def generate(self, batch, beam, max_new, force=False):
         self.calls.append((batch, beam, max_new))
         return batch
 
@@ -97,3 +101,76 @@ def test_a_folder_that_is_not_an_export(folders, tmp_path):
         CT2Translator(folders[0])
     with pytest.raises(UserError, match="--threads 0"):
         CT2Translator(folders[1], threads=0)
+
+
+STORED_TEACHER = Path(__file__).resolve().parents[1] / "src" / "a2d" / "assets" / "demo-teacher"  # tiny-r3 De-En
+
+
+@pytest.fixture(scope="module")
+def stopping(tmp_path_factory):
+    """A random hub model whose </s> is so likely that it stops at once, and its float32 export."""
+    root = tmp_path_factory.mktemp("stopping")
+    folder = hub_folder(root / "hf", init_std=0.5)
+    model = MarianMTModel.from_pretrained(folder)
+    with torch.no_grad():
+        model.final_logits_bias[0, model.config.eos_token_id] = 50.0
+    model.save_pretrained(folder, safe_serialization=True)
+    export(folder, root / "ct2", quantization="float32", log=quiet)
+    return folder, root / "ct2"
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """The stored tiny-r3 De-En teacher (it ends its hypotheses with </s>) and its float32 export."""
+    out = tmp_path_factory.mktemp("trained") / "ct2"
+    export(STORED_TEACHER, out, quantization="float32", log=quiet)
+    return STORED_TEACHER, out
+
+
+@pytest.mark.parametrize("which", ["folders", "stopping"])
+def test_force_length_gives_exactly_that_many_decoder_steps(which, request):
+    """A model that never stops and one that stops at once both take exactly L steps on either engine."""
+    model, ct2_folder = request.getfixturevalue(which)[:2]
+    hf, ct2 = load_translator(model), load_translator(ct2_folder)
+    sources = corpus_text(12)[0] + [""]
+    for translator in (hf, ct2):
+        free = translator.translate_ids(sources, beam=2)
+        if which == "stopping":
+            assert all(ids == [translator.vocab.eos_id] for ids in free[:-1])  # </s> is a decoder step
+            assert translator.translate(sources) == [""] * 13  # CTranslate2 too may stop at the first step
+        for beam, length in ((1, 5), (3, 9), (2, 1)):
+            forced = translator.translate_ids(sources, beam=beam, force_length=length, max_tokens=80)
+            assert [len(ids) for ids in forced] == [length] * 12 + [0]
+            assert all(translator.vocab.eos_id not in ids[:-1] for ids in forced)
+
+
+def test_force_length_is_refused_outside_the_models_positions(folders):
+    hf = load_translator(folders[0])
+    for bad in (0, hf.limit + 1):
+        with pytest.raises(UserError, match=f"--force-length {bad}: must be between 1 and {hf.limit}") as err:
+            hf.translate_ids(["Ein Hund."], force_length=bad)
+        assert "\n" not in str(err.value)
+
+
+def test_steps_are_the_ids_the_engine_generated(trained):
+    """translate_ids gives each engine's own output (HF: after the start token, through </s>; CTranslate2: its
+    hypothesis with its end token), translate() is their text, and the two engines agree on a trained model."""
+    model, ct2_folder = trained
+    hf, ct2 = load_translator(model), load_translator(ct2_folder)
+    sources = corpus_text(30)[0]
+    eos = hf.vocab.eos_id
+    for beam in (1, 4):
+        ids_hf, ids_ct2 = hf.translate_ids(sources, beam=beam), ct2.translate_ids(sources, beam=beam)
+        assert ids_hf == ids_ct2
+        assert all(ids[-1] == eos and eos not in ids[:-1] for ids in ids_hf)  # every one stopped
+        assert hf.translate(sources, beam=beam) == [hf.vocab.decode(ids).strip() for ids in ids_hf]
+        assert ct2.translate(sources, beam=beam) == hf.translate(sources, beam=beam)
+        for source, ids in list(zip(sources, ids_hf))[:5]:  # one sentence per batch: the engines' raw output
+            encoded = hf.vocab.encode(source) + [eos]
+            with torch.inference_mode():
+                raw = hf.model.generate(input_ids=torch.tensor([encoded]), max_new_tokens=200, num_beams=beam,
+                                        do_sample=False, **({"early_stopping": True} if beam > 1 else {}))
+            assert raw[0, 0].item() == hf.model.config.decoder_start_token_id and raw[0, 1:].tolist() == ids
+            pieces = ct2.translator.translate_batch([ct2.vocab.pieces(encoded)], beam_size=beam,
+                                                    return_end_token=True)[0].hypotheses[0]
+            assert pieces[-1] == "</s>" and ct2.vocab.piece_ids(pieces) == ids

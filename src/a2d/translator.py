@@ -10,6 +10,11 @@ being decoded; the rest are sorted longest first and batched so that ``batch siz
 a batch may generate ``int(max_len_a * longest + max_len_b)`` new tokens (at most the model's positions);
 beam search, or greedy with ``beam=1``; the hypotheses come back in the input order, detokenised on one line.
 An engine gives only how one batch of token ids is decoded (:meth:`BatchTranslator.generate`).
+
+:meth:`BatchTranslator.translate_ids` gives the same decoding as ids: the tokens the engine generated, one per
+decoder step, up to and including ``</s>`` when it ended with one (what a speed benchmark counts; re-encoding the
+detokenised text would count something else). With ``force_length=L`` every hypothesis takes exactly ``L``
+decoder steps (``</s>`` is held back until then), so that random or weak models are timed on equal work.
 """
 from __future__ import annotations
 
@@ -49,8 +54,10 @@ class BatchTranslator:
     device: str
     limit: int
 
-    def generate(self, batch: list[list[int]], beam: int, max_new: int) -> list[list[int]]:
-        """The output ids of each source of ``batch`` (ids closed with ``</s>``), at most ``max_new`` new tokens."""
+    def generate(self, batch: list[list[int]], beam: int, max_new: int, force: bool = False) -> list[list[int]]:
+        """The ids each source of ``batch`` (ids closed with ``</s>``) is translated to: the tokens generated, one
+        per decoder step, up to and including ``</s>`` when the hypothesis ended with one; at most ``max_new``
+        (``force``: exactly ``max_new``) steps."""
         raise NotImplementedError
 
     def decoding(self) -> contextlib.AbstractContextManager:
@@ -59,16 +66,33 @@ class BatchTranslator:
 
     def translate(self, sources: Sequence[str], beam: int = 5, max_len_a: float = 1.2, max_len_b: int = 10,
                   max_tokens: int = 6000, progress: bool = False) -> list[str]:
+        return [self.detokenize(ids) for ids in self.translate_ids(sources, beam=beam, max_len_a=max_len_a,
+                                                                   max_len_b=max_len_b, max_tokens=max_tokens,
+                                                                   progress=progress)]
+
+    def detokenize(self, ids: list[int]) -> str:
+        """The text of output ids, on one line."""
+        return self.vocab.decode(ids).replace("\n", " ").strip()
+
+    def translate_ids(self, sources: Sequence[str], beam: int = 5, max_len_a: float = 1.2, max_len_b: int = 10,
+                      max_tokens: int = 6000, progress: bool = False, force_length: int | None = None
+                      ) -> list[list[int]]:
+        """The output ids of each source (:meth:`generate`'s, one per decoder step; ``[]`` for a blank source,
+        which is not decoded), in the input order. ``force_length=L``: every hypothesis takes exactly ``L`` steps
+        whatever the sources' lengths (at most the model's positions less one)."""
         if beam < 1:
             raise ValueError(f"beam={beam}: must be >= 1")
+        if force_length is not None and not 1 <= force_length <= self.limit:
+            raise UserError(f"--force-length {force_length}: must be between 1 and {self.limit} (the positions "
+                            f"{self.name} has, less one)")
         sources = list(sources)
-        hypotheses = [""] * len(sources)
+        outputs: list[list[int]] = [[] for _ in sources]
         encoded = {i: self.vocab.encode(text)[:self.limit] + [self.vocab.eos_id]
                    for i, text in enumerate(sources) if text is not None and text.strip()}
         order = sorted(encoded, key=lambda i: (-len(encoded[i]), i))
         batches = fill_batches(order, {i: len(encoded[i]) for i in order}, max(1, int(max_tokens)))
         if not batches:
-            return hypotheses
+            return outputs
         bar = None
         if progress:
             from tqdm.auto import tqdm
@@ -77,16 +101,26 @@ class BatchTranslator:
         try:
             with self.decoding():
                 for batch in batches:
-                    longest = max(len(encoded[i]) for i in batch)
-                    max_new = max(1, min(int(max_len_a * longest + max_len_b), self.limit))
-                    for i, ids in zip(batch, self.generate([encoded[i] for i in batch], beam, max_new)):
-                        hypotheses[i] = self.vocab.decode(ids).replace("\n", " ").strip()
+                    if force_length is None:
+                        longest = max(len(encoded[i]) for i in batch)
+                        max_new = max(1, min(int(max_len_a * longest + max_len_b), self.limit))
+                    else:
+                        max_new = force_length
+                    generated = self.generate([encoded[i] for i in batch], beam, max_new,
+                                              force=force_length is not None)
+                    for i, ids in zip(batch, generated):
+                        outputs[i] = ids
                     if bar is not None:
                         bar.update(len(batch))
         finally:
             if bar is not None:
                 bar.close()
-        return hypotheses
+        return outputs
+
+
+def _through_eos(ids: list[int], eos: int) -> list[int]:
+    """``ids`` up to and including the first ``eos`` (all of them without one)."""
+    return ids[:ids.index(eos) + 1] if eos in ids else ids
 
 
 class HFTranslator(BatchTranslator):
@@ -119,7 +153,7 @@ class HFTranslator(BatchTranslator):
         finally:
             self.model.train(was_training)
 
-    def generate(self, batch: list[list[int]], beam: int, max_new: int) -> list[list[int]]:
+    def generate(self, batch: list[list[int]], beam: int, max_new: int, force: bool = False) -> list[list[int]]:
         longest = max(len(ids) for ids in batch)
         input_ids = torch.full((len(batch), longest), self.vocab.pad_id, dtype=torch.long)
         attention_mask = torch.zeros((len(batch), longest), dtype=torch.long)
@@ -127,10 +161,13 @@ class HFTranslator(BatchTranslator):
             input_ids[row, :len(ids)] = torch.tensor(ids, dtype=torch.long)
             attention_mask[row, :len(ids)] = 1
         search = {"num_beams": beam, "early_stopping": True} if beam > 1 else {"num_beams": 1}
+        if force:
+            search["min_new_tokens"] = max_new
         device = next(self.model.parameters()).device
         out = self.model.generate(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device),
                                   max_new_tokens=max_new, do_sample=False, **search)
-        return out.tolist()
+        # each row: the decoder's start token, the generated tokens, then padding after </s>
+        return [_through_eos(row[1:], self.vocab.eos_id) for row in out.tolist()]
 
 
 class CT2Translator(BatchTranslator):
@@ -138,7 +175,8 @@ class CT2Translator(BatchTranslator):
 
     The export's settings (:func:`a2d.export.read_settings`) say how to decode as Hugging Face does: the model's
     positions, the ids it never generates (``bad_words_ids``), and whether a hypothesis that reaches the length
-    limit ends with a forced ``</s>`` (one token early).
+    limit ends with a forced ``</s>`` (one token early). As in Hugging Face, ``</s>`` may be the first token
+    (CTranslate2's default holds it back for one step).
     """
 
     def __init__(self, folder: Path | str, threads: int = 1, device: str = "cpu", compute_type: str = "default"):
@@ -158,11 +196,12 @@ class CT2Translator(BatchTranslator):
         self.suppress = [[t] for t in settings.get("suppress_tokens", [])] or None
         self.forced_eos = int(bool(settings.get("forced_eos")))
 
-    def generate(self, batch: list[list[int]], beam: int, max_new: int) -> list[list[int]]:
+    def generate(self, batch: list[list[int]], beam: int, max_new: int, force: bool = False) -> list[list[int]]:
+        length = ({"min_decoding_length": max_new, "max_decoding_length": max_new} if force
+                  else {"min_decoding_length": 0, "max_decoding_length": max(1, max_new - self.forced_eos)})
         results = self.translator.translate_batch(
-            [self.vocab.pieces(ids) for ids in batch], beam_size=beam, length_penalty=1.0,
-            max_decoding_length=max(1, max_new - self.forced_eos), max_batch_size=0,
-            suppress_sequences=self.suppress, return_scores=False)
+            [self.vocab.pieces(ids) for ids in batch], beam_size=beam, length_penalty=1.0, max_batch_size=0,
+            suppress_sequences=self.suppress, return_scores=False, return_end_token=True, **length)
         return [self.vocab.piece_ids(result.hypotheses[0]) for result in results]
 
 
