@@ -10,6 +10,9 @@
 * :mod:`~a2d.experiments.report`: ``quality-<name>.json`` and the markdown tables;
 * :mod:`~a2d.experiments.files`: their text and JSON files, read back exactly as written.
 
+Beside the grids, :mod:`~a2d.experiments.speed` (``python benchmarks/speed.py``) reports the speed, size and
+quality of a teacher and its students on every engine.
+
 Each result records its hardware, commit and time (:mod:`a2d.provenance`).
 
 What a method is to an experiment (its label, whether it needs a teacher or trains on the teacher's
