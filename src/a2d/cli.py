@@ -71,8 +71,10 @@ def cmd_distill_data(args):
     if args.cache_topk is not None:  # word-level KD: the teacher's top-K log-probabilities, not translations
         from a2d.recipes.cache_teacher import build_cache
 
-        if args.beam is not None:
-            raise UserError("--beam: not used with --cache-topk (the teacher is teacher-forced on the references)")
+        for option, value in (("--beam", args.beam), ("--engine", args.engine), ("--threads", args.threads)):
+            if value is not None:
+                raise UserError(f"{option}: not used with --cache-topk (the teacher is teacher-forced on the "
+                                "references)")
         from a2d.teacher_cache import DEFAULT_MAX_TOKENS, DEFAULT_SHARD_SIZE, DEFAULT_TEMPERATURE
 
         build_cache(Path(args.teacher), Path(args.data), Path(args.out), topk=args.cache_topk,
@@ -86,7 +88,8 @@ def cmd_distill_data(args):
                           ("--kd-temperature", args.kd_temperature)):
         if value is not None:
             raise UserError(f"{option}: used with --cache-topk only")
-    distill_data(Path(args.teacher), Path(args.data), Path(args.out), beam=5 if args.beam is None else args.beam)
+    distill_data(Path(args.teacher), Path(args.data), Path(args.out), beam=5 if args.beam is None else args.beam,
+                 engine=args.engine, threads=args.threads)
 
 
 def cmd_evaluate(args):
@@ -266,6 +269,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", required=True)
     p.add_argument("--out", required=True, help="the new data directory (with --cache-topk: the cache folder)")
     p.add_argument("--beam", type=int, help="beam size of the translations (default 5)")
+    p.add_argument("--engine", help="what decodes the teacher: hf (Hugging Face generate, the default), ct2-float32 "
+                   "or ct2-int8 (CTranslate2; a model folder is exported on the fly, an a2d export folder is taken as "
+                   "it is and decoded in its own quantization by default)")
+    p.add_argument("--threads", type=int, help="threads to decode on (default: every core)")
     p.add_argument("--cache-topk", type=int, metavar="K",
                    help="instead of translating, store the teacher's K most probable tokens, their log-probabilities "
                         "and the rest's log-mass (fp32) at every target position of the training set (resumable; "

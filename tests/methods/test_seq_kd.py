@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -12,6 +13,7 @@ from a2d.data.corpus import locate_corpus, read_lines
 from a2d.data.prepare import ParallelData, load_meta, prepare
 from a2d.data.vocab import Vocabulary
 from a2d.evaluate import translate
+from a2d.export import export
 from a2d.methods import METHODS, Progress
 from a2d.methods.seq_kd import SequenceKD, check_data
 from a2d.models import load_model
@@ -56,7 +58,7 @@ def expected(tiny_data, teacher):
 @pytest.fixture(scope="module")
 def distilled(tiny_data, teacher, tmp_path_factory):
     out = tmp_path_factory.mktemp("distilled") / "m30k-kd"
-    meta = distill_data(teacher, tiny_data, out, beam=BEAM, chunk=CHUNK, log=quiet)
+    meta = distill_data(teacher, tiny_data, out, beam=BEAM, chunk=CHUNK, threads=1, log=quiet)
     return out, meta
 
 
@@ -120,22 +122,25 @@ def test_distilled_directory(tiny_data, teacher, expected, distilled):
     assert meta["distilled_from"]["teacher_sha256"] == sha256_file(teacher / "model.safetensors")
 
 
-def test_interrupted_run_resumes(tiny_data, teacher, expected, distilled, tmp_path, monkeypatch):
+@pytest.mark.parametrize("engine", ["hf", "ct2-float32"])
+def test_interrupted_run_resumes(tiny_data, teacher, expected, distilled, tmp_path, monkeypatch, engine):
     out = tmp_path / "kd-data"
     calls = []
+    real = dd.translate_chunk
 
-    def failing(model, vocab, sources, **kw):
+    def failing(translator, sources, **kw):
         calls.append(list(sources))
         if len(calls) == 2:
             raise KeyboardInterrupt
-        return translate(model, vocab, sources, **kw)
+        return real(translator, sources, **kw)
 
-    monkeypatch.setattr(dd, "translate", failing)
+    monkeypatch.setattr(dd, "translate_chunk", failing)
     with pytest.raises(KeyboardInterrupt):
-        distill_data(teacher, tiny_data, out, beam=BEAM, chunk=CHUNK, log=quiet)
+        distill_data(teacher, tiny_data, out, beam=BEAM, chunk=CHUNK, engine=engine, threads=1, log=quiet)
     assert not out.exists()
     work = work_dir_for(out)
-    assert json.loads((work / "progress.json").read_text())["done"] == CHUNK
+    progress = json.loads((work / "progress.json").read_text())
+    assert progress["done"] == CHUNK and progress["engine"] == engine and progress["decoder_steps"] > 0
     assert read_lines(work / "hypotheses.txt") == expected[:CHUNK]
     # a torn write after the last finished chunk is cut off on resume
     with open(work / "hypotheses.txt", "a", encoding="utf-8") as f:
@@ -143,10 +148,11 @@ def test_interrupted_run_resumes(tiny_data, teacher, expected, distilled, tmp_pa
 
     sources = ParallelData.load(tiny_data, "train").src_text
     calls.clear()
-    monkeypatch.setattr(dd, "translate", lambda model, vocab, src, **kw: calls.append(list(src))
-                        or translate(model, vocab, src, **kw))
+    monkeypatch.setattr(dd, "translate_chunk", lambda translator, src, **kw: calls.append(list(src))
+                        or real(translator, src, **kw))
     messages = []
-    meta = distill_data(teacher, tiny_data, out, beam=BEAM, chunk=CHUNK, log=messages.append)
+    meta = distill_data(teacher, tiny_data, out, beam=BEAM, chunk=CHUNK, engine=engine, threads=1,
+                        log=messages.append)
     assert calls == [sources[s:s + CHUNK] for s in range(CHUNK, len(sources), CHUNK)]
     assert any("resuming" in m for m in messages)
     assert not work.exists()
@@ -154,6 +160,9 @@ def test_interrupted_run_resumes(tiny_data, teacher, expected, distilled, tmp_pa
     a, b = load_file(str(out / "train.safetensors")), load_file(str(distilled[0] / "train.safetensors"))
     assert all((a[k] == b[k]).all() for k in a)
     assert meta["splits"] == distilled[1]["splits"]
+    # the steps of both runs: every hypothesis's output ids, as one uninterrupted run counts them
+    assert meta["distilled_from"]["decoder_steps"] == distilled[1]["distilled_from"]["decoder_steps"]
+    assert meta["distilled_from"]["engine"] == engine
 
 
 def test_resume_refuses_other_settings(tiny_data, teacher, tmp_path, monkeypatch):
@@ -162,20 +171,30 @@ def test_resume_refuses_other_settings(tiny_data, teacher, tmp_path, monkeypatch
     def stop(*args, **kw):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(dd, "translate", lambda model, vocab, src, **kw: ["x"] * len(src))
+    monkeypatch.setattr(dd, "translate_chunk", lambda translator, src, **kw: (["x"] * len(src), 0))
     monkeypatch.setattr(dd, "write_split", stop)
     with pytest.raises(KeyboardInterrupt):
-        distill_data(teacher, tiny_data, out, beam=BEAM, chunk=CHUNK, log=quiet)
+        distill_data(teacher, tiny_data, out, beam=BEAM, chunk=CHUNK, threads=1, log=quiet)
     with pytest.raises(UserError, match="beam"):
-        distill_data(teacher, tiny_data, out, beam=BEAM + 1, chunk=CHUNK, log=quiet)
+        distill_data(teacher, tiny_data, out, beam=BEAM + 1, chunk=CHUNK, threads=1, log=quiet)
+    with pytest.raises(UserError, match="another engine; rerun it with the same teacher, data, --engine and --beam"):
+        distill_data(teacher, tiny_data, out, beam=BEAM, chunk=CHUNK, engine="ct2-int8", threads=1, log=quiet)
+    progress = work_dir_for(out) / "progress.json"  # one written before the engine was recorded: Hugging Face's
+    old = json.loads(progress.read_text())
+    del old["engine"]
+    progress.write_text(json.dumps(old))
+    with pytest.raises(KeyboardInterrupt):
+        distill_data(teacher, tiny_data, out, beam=BEAM, chunk=CHUNK, threads=1, log=quiet)
+    with pytest.raises(UserError, match="another engine"):
+        distill_data(teacher, tiny_data, out, beam=BEAM, chunk=CHUNK, engine="ct2-float32", threads=1, log=quiet)
 
 
 def test_empty_and_long_hypotheses(tiny_data, teacher, tmp_path, monkeypatch):
     """Empty hypotheses keep their pair and are counted; pairs with a hypothesis over max_len are dropped."""
     sources = ParallelData.load(tiny_data, "train").src_text
     fake = {s: ("" if i % 7 == 0 else "ein Hund " * 200 if i % 11 == 0 else f"hyp {i}") for i, s in enumerate(sources)}
-    monkeypatch.setattr(dd, "translate", lambda model, vocab, src, **kw: [fake[s] for s in src])
-    meta = distill_data(teacher, tiny_data, tmp_path / "out", beam=BEAM, chunk=CHUNK, log=quiet)
+    monkeypatch.setattr(dd, "translate_chunk", lambda translator, src, **kw: ([fake[s] for s in src], 0))
+    meta = distill_data(teacher, tiny_data, tmp_path / "out", beam=BEAM, chunk=CHUNK, threads=1, log=quiet)
     keep = [i for i in range(len(sources)) if not (i % 11 == 0 and i % 7 != 0)]
     data = ParallelData.load(tmp_path / "out", "train")
     assert data.src_text == [sources[i] for i in keep]
@@ -195,6 +214,52 @@ def test_errors(tiny_data, teacher, distilled, tmp_path):
     with pytest.raises(UserError, match="--beam"):
         distill_data(teacher, tiny_data, tmp_path / "y", beam=0, log=quiet)
     assert not (tmp_path / "x").exists() and not work_dir_for(tmp_path / "x").exists()
+
+
+def test_ctranslate2_engines(tiny_data, teacher, expected, distilled, tmp_path):
+    """CTranslate2 float32 gives the Hugging Face engine's targets string for string, from the model folder
+    (exported on the fly into a temporary folder) or from an a2d export folder (its own quantization by default);
+    int8 decodes too; meta.json records the engine."""
+    messages = []
+    meta = distill_data(teacher, tiny_data, tmp_path / "f32", beam=BEAM, chunk=CHUNK, engine="ct2-float32",
+                        threads=1, log=messages.append)
+    assert ParallelData.load(tmp_path / "f32", "train").tgt_text == expected
+    assert meta["distilled_from"]["engine"] == "ct2-float32" and meta["distilled_from"]["threads"] == 1
+    assert meta["distilled_from"]["teacher_sha256"] == distilled[1]["distilled_from"]["teacher_sha256"]
+    assert meta["distilled_from"]["decoder_steps"] == distilled[1]["distilled_from"]["decoder_steps"]
+    assert distilled[1]["distilled_from"]["engine"] == "hf"
+    folder = next(m for m in messages if m.startswith("exporting")).split(" in ")[1].split(" (")[0]
+    assert not Path(folder).exists()  # the temporary export is gone
+    with open(tmp_path / "f32" / "meta.json", encoding="utf-8") as f:
+        assert json.load(f)["distilled_from"]["engine"] == "ct2-float32"
+
+    export(teacher, tmp_path / "t-f32", quantization="float32", log=quiet)
+    meta = distill_data(tmp_path / "t-f32", tiny_data, tmp_path / "f32b", beam=BEAM, chunk=CHUNK, threads=1, log=quiet)
+    assert meta["distilled_from"]["engine"] == "ct2-float32"
+    assert ParallelData.load(tmp_path / "f32b", "train").tgt_text == expected
+    meta = distill_data(tmp_path / "t-f32", tiny_data, tmp_path / "i8", beam=BEAM, chunk=CHUNK, engine="ct2-int8",
+                        threads=1, log=quiet)
+    assert meta["distilled_from"]["engine"] == "ct2-int8" and len(ParallelData.load(tmp_path / "i8", "train")) == 200
+
+
+def test_wrong_engine_options_are_one_line(tiny_data, teacher, tmp_path, capsys):
+    from a2d.cli import main
+
+    export(teacher, tmp_path / "t-i8", quantization="int8", log=quiet)
+    out = tmp_path / "out"
+    base = ["distill-data", "--data", str(tiny_data), "--out", str(out)]
+    for extra, message in (
+            (["--teacher", str(teacher), "--engine", "ct2"], "--engine ct2: choose from hf, ct2-float32, ct2-int8"),
+            (["--teacher", str(teacher), "--threads", "0"], "--threads 0: must be at least 1"),
+            (["--teacher", str(tmp_path / "t-i8"), "--engine", "hf"], "--engine hf: --teacher"),
+            (["--teacher", str(tmp_path / "t-i8"), "--engine", "ct2-float32"], "holds int8 weights"),
+            (["--teacher", str(teacher), "--engine", "ct2-int8", "--cache-topk", "4"],
+             "--engine: not used with --cache-topk"),
+            (["--teacher", str(teacher), "--threads", "2", "--cache-topk", "4"], "--threads: not used with --cache-topk")):
+        assert main(base + extra) == 2, extra
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and message in err, err
+        assert not out.exists() and not work_dir_for(out).exists()
 
 
 def test_seq_kd_distills_on_distilled_data(distilled, tmp_path):

@@ -10,17 +10,27 @@ interrupted run resumes from the last finished chunk); then write a new data dir
     train.{tgt}                             the teacher's translations, one per line
     train.safetensors                       both sides encoded again, as ``a2d prepare`` does
     meta.json                               the data's, with the train counts updated and ``distilled_from``
+                                            (the teacher, its engine, beam, decoding time and decoder steps)
+
+The engine (``--engine``) is Hugging Face ``generate`` (``hf``) or CTranslate2 (``ct2-float32``, ``ct2-int8``),
+the decoding most practitioners' pipelines use for this step: a model folder is exported into a temporary
+folder first (:func:`a2d.export.export`), an ``a2d export`` folder is used as it is. Both decode as
+:mod:`a2d.translator` describes (CTranslate2 float32 gives Hugging Face's translations), with ``threads``
+intra-op threads (default: every core).
 
 Empty hypotheses keep their pair (the student learns to stop) and are counted; a pair whose hypothesis
 encodes longer than the data's ``max_len`` is dropped, as ``a2d prepare`` drops long training pairs.
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import math
 import os
 import shutil
+import tempfile
+import time
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -31,10 +41,12 @@ import a2d
 from a2d.data.corpus import LINE_BREAK_TABLE, read_lines
 from a2d.data.prepare import META_FILE, ParallelData, Split, encode_split, load_meta, write_split
 from a2d.data.vocab import Vocabulary, check_same_vocabulary
-from a2d.evaluate import translate
+from a2d.export import check_quantization, export, is_exported, read_settings
 from a2d.models import load_model
+from a2d.translator import BatchTranslator, CT2Translator, HFTranslator
 from a2d.utils import UserError, atomic_dir, atomic_write_text, sha256_file
 
+ENGINES = ("hf", "ct2-float32", "ct2-int8")
 HYPOTHESES_FILE = "hypotheses.txt"  # inside the work folder: one line per decoded source, in order
 PROGRESS_FILE = "progress.json"  # inside the work folder: how many lines of HYPOTHESES_FILE are final
 
@@ -46,17 +58,22 @@ def work_dir_for(out_dir: Path) -> Path:
 
 
 def distill_data(teacher: Path, data_dir: Path, out_dir: Path, beam: int = 5, max_tokens: int = 6000,
-                 chunk: int = 2000, log=print) -> dict:
+                 chunk: int = 2000, engine: str | None = None, threads: int | None = None, log=print) -> dict:
     """Write ``out_dir``: the data directory ``data_dir`` with the teacher's translations as train targets.
 
-    ``teacher`` is a run folder (or its ``best/``/``last/``); decoding uses beam search (``beam``) in batches
-    of at most ``max_tokens`` source tokens, ``chunk`` sentences at a time. Rerunning the same command after
-    an interruption continues from the last finished chunk. Returns the new ``meta.json``.
+    ``teacher`` is a run folder (or its ``best/``/``last/``, or a Marian folder), or a folder written by ``a2d
+    export``; ``engine`` decodes it (:data:`ENGINES`; default ``hf``, or for an export ``ct2-`` its own
+    quantization), on ``threads`` threads (default every core), with beam search (``beam``) in batches of at most
+    ``max_tokens`` source tokens, ``chunk`` sentences at a time. Rerunning the same command after an interruption
+    continues from the last finished chunk. Returns the new ``meta.json``.
     """
     teacher, data_dir, out_dir = Path(teacher), Path(data_dir), Path(out_dir)
-    for option, value in (("--beam", beam), ("--max-tokens", max_tokens), ("--chunk", chunk)):
+    threads = (os.cpu_count() or 1) if threads is None else threads
+    for option, value in (("--beam", beam), ("--max-tokens", max_tokens), ("--chunk", chunk), ("--threads", threads)):
         if value < 1:
             raise UserError(f"{option} {value}: must be at least 1")
+    exported = is_exported(teacher)
+    engine = _engine(teacher, engine, exported)
     if out_dir.exists():
         raise UserError(f"{out_dir}: already exists; remove it or choose another --out")
 
@@ -66,11 +83,15 @@ def distill_data(teacher: Path, data_dir: Path, out_dir: Path, beam: int = 5, ma
     train = ParallelData.load(data_dir, "train")
     sources = train.src_text
     vocab = Vocabulary.load(data_dir)
-    model, teacher_vocab = load_model(teacher)
+    if exported:
+        model, teacher_vocab, weights = None, Vocabulary.load(teacher), teacher / "model.bin"
+    else:
+        model, teacher_vocab = load_model(teacher)
+        weights = teacher_vocab.path.parent / "model.safetensors"  # the folder load_model resolved (RUN/best, ...)
     check_same_vocabulary(teacher_vocab, vocab, f"--teacher {teacher}", data_dir)
-    model_dir = teacher_vocab.path.parent  # the folder load_model resolved (RUN/best, ...)
     identity = {
-        "teacher_sha256": sha256_file(model_dir / "model.safetensors"),
+        "teacher_sha256": sha256_file(weights),
+        "engine": engine,
         "sources_sha256": sha256_file(data_dir / f"train.{src_lang}"),
         "beam": int(beam),
         "total": len(sources),
@@ -78,25 +99,40 @@ def distill_data(teacher: Path, data_dir: Path, out_dir: Path, beam: int = 5, ma
 
     # ---- decode in chunks, resuming after the last finished one
     work = work_dir_for(out_dir)
-    done = _resume(work, identity, log)
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    model.to(device)
-    starts = range(done, len(sources), chunk)
-    if starts:
-        log(f"translating {len(sources) - done} of {len(sources)} train sources with {teacher} (beam {beam}) on "
-            f"{device}, {len(starts)} chunk(s) of up to {chunk}; work files in {work}")
-    bar = tqdm(total=math.ceil(done / chunk) + len(starts), initial=math.ceil(done / chunk), unit="chunk",
-               desc="distill-data", dynamic_ncols=True)
-    try:
-        for start in starts:
-            part = sources[start:start + chunk]
-            hypotheses = translate(model, vocab, part, beam=beam, max_tokens=max_tokens)
-            _append_lines(work / HYPOTHESES_FILE, [h.translate(LINE_BREAK_TABLE).strip() for h in hypotheses])
-            done = start + len(part)
-            atomic_write_text(work / PROGRESS_FILE, json.dumps({**identity, "done": done}, indent=2) + "\n")
-            bar.update(1)
-    finally:
-        bar.close()
+    with contextlib.ExitStack() as stack:
+        translator = None
+        if engine != "hf" and not exported and sources:  # exported before the work folder is made
+            model = None
+            translator = _exported_teacher(teacher, engine, threads, stack, log)
+        done, spent = _resume(work, identity, log)
+        starts = range(done, len(sources), chunk)
+        if starts:
+            if translator is None:
+                translator = (CT2Translator(teacher, threads=threads, compute_type=engine[4:]) if exported
+                              else HFTranslator(model.to("cuda" if torch.cuda.is_available() else "cpu"),
+                                                teacher_vocab, name=str(teacher)))
+            log(f"translating {len(sources) - done} of {len(sources)} train sources with {teacher} ({engine}, beam "
+                f"{beam}, {threads} thread(s) on {translator.device}), {len(starts)} chunk(s) of up to {chunk}; work "
+                f"files in {work}")
+            stack.enter_context(_torch_threads(threads if engine == "hf" and translator.device == "cpu" else None))
+        bar = tqdm(total=math.ceil(done / chunk) + len(starts), initial=math.ceil(done / chunk), unit="chunk",
+                   desc="distill-data", dynamic_ncols=True)
+        try:
+            for start in starts:
+                part = sources[start:start + chunk]
+                began = time.perf_counter()
+                hypotheses, steps = translate_chunk(translator, part, beam=beam, max_tokens=max_tokens)
+                spent = {"seconds": spent["seconds"] + time.perf_counter() - began, "steps": spent["steps"] + steps}
+                _append_lines(work / HYPOTHESES_FILE, [h.translate(LINE_BREAK_TABLE).strip() for h in hypotheses])
+                done = start + len(part)
+                atomic_write_text(work / PROGRESS_FILE, json.dumps({**identity, "done": done, "decode_seconds":
+                                                                    round(spent["seconds"], 3),
+                                                                    "decoder_steps": spent["steps"]}, indent=2) + "\n")
+                bar.set_postfix_str(f"{spent['steps'] / max(spent['seconds'], 1e-9):,.0f} tok/s")
+                bar.update(1)
+        finally:
+            bar.close()
+    del model
     hypotheses = read_lines(work / HYPOTHESES_FILE) if sources else []
     if len(hypotheses) != len(sources):
         raise UserError(f"{work / HYPOTHESES_FILE}: holds {len(hypotheses)} lines for {len(sources)} sources; "
@@ -115,7 +151,11 @@ def distill_data(teacher: Path, data_dir: Path, out_dir: Path, beam: int = 5, ma
     new_meta["distilled_from"] = {
         "teacher": str(teacher),
         "teacher_sha256": identity["teacher_sha256"],
+        "engine": engine,
         "beam": int(beam),
+        "decode_seconds": round(spent["seconds"], 3),  # the chunks' decoding, over every resumed run
+        "decoder_steps": spent["steps"],  # target tokens generated, </s> included
+        "threads": threads,  # of the run that finished it
         "data": str(data_dir.resolve()),
         "empty_hypotheses": empty,
         "dropped_long": part.dropped_long,
@@ -137,10 +177,65 @@ def distill_data(teacher: Path, data_dir: Path, out_dir: Path, beam: int = 5, ma
     return new_meta
 
 
-def _resume(work: Path, identity: dict, log) -> int:
-    """How many sources ``work`` already holds finished hypotheses for (0 for a fresh start).
+def translate_chunk(translator: BatchTranslator, sources: list[str], beam: int, max_tokens: int
+                    ) -> tuple[list[str], int]:
+    """The translations of ``sources`` and the decoder steps they took (their output ids, ``</s>`` included)."""
+    ids = translator.translate_ids(sources, beam=beam, max_tokens=max_tokens)
+    return [translator.detokenize(x) for x in ids], sum(len(x) for x in ids)
 
-    A work folder left by a run with another teacher, other sources or another beam is refused; lines
+
+def _engine(teacher: Path, engine: str | None, exported: bool) -> str:
+    """The engine that decodes ``teacher``: ``engine`` checked against the folder, or its default."""
+    if engine is not None and engine not in ENGINES:
+        raise UserError(f"--engine {engine}: choose from {', '.join(ENGINES)}")
+    if not exported:
+        engine = engine or "hf"
+        if engine != "hf":
+            check_quantization(engine[4:])
+        return engine
+    quantization = read_settings(teacher).get("quantization")
+    own = {"float32": "ct2-float32", "int8": "ct2-int8", "int8_float32": "ct2-int8"}.get(quantization)
+    if engine is None:
+        if own is None:
+            raise UserError(f"--teacher {teacher}: a CTranslate2 export in {quantization}; distill-data decodes "
+                            "float32 or int8 exports (give --engine ct2-int8, or export it again)")
+        engine = own
+    if engine == "hf":
+        raise UserError(f"--engine hf: --teacher {teacher} is a CTranslate2 export; give --engine ct2-int8 or "
+                        "ct2-float32, or the Hugging Face model folder it was made from")
+    if engine == "ct2-float32" and quantization != "float32":
+        raise UserError(f"--engine ct2-float32: --teacher {teacher} holds {quantization} weights; give --engine "
+                        "ct2-int8, or export the teacher as float32 (or give its model folder)")
+    check_quantization(engine[4:])
+    return engine
+
+
+def _exported_teacher(teacher: Path, engine: str, threads: int, stack: contextlib.ExitStack, log) -> CT2Translator:
+    """The model folder ``teacher`` exported to CTranslate2 into a temporary folder (removed when ``stack``
+    closes), loaded with ``threads`` threads."""
+    folder = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="a2d-distill-data-"))) / "teacher"
+    log(f"exporting {teacher} to CTranslate2 {engine[4:]} in {folder} (removed afterwards)")
+    export(teacher, folder, quantization=engine[4:], log=lambda *a: None)
+    return CT2Translator(folder, threads=threads, compute_type=engine[4:])
+
+
+@contextlib.contextmanager
+def _torch_threads(n: int | None):
+    """torch's intra-op threads set to ``n`` for the block (None: left alone)."""
+    before = torch.get_num_threads()
+    if n is not None:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def _resume(work: Path, identity: dict, log) -> tuple[int, dict]:
+    """How many sources ``work`` already holds finished hypotheses for (0 for a fresh start), and the decoding
+    time and decoder steps spent on them.
+
+    A work folder left by a run with another teacher, engine, other sources or another beam is refused; lines
     past the recorded progress (a chunk interrupted while being written) are cut off.
     """
     progress_path, hyp_path = work / PROGRESS_FILE, work / HYPOTHESES_FILE
@@ -148,19 +243,21 @@ def _resume(work: Path, identity: dict, log) -> int:
         shutil.rmtree(work, ignore_errors=True)
         work.mkdir(parents=True)
         hyp_path.write_bytes(b"")
-        return 0
+        return 0, {"seconds": 0.0, "steps": 0}
     try:
         progress = json.loads(progress_path.read_text(encoding="utf-8"))
         done = int(progress["done"])
-    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, ValueError):
+        spent = {"seconds": float(progress.get("decode_seconds", 0.0)), "steps": int(progress.get("decoder_steps", 0))}
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, ValueError, AttributeError):
         raise UserError(f"{progress_path}: unreadable; remove {work} to start over") from None
+    progress.setdefault("engine", "hf")  # written before there was a choice
     changed = [k for k in identity if progress.get(k) != identity[k]]
     if changed:
         raise UserError(f"{work}: an unfinished run with another {', '.join(changed)}; rerun it with the same "
-                        f"teacher, data and --beam, or remove {work} to start over")
+                        f"teacher, data, --engine and --beam, or remove {work} to start over")
     _truncate_lines(hyp_path, done)
     log(f"resuming: {done} of {identity['total']} sources already translated in {work}")
-    return done
+    return done, spent
 
 
 def _truncate_lines(path: Path, n: int) -> None:
@@ -183,4 +280,4 @@ def _append_lines(path: Path, lines: list[str]) -> None:
         os.fsync(f.fileno())
 
 
-__all__ = ["distill_data", "work_dir_for"]
+__all__ = ["distill_data", "work_dir_for", "translate_chunk", "ENGINES"]
