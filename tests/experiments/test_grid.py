@@ -86,3 +86,35 @@ def test_grid_errors_name_the_file_and_the_cell(tmp_path, capsys):
         err = capsys.readouterr().err
         assert err.startswith(f"a2d: error: {says}") and err.count("\n") == 1, err
         assert "--method" not in err and "--src" not in err and "--tgt" not in err and "--corpus" not in err
+
+
+def test_seq_kd_engine_is_passed_to_distill_data(tmp_path, monkeypatch):
+    """seq_kd_engine (default hf): checked when read, names the data folder (CTranslate2's apart from
+    Hugging Face's), and is what the runner asks distill_data to decode with."""
+    from a2d.experiments import runner
+    from a2d.experiments.grid import SEQ_KD_ENGINES
+    from a2d.experiments.plan import seqkd_dir
+    from a2d.recipes.distill_data import ENGINES
+
+    assert SEQ_KD_ENGINES == ENGINES
+    base = {"name": "g", "teacher": {"preset": "t"}, "student_preset": "s", "methods": {"a": {"method": "a"}}}
+    assert read_spec(GridSpec, base, "g.yaml").seq_kd_engine == "hf"
+    with pytest.raises(UserError, match=re.escape("g.yaml: seq_kd_engine: choose from hf, ct2-float32, ct2-int8, "
+                                                  "got 'ct2'")):
+        read_spec(GridSpec, {**base, "seq_kd_engine": "ct2"}, "g.yaml")
+    grid = load_grid(SMOKE)
+    assert seqkd_dir(grid, tmp_path, "de-en") == tmp_path / grid.name / "de-en" / f"seqkd-data-b{grid.seq_kd_beam}"
+    calls = []
+
+    def fake(teacher, data, out, **kw):
+        calls.append(kw)
+        (out / "meta.json").parent.mkdir(parents=True)
+        (out / "meta.json").write_text("{}")
+
+    monkeypatch.setattr(runner, "distill_data", fake)
+    grid.seq_kd_engine = "ct2-int8"
+    out = runner.ensure_seqkd_data(grid, tmp_path, "de-en", tmp_path / "data", tmp_path / "teacher", log=lambda *a: None)
+    assert out.name == f"seqkd-data-b{grid.seq_kd_beam}-ct2-int8"
+    assert calls == [{"beam": grid.seq_kd_beam, "engine": "ct2-int8", "log": calls[0]["log"]}]
+    timing = out.with_name(out.name + ".timing.json")
+    assert '"engine": "ct2-int8"' in timing.read_text()

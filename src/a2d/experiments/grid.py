@@ -10,6 +10,7 @@ A grid file is YAML; every key but ``name``, ``teacher``, ``student_preset`` and
     test_max_sentences: null         # score only the first N test sentences (smoke tests; null: all)
     beam: 5                          # beam of the test translations
     seq_kd_beam: 5                   # beam of the teacher's translations for the cells that train on them
+    seq_kd_engine: hf                # what decodes them: hf, ct2-float32 or ct2-int8 (CTranslate2, all cores)
     bootstrap_samples: 1000          # resamples of the paired bootstrap test
     store_teachers: false            # keep each teacher's weights in RESULTS/quality-<name>-teachers/, and
                                      # each student's in RESULTS/quality-<name>-students/
@@ -69,6 +70,7 @@ from a2d.utils import UserError
 TEACHER = "teacher"  # the teacher's cell name (RUNS/<name>/<dir>/teacher)
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
 BASELINES = ("nokd", "kd")  # the roles of the paired tests' baselines (DistillMethod.baseline)
+SEQ_KD_ENGINES = ("hf", "ct2-float32", "ct2-int8")  # a2d.recipes.distill_data.ENGINES (not imported: grids load light)
 
 
 def _key(default=dataclasses.MISSING, help: str = "", low: int | None = None, choices: tuple | None = None,
@@ -128,6 +130,8 @@ class GridSpec:
     test_max_sentences: int | None = _key(None, "score only the first N test sentences (null: all)", low=1)
     beam: int = _key(5, "beam of the test translations", low=1)
     seq_kd_beam: int = _key(5, "beam of the teacher's translations that generated-data cells train on", low=1)
+    seq_kd_engine: str = _key("hf", "what decodes the teacher's translations (a2d distill-data --engine)",
+                              choices=SEQ_KD_ENGINES)
     bootstrap_samples: int = _key(1000, "resamples of the paired bootstrap test", low=2)
     store_teachers: bool = _key(False, "keep each teacher's and each cell's best student's weights beside the results")
     continue_from: str | None = _key(None, "another grid: its data, its teacher, and its shorter runs to go on from")
@@ -188,6 +192,8 @@ def _check(typ, value, where: str, f: dataclasses.Field):
     if typ is str:  # as in a2d.config: a number written where a name is meant is that name
         if not isinstance(value, (str, int, float)) or isinstance(value, bool):
             raise UserError(f"{where}: expected a name, got {value!r}")
+        if meta["choices"] and str(value) not in meta["choices"]:
+            raise UserError(f"{where}: choose from {', '.join(meta['choices'])}, got {value!r}")
         return str(value)
     raise TypeError(f"{where}: no reader for {typ!r}")
 

@@ -59,8 +59,10 @@ def eval_dir(grid: Grid, runs: Path, direction: str) -> Path:
 
 
 def seqkd_dir(grid: Grid, runs: Path, direction: str) -> Path:
-    """The teacher's translations of the training sources, for the cells that train on generated data."""
-    return runs / grid.name / direction / f"seqkd-data-b{grid.seq_kd_beam}"
+    """The teacher's translations of the training sources, for the cells that train on generated data
+    (``seqkd-data-b<beam>``, and ``-<engine>`` when CTranslate2 decodes them)."""
+    engine = "" if grid.seq_kd_engine == "hf" else f"-{grid.seq_kd_engine}"
+    return runs / grid.name / direction / f"seqkd-data-b{grid.seq_kd_beam}{engine}"
 
 
 def run_status(run: Path) -> str:

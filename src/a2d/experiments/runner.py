@@ -6,9 +6,9 @@ For every direction of the grid: prepare the data once (``RUNS/data-<src>-<tgt>`
 score each on the test split (test_2016 for Multi30k; beam 5) with sacreBLEU and its 95% bootstrap CI,
 writing ``test.json``/``test.hyp`` beside the run, and its result to ``cell.json`` in the run folder.
 Cells of a method that trains on generated data (sequence-level KD) train on the teacher's beam translations,
-written once per direction by ``distill_data`` into ``RUNS/<name>/<src>-<tgt>/seqkd-data-b<beam>``. Cells of a
-method that needs no teacher at all (No KD) are trained with the plain ``train`` recipe, every other with
-``distill``.
+written once per direction by ``distill_data`` (decoded by the grid's ``seq_kd_engine``) into
+``RUNS/<name>/<src>-<tgt>/seqkd-data-b<beam>`` (``-<engine>`` appended for CTranslate2). Cells of a method that
+needs no teacher at all (No KD) are trained with the plain ``train`` recipe, every other with ``distill``.
 
 A cell whose result is in its ``cell.json``, or in the results JSON while its run folder is absent, is
 skipped; a run that was started and not finished is resumed (``resume=True``); a finished run without
@@ -103,12 +103,13 @@ def ensure_seqkd_data(grid: Grid, runs: Path, direction: str, data: Path, teache
     out = seqkd_dir(grid, runs, direction)
     if (out / "meta.json").is_file():
         return out
-    log(f"== {direction}: the teacher's translations of the training sources (beam {grid.seq_kd_beam}) -> {out}")
+    log(f"== {direction}: the teacher's translations of the training sources (beam {grid.seq_kd_beam}, "
+        f"{grid.seq_kd_engine}) -> {out}")
     start = time.perf_counter()
-    distill_data(teacher, data, out, beam=grid.seq_kd_beam, log=log)
+    distill_data(teacher, data, out, beam=grid.seq_kd_beam, engine=grid.seq_kd_engine, log=log)
     atomic_write_text(out.with_name(out.name + ".timing.json"),
-                      json.dumps({"seconds": round(time.perf_counter() - start, 1), "hardware": hardware(),
-                                  "commit": commit(), "finished": now()}, indent=2) + "\n")
+                      json.dumps({"seconds": round(time.perf_counter() - start, 1), "engine": grid.seq_kd_engine,
+                                  "hardware": hardware(), "commit": commit(), "finished": now()}, indent=2) + "\n")
     return out
 
 
