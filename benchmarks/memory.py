@@ -110,7 +110,7 @@ def measure_one(args) -> dict:
             torch.nn.utils.clip_grad_norm_(params, cfg.clip_norm)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        losses.append({k: round(float(v), 6) for k, v in terms.items()})
+        losses.append({k: round(float(v.detach()), 6) for k, v in terms.items()})
         del terms
     peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else _status("VmHWM")
 
