@@ -1,10 +1,12 @@
-"""Launched by test_distributed with ``torch.distributed.run``: train a few updates, write this rank's weights hash."""
+"""Launched by test_distributed with ``torch.distributed.run``: train a few updates, write this rank's weights hash
+and where it imported a2d from."""
 import hashlib
 import sys
 from pathlib import Path
 
 import torch
 
+import a2d
 from a2d.config import load_config
 from a2d.recipes.train import train
 
@@ -18,3 +20,4 @@ for name, tensor in sorted(result.model.state_dict().items()):
 rank = torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
 world = torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1
 (Path(out) / f"rank{rank}-of-{world}.sha256").write_text(f"{digest.hexdigest()} {result.state.update}\n")
+(Path(out) / f"rank{rank}.a2d").write_text(str(Path(a2d.__file__).resolve().parent))

@@ -1,6 +1,7 @@
 """Data-parallel training and distillation: two CPU processes (gloo) under torch.distributed.run."""
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -10,36 +11,45 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+import a2d
 from a2d.config import load_config
+from a2d.recipes import distill as distill_recipe
 from a2d.recipes.distill import distill
 from a2d.recipes.train import train
 from tests.recipes.conftest import TINY
+from tests.recipes.first_update import first_update_gradients
 
 WORKER = Path(__file__).with_name("ddp_worker.py")
 DISTILL_WORKER = Path(__file__).with_name("ddp_distill_worker.py")
+ROOT = Path(__file__).resolve().parents[2]
+UNDER_TEST = Path(a2d.__file__).resolve().parent  # the a2d these tests import: the workers must import it too
+
+
+def worker_env() -> dict:
+    """The workers import the code under test (its src/ first, then the checkout for tests.*), not whatever a2d
+    is installed."""
+    path = [str(UNDER_TEST.parent), str(ROOT), os.environ.get("PYTHONPATH", "")]
+    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(p for p in path if p)}
 
 
 def launch(worker: Path, *args, port: int) -> None:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port),
            str(worker), *map(str, args)]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(cmd, env=worker_env(), capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
 
 
 def test_two_processes_end_with_identical_weights(small_data, tmp_path):
     out = tmp_path / "ddp"
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533",
-           str(WORKER), str(small_data), str(out), *TINY, "max_steps=4", "max_tokens=600", "log_every=1"]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    launch(WORKER, small_data, out, *TINY, "max_steps=4", "max_tokens=600", "log_every=1", port=29533)
+    assert [(out / f"rank{r}.a2d").read_text() for r in range(2)] == [str(UNDER_TEST)] * 2
     hashes = [(out / f"rank{r}-of-2.sha256").read_text().split() for r in range(2)]
     assert hashes[0] == hashes[1]  # same weights, same number of updates
     assert hashes[0][1] == "4"
     # only the main process wrote checkpoints and the metrics log
     assert (out / "last" / "model.safetensors").exists()
-    assert len((out / "metrics.jsonl").read_text().splitlines()) == 4
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["update"] for r in records if r["type"] == "train"] == [1, 2, 3, 4]
 
 
 @pytest.fixture(scope="module")
@@ -58,15 +68,27 @@ A2D = TINY + ["method=a2d", "max_tokens=500", "log_every=1", "lambda_decay_unit=
 def test_two_process_a2d_equals_one_process_over_the_same_global_batches(small_data, ddp_teacher, tmp_path):
     """Rank r takes batches r, r+2, ...; one process with update_freq=2 takes batches (0, 1), (2, 3), ...
 
-    Both average the two batches' gradients, the student's (DDP) and the AAM's (reduced by hand).
+    Both average the two batches' gradients, the student's (DDP) and the AAM's (reduced by hand). Adam hides a
+    gradient's scale from the weights, so the first update's gradients are compared too: a sum in place of the
+    mean doubles them.
     """
     cfg = A2D + ["dropout=0", "max_steps=4"]
     launch(DISTILL_WORKER, small_data, ddp_teacher, tmp_path / "ddp", "new", *cfg, port=29541)
+    assert [(tmp_path / "ddp" / f"rank{r}.a2d").read_text() for r in range(2)] == [str(UNDER_TEST)] * 2
     ranks = [load_file(tmp_path / "ddp" / f"rank{r}.safetensors") for r in range(2)]
     assert all(torch.equal(ranks[0][k], ranks[1][k]) for k in ranks[0])
-    single = distill(load_config("tiny-student", cfg + ["update_freq=2"]), small_data, tmp_path / "one", ddp_teacher,
-                     log=lambda *a: None)
+    with first_update_gradients(distill_recipe, tmp_path / "one-grads.safetensors"):
+        single = distill(load_config("tiny-student", cfg + ["update_freq=2"]), small_data, tmp_path / "one",
+                         ddp_teacher, log=lambda *a: None)
     assert single.state.update == 4
+    grads = [load_file(tmp_path / f"ddp-grads-rank{r}.safetensors") for r in range(2)]
+    one = load_file(tmp_path / "one-grads.safetensors")
+    assert grads[0].keys() == grads[1].keys() == one.keys() and any(k.startswith("1.") for k in one)  # 1.*: the AAM
+    for k in one:
+        torch.testing.assert_close(grads[0][k], grads[1][k], atol=0, rtol=0, msg=k)  # every rank applies the same
+        scale = float(one[k].norm())
+        if scale > 1e-6:  # (k_proj biases: rounding noise, the softmax ignores them)
+            assert float((grads[0][k] - one[k]).norm()) <= 1e-4 * scale, (k, float(grads[0][k].norm()), scale)
     weights = {**{f"student.{k}": v for k, v in single.model.state_dict().items()},
                "student.shared": single.model.get_input_embeddings().weight}
     diffs = {k: float((v - weights[k].detach()).abs().max()) for k, v in ranks[0].items()
