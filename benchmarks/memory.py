@@ -5,10 +5,16 @@ Each run builds what its recipe builds (the student from a preset at the data's 
 from a model folder, a Hugging Face Marian one included, frozen; the method with its modules; AdamW), then does
 ``--updates`` updates with the recipe's own step (:func:`a2d.recipes.train.train_step`,
 :func:`a2d.recipes.distill.distill_step`), backward, clipping and optimizer step, on the epoch's batches with the
-most target positions (the worst case at this ``max_tokens``). Memory: on a CPU the process's peak resident set
-during the updates (Linux ``VmHWM``, reset through ``/proc/self/clear_refs`` once everything is built), and what
-was resident before them (models, optimizer, batches); on a GPU the peak allocation. The heap is set up as the
-``a2d`` command sets it (:mod:`a2d.allocator`) unless ``A2D_MALLOC=default``.
+most target positions (the worst case at this ``max_tokens``). Memory, on a CPU:
+
+* the process's peak resident set during the updates (Linux ``VmHWM``, reset through ``/proc/self/clear_refs``
+  once everything is built and the teacher's weights are paged in), and what was resident before them;
+* the peak of the live tensors the updates make (every storage an operation returns, counted until it is freed,
+  by a ``TorchDispatchMode``): what the steps hold, without what the C library's heap keeps or fragments.
+
+On a GPU, the peak allocation. The heap is set up as the ``a2d`` command sets it (:mod:`a2d.allocator`, large
+blocks kept: the resident set then varies from one process to the next by up to a (tokens x V) tensor, so
+``--repeat`` runs each one several times) unless ``A2D_MALLOC=default`` (large blocks mapped and returned).
 
     python benchmarks/memory.py --data DATA --teacher TEACHER_FOLDER --student deploy-student \
         --runs student kd a2d --updates 3 --max-tokens 4096 --out benchmarks/results/memory-58k-cpu
@@ -19,13 +25,18 @@ an older tree; ``--commit`` names it).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
+import statistics
 import subprocess
 import sys
+import weakref
 from pathlib import Path
 
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten
 
 import a2d
 from a2d.allocator import keep_large_allocations
@@ -49,6 +60,32 @@ def _status(key: str) -> int:
         if line.startswith(key + ":"):
             return int(line.split()[1]) * 1024
     return 0
+
+
+class LiveTensors(TorchDispatchMode):
+    """Bytes of the CPU storages that operations return while it is active, each counted until it is freed; ``peak``."""
+
+    def __init__(self):
+        super().__init__()
+        self.current = self.peak = 0
+        self.seen: set[int] = set()
+
+    def _freed(self, key: int, nbytes: int) -> None:
+        self.current -= nbytes
+        self.seen.discard(key)
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for t in tree_flatten(out)[0]:
+            if isinstance(t, torch.Tensor) and t.device.type == "cpu":
+                storage = t.untyped_storage()
+                key, nbytes = id(storage), storage.nbytes()
+                if nbytes and key not in self.seen:
+                    self.seen.add(key)
+                    weakref.finalize(storage, self._freed, key, nbytes)
+                    self.current += nbytes
+                    self.peak = max(self.peak, self.current)
+        return out
 
 
 def measure_one(args) -> dict:
@@ -83,6 +120,8 @@ def measure_one(args) -> dict:
         method.to(device)
         if teacher is not None:
             teacher.to(device)
+            with torch.no_grad():  # its weights may be mapped from the file: resident before the updates
+                sum(float(t.float().sum()) for t in [*teacher.parameters(), *teacher.buffers()])
     student.to(device).train()
     groups = [{"params": [p for p in student.parameters() if p.requires_grad]}]
     extra = [p for p in method.parameters() if p.requires_grad] if method is not None else []
@@ -99,22 +138,25 @@ def measure_one(args) -> dict:
     else:
         ready = _status("VmRSS")
         Path("/proc/self/clear_refs").write_text("5")  # VmHWM := VmRSS
+    live = LiveTensors() if device.type == "cpu" else None
     for i, batch in enumerate(batches):
-        if method is None:
-            terms = train_step(student, batch, cfg)
-        else:
-            terms, _ = distill_step(student, teacher, method, batch, cfg,
-                                    Progress(epoch=1, update=i, updates_per_epoch=len(order)))
-        terms["loss"].backward()
-        if cfg.clip_norm > 0:
-            torch.nn.utils.clip_grad_norm_(params, cfg.clip_norm)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        losses.append({k: round(float(v.detach()), 6) for k, v in terms.items()})
-        del terms
+        with live if live is not None else contextlib.nullcontext():
+            if method is None:
+                terms = train_step(student, batch, cfg)
+            else:
+                terms, _ = distill_step(student, teacher, method, batch, cfg,
+                                        Progress(epoch=1, update=i, updates_per_epoch=len(order)))
+            terms["loss"].backward()
+            if cfg.clip_norm > 0:
+                torch.nn.utils.clip_grad_norm_(params, cfg.clip_norm)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            losses.append({k: round(float(v.detach()), 6) for k, v in terms.items()})
+            del terms
     peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else _status("VmHWM")
 
     return {"run": args.run, "peak_bytes": peak, "ready_bytes": ready, "step_bytes": peak - ready,
+            "live_peak_bytes": live.peak if live is not None else None,
             "target_positions": [int(b["labels"].numel()) for b in batches],
             "target_tokens": [int(b["ntokens"]) for b in batches], "vocab": len(vocab), "losses": losses,
             "heap": "a2d.allocator (large blocks kept)" if heap else "the C library's default",
@@ -122,21 +164,40 @@ def measure_one(args) -> dict:
             "a2d": str(Path(a2d.__file__).parent)}
 
 
+def _gib(values: list[int]) -> str:
+    """Median GiB, with the range when the repeats differ."""
+    med = statistics.median(values) / 2 ** 30
+    if len(values) == 1 or max(values) - min(values) < 2 ** 30 / 100:
+        return f"{med:.2f}"
+    return f"{med:.2f} ({min(values) / 2 ** 30:.2f}-{max(values) / 2 ** 30:.2f})"
+
+
 def markdown(info: dict) -> str:
-    gib = 2 ** 30
+    repeat = info.get("repeat", 1)
     lines = [f"Peak memory, {info['hardware']}, code {info['commit']}, torch {info['torch']}, vocabulary "
              f"{info['vocab']:,}, max_tokens {info['max_tokens']}, {info['updates']} updates on the epoch's "
              f"largest batches ({', '.join(str(n) for n in info['target_positions'])} target positions), "
-             f"{info['memory']}, heap: {info['heap']}", "", f"`{info['command']}`", "",
-             "| run | teacher | peak | resident before the updates | the updates' own | vs. student step (peak) |",
+             f"heap: {info['heap']}" + (f", {repeat} processes per run (median, range)" if repeat > 1 else ""),
+             "", f"`{info['command']}`", "",
+             "| run | peak resident, GiB | vs. student step | resident before the updates, GiB | "
+             "live tensors' peak during the updates, GiB | before + live, vs. student step |",
              "|---|---|---|---|---|---|"]
-    base = next((r["peak_bytes"] for r in info["rows"] if r["run"] == STUDENT), None)
-    for r in info["rows"]:
-        ratio = f"{r['peak_bytes'] / base:.2f}x" if base else "-"
-        lines.append(f"| {r['run']} | {r['teacher'] or '-'} | {r['peak_bytes'] / gib:.2f} GiB | "
-                     f"{r['ready_bytes'] / gib:.2f} GiB | {r['step_bytes'] / gib:.2f} GiB | {ratio} |")
-    lines += ["", "First update's loss terms (the same code and seeds give the same values):", ""]
-    lines += [f"- {r['run']}: " + ", ".join(f"{k} {v}" for k, v in r["losses"][0].items()) for r in info["rows"]]
+    rows = info["rows"]
+    base = next((r for r in rows if r["run"] == STUDENT), None)
+
+    def total(r):
+        return statistics.median(r["ready_bytes"]) + statistics.median(r["live_peak_bytes"])
+
+    for r in rows:
+        ratio = f"{statistics.median(r['peak_bytes']) / statistics.median(base['peak_bytes']):.2f}x" if base else "-"
+        has_live = r["live_peak_bytes"][0] is not None
+        live = _gib(r["live_peak_bytes"]) if has_live else "-"
+        live_ratio = f"{total(r) / total(base):.2f}x" if base and has_live else "-"
+        lines.append(f"| {r['run']} | {_gib(r['peak_bytes'])} | {ratio} | {_gib(r['ready_bytes'])} | {live} | "
+                     f"{live_ratio} |")
+    lines += ["", f"Teacher: {info.get('teacher') or '-'}. First update's loss terms (the same code and seeds give "
+              "the same values):", ""]
+    lines += [f"- {r['run']}: " + ", ".join(f"{k} {v}" for k, v in r["losses"][0].items()) for r in rows]
     return "\n".join(lines) + "\n"
 
 
@@ -150,6 +211,7 @@ def main() -> None:
     parser.add_argument("--updates", type=int, default=3)
     parser.add_argument("--max-tokens", type=int, default=4096)
     parser.add_argument("--threads", type=int, default=1, help="torch threads (memory does not depend on them)")
+    parser.add_argument("--repeat", type=int, default=1, help="fresh processes per run (median and range)")
     parser.add_argument("--commit", help="what to call the code measured (default: this checkout's commit)")
     parser.add_argument("--out", help="path prefix for .json and .md")
     parser.add_argument("--one", action="store_true", help=argparse.SUPPRESS)  # a child: one run, JSON on stdout
@@ -166,20 +228,26 @@ def main() -> None:
                "--updates", str(args.updates), "--max-tokens", str(args.max_tokens), "--threads", str(args.threads)]
         if args.teacher:
             cmd += ["--teacher", args.teacher]
-        print(f"{run}: ...", flush=True)
-        out = subprocess.run(cmd, capture_output=True, text=True, env=os.environ)
-        if out.returncode:
-            sys.exit(f"{run} failed:\n{out.stderr[-4000:]}")
-        row = json.loads(out.stdout.strip().splitlines()[-1])
-        row["teacher"] = args.teacher if run != STUDENT else None
+        results = []
+        for i in range(args.repeat):
+            out = subprocess.run(cmd, capture_output=True, text=True, env=os.environ)
+            if out.returncode:
+                sys.exit(f"{run} failed:\n{out.stderr[-4000:]}")
+            results.append(json.loads(out.stdout.strip().splitlines()[-1]))
+            last = results[-1]
+            print(f"{run} ({i + 1}/{args.repeat}): peak {last['peak_bytes'] / 2**30:.2f} GiB, before the updates "
+                  f"{last['ready_bytes'] / 2**30:.2f} GiB; first update {last['losses'][0]}", flush=True)
+        row = {k: v for k, v in results[0].items() if k not in ("peak_bytes", "ready_bytes", "step_bytes",
+                                                                "live_peak_bytes")}
+        for key in ("peak_bytes", "ready_bytes", "live_peak_bytes"):
+            row[key] = [r[key] for r in results]
         rows.append(row)
-        print(f"{run}: peak {row['peak_bytes'] / 2**30:.2f} GiB, before the updates {row['ready_bytes'] / 2**30:.2f} "
-              f"GiB; first update {row['losses'][0]}", flush=True)
     torch.set_num_threads(args.threads)
     first = rows[0]
     info = {"hardware": hardware(), "commit": args.commit or git_commit(str(Path(__file__).resolve().parents[1])),
             "torch": torch.__version__, "command": " ".join([Path(sys.argv[0]).as_posix(), *sys.argv[1:]]),
-            "max_tokens": args.max_tokens, "updates": args.updates, "vocab": first["vocab"],
+            "max_tokens": args.max_tokens, "updates": args.updates, "repeat": args.repeat, "vocab": first["vocab"],
+            "teacher": args.teacher,
             "target_positions": first["target_positions"], "memory": first["memory"], "heap": first["heap"],
             "a2d": first["a2d"], "rows": rows}
     out = Path(args.out)
