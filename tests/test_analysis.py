@@ -83,3 +83,25 @@ def test_missing_files_are_user_errors(tmp_path):
     with pytest.raises(UserError, match="method.safetensors"):
         plot_alignment(tmp_path / "run", tmp_path / "x.png")
     assert not (tmp_path / "x.png").exists()
+
+
+def test_run_last_is_the_aam_of_the_last_checkpoint(tmp_path):
+    """RUN/last: the run's method.json, the AAM saved with last/ (last/trainer/method.safetensors), not best's."""
+    def one_hot(method):
+        with torch.no_grad():
+            for m in method.aam.values():
+                m.logits.zero_()
+                m.logits[:, 0] = 60.0  # every teacher map <- student map 0
+
+    write_run(tmp_path / "run")  # best's AAM: uniform
+    last = write_run(tmp_path / "scratch", set_weights=one_hot)
+    (tmp_path / "run" / "last" / "trainer").mkdir(parents=True)
+    save_file({k: v.contiguous() for k, v in last.state_dict().items()},
+              str(tmp_path / "run" / "last" / "trainer" / "method.safetensors"))
+    best = plot_alignment(tmp_path / "run", tmp_path / "best.png")
+    at_last = plot_alignment(tmp_path / "run" / "last", tmp_path / "last.png")
+    assert all(s["mean_entropy_norm"] == pytest.approx(1.0) for s in best["kinds"].values())
+    assert all(s["mean_entropy_norm"] == pytest.approx(0.0, abs=1e-6) for s in at_last["kinds"].values())
+    (tmp_path / "run" / "last" / "trainer" / "method.safetensors").unlink()
+    with pytest.raises(UserError, match="last/trainer/method.safetensors"):
+        plot_alignment(tmp_path / "run" / "last", tmp_path / "x.png")

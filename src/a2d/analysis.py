@@ -1,8 +1,9 @@
 """Analysis of a trained A2D run: the AAM connection weights of Figure 2.
 
 ``plot_alignment(RUN, out.png)`` reads ``RUN/method.json`` (``AlignToDistill.describe()``) and
-``RUN/method.safetensors`` (the method's ``state_dict``: ``aam.<kind>.logits`` for a convex AAM,
-``aam.<kind>.weight``/``bias`` for a linear one), rebuilds each kind's effective weight matrix
+``RUN/method.safetensors`` (the method's ``state_dict`` beside the best student: ``aam.<kind>.logits`` for
+a convex AAM, ``aam.<kind>.weight``/``bias`` for a linear one; for ``RUN/last``, the last checkpoint's,
+from ``RUN/last/trainer/``), rebuilds each kind's effective weight matrix
 ``w (n_student, n_teacher)`` of eq. 9 and draws one heatmap per kind (student heads x teacher heads,
 dashed lines at layer boundaries). The paper reads Figure 2 as: encoder connections sparse (most
 weights near 0), decoder connections spread out (weights near 0.2); :func:`format_summary` prints
@@ -34,33 +35,43 @@ class NotAnAlignmentRun(UserError):
         super().__init__(f"{run_dir}: not an A2D run, missing {' and '.join(self.missing)}")
 
 
+def _alignment_files(run_dir: Path) -> tuple[Path, Path]:
+    """``(method.json, method.safetensors)`` of ``RUN`` (the best student's AAM), or of ``RUN/last`` (the AAM
+    saved with the last checkpoint, in ``last/trainer/``; its description is the run's)."""
+    if run_dir.name == "last" and not (run_dir / METHOD_JSON).is_file():
+        return run_dir.parent / METHOD_JSON, run_dir / "trainer" / METHOD_WEIGHTS
+    return run_dir / METHOD_JSON, run_dir / METHOD_WEIGHTS
+
+
 def load_alignment(run_dir: Path | str) -> tuple[dict, dict[str, np.ndarray]]:
-    """``(description, {kind: w (n_student, n_teacher)})`` from ``RUN/method.json`` and ``RUN/method.safetensors``."""
+    """``(description, {kind: w (n_student, n_teacher)})`` from ``RUN/method.json`` and ``RUN/method.safetensors``
+    (the best student's AAM); for ``RUN/last``, the AAM of the last checkpoint (``RUN/last/trainer/``)."""
     from safetensors.torch import load_file
 
     from a2d.alignment import mixing_matrix
 
     run_dir = Path(run_dir)
-    missing = [str(run_dir / f) for f in (METHOD_JSON, METHOD_WEIGHTS) if not (run_dir / f).is_file()]
+    desc_file, weights_file = _alignment_files(run_dir)
+    missing = [str(f) for f in (desc_file, weights_file) if not f.is_file()]
     if missing:
         raise NotAnAlignmentRun(run_dir, missing)
     try:
-        desc = json.loads((run_dir / METHOD_JSON).read_text(encoding="utf-8"))
+        desc = json.loads(desc_file.read_text(encoding="utf-8"))
     except json.JSONDecodeError as e:
-        raise UserError(f"{run_dir / METHOD_JSON}: not valid JSON ({e.msg})") from None
+        raise UserError(f"{desc_file}: not valid JSON ({e.msg})") from None
     kinds = desc.get("kinds") if isinstance(desc, dict) else None
     if not kinds:
-        raise UserError(f"{run_dir / METHOD_JSON}: no AAM kinds recorded (was the run distilled with a2d?)")
+        raise UserError(f"{desc_file}: no AAM kinds recorded (was the run distilled with a2d?)")
     try:
-        state = load_file(str(run_dir / METHOD_WEIGHTS))
+        state = load_file(str(weights_file))
     except Exception as e:  # safetensors raises its own error types
-        raise UserError(f"{run_dir / METHOD_WEIGHTS}: cannot read ({str(e).splitlines()[0]})") from None
+        raise UserError(f"{weights_file}: cannot read ({str(e).splitlines()[0]})") from None
     mode = desc.get("aam", "convex")
     weights = {}
     for kind, info in kinds.items():
         key = info.get("state_key") or f"aam.{kind}.{'logits' if mode == 'convex' else 'weight'}"
         if key not in state:
-            raise UserError(f"{run_dir / METHOD_WEIGHTS}: no tensor {key!r} for {kind}")
+            raise UserError(f"{weights_file}: no tensor {key!r} for {kind}")
         w = mixing_matrix(state[key], mode).numpy()
         if w.shape != (info["n_student"], info["n_teacher"]):
             raise UserError(f"{run_dir}: {key} has shape {w.shape[::-1]}, method.json says "
@@ -135,7 +146,9 @@ def plot_alignment(run_dir: Path | str, out_png: Path | str) -> dict:
     axes = fig.subplots(1, len(kinds), squeeze=False)[0]
     for ax, kind in zip(axes, kinds):
         _draw(ax, fig, kind, weights[kind], desc["kinds"][kind], mode)
-    fig.suptitle(f"AAM connection weights ({mode}, {desc.get('granularity', 'head')}-wise): {Path(run_dir).name}")
+    run_dir = Path(run_dir)
+    name = f"{run_dir.parent.name}/last" if run_dir.name == "last" else run_dir.name
+    fig.suptitle(f"AAM connection weights ({mode}, {desc.get('granularity', 'head')}-wise): {name}")
     out_png = Path(out_png)
     atomic_savefig(fig, out_png)
     return {"aam": mode, "granularity": desc.get("granularity", "head"),
