@@ -212,7 +212,7 @@ the usual sequence (a2d COMMAND --help: each command's options and an example):
   a2d evaluate --model runs/a2d --data data/m30k-de-en --split test --out runs/a2d/test.json
   a2d export   --model runs/a2d --out export/a2d-int8 --quantization int8
 
-first time here? `a2d demo` distils two students from a stored teacher and scores them (about 10 minutes)."""
+first time here? `a2d demo` trains No-KD, KD and A2D students of a stored teacher and scores them (under 10 minutes)."""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -335,8 +335,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*", metavar="key=value")
     p.set_defaults(func=cmd_config)
 
-    p = sub.add_parser("demo", **_doc("distil a No-KD and an A2D student from a trained Multi30k De-En teacher, "
-                                     "score all three (about 10 minutes on 2 cores)", "a2d demo --out demo"))
+    p = sub.add_parser("demo", **_doc("train a No-KD, a KD and an A2D student of a trained Multi30k De-En teacher "
+                                     "and score all four (under 10 minutes on 2 cores)", "a2d demo --out demo"))
     p.add_argument("--out", default="demo")
     p.add_argument("--steps", type=int, default=DEFAULT_STEPS,
                    help=f"updates per student (default {DEFAULT_STEPS}, about 1.2 epochs)")
@@ -344,8 +344,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--train-teacher", action="store_true",
                    help="train a tiny teacher first (5 epochs) instead of using the stored one")
     p.add_argument("--max-train", type=int, help="training pairs to use (default: all 29000)")
-    p.add_argument("--one-at-a-time", action="store_true", help="train the students one after the other, not side "
-                                                                 "by side")
+    p.add_argument("--one-at-a-time", action="store_true", help="train the students one after the other on all "
+                                                                 "cores, not side by side on one core each")
     p.set_defaults(func=cmd_demo)
 
     from a2d.experiments import command as reproduce  # light: the grid's work is imported when it runs
