@@ -14,7 +14,8 @@ most target positions (the worst case at this ``max_tokens``). Memory, on a CPU:
 
 On a GPU, the peak allocation. The heap is set up as the ``a2d`` command sets it (:mod:`a2d.allocator`, large
 blocks kept: the resident set then varies from one process to the next by up to a (tokens x V) tensor, so
-``--repeat`` runs each one several times) unless ``A2D_MALLOC=default`` (large blocks mapped and returned).
+``--repeat`` runs each one several times, and ``--no-live`` leaves out the count of live tensors, which moves it)
+unless ``A2D_MALLOC=default`` (large blocks mapped and returned: reproducible to 0.01 GiB).
 
     python benchmarks/memory.py --data DATA --teacher TEACHER_FOLDER --student deploy-student \
         --runs student kd a2d --updates 3 --max-tokens 4096 --out benchmarks/results/memory-58k-cpu
@@ -138,7 +139,7 @@ def measure_one(args) -> dict:
     else:
         ready = _status("VmRSS")
         Path("/proc/self/clear_refs").write_text("5")  # VmHWM := VmRSS
-    live = LiveTensors() if device.type == "cpu" else None
+    live = LiveTensors() if device.type == "cpu" and args.live else None
     for i, batch in enumerate(batches):
         with live if live is not None else contextlib.nullcontext():
             if method is None:
@@ -188,11 +189,13 @@ def markdown(info: dict) -> str:
     def total(r):
         return statistics.median(r["ready_bytes"]) + statistics.median(r["live_peak_bytes"])
 
+    counted = base is not None and base["live_peak_bytes"][0] is not None
+
     for r in rows:
         ratio = f"{statistics.median(r['peak_bytes']) / statistics.median(base['peak_bytes']):.2f}x" if base else "-"
         has_live = r["live_peak_bytes"][0] is not None
         live = _gib(r["live_peak_bytes"]) if has_live else "-"
-        live_ratio = f"{total(r) / total(base):.2f}x" if base and has_live else "-"
+        live_ratio = f"{total(r) / total(base):.2f}x" if counted and has_live else "-"
         lines.append(f"| {r['run']} | {_gib(r['peak_bytes'])} | {ratio} | {_gib(r['ready_bytes'])} | {live} | "
                      f"{live_ratio} |")
     lines += ["", f"Teacher: {info.get('teacher') or '-'}. First update's loss terms (the same code and seeds give "
@@ -212,6 +215,9 @@ def main() -> None:
     parser.add_argument("--max-tokens", type=int, default=4096)
     parser.add_argument("--threads", type=int, default=1, help="torch threads (memory does not depend on them)")
     parser.add_argument("--repeat", type=int, default=1, help="fresh processes per run (median and range)")
+    parser.add_argument("--no-live", dest="live", action="store_false",
+                        help="do not count the live tensors (the count routes every operation through Python, which "
+                             "moves what a kept heap keeps: the resident set of a2d's allocator is measured without it)")
     parser.add_argument("--commit", help="what to call the code measured (default: this checkout's commit)")
     parser.add_argument("--out", help="path prefix for .json and .md")
     parser.add_argument("--one", action="store_true", help=argparse.SUPPRESS)  # a child: one run, JSON on stdout
@@ -226,6 +232,8 @@ def main() -> None:
     for run in args.runs:
         cmd = [sys.executable, __file__, "--one", "--run", run, "--data", args.data, "--student", args.student,
                "--updates", str(args.updates), "--max-tokens", str(args.max_tokens), "--threads", str(args.threads)]
+        if not args.live:
+            cmd.append("--no-live")
         if args.teacher:
             cmd += ["--teacher", args.teacher]
         results = []
