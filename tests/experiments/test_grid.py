@@ -7,7 +7,7 @@ import pytest
 
 from a2d.experiments.grid import BaselinesSpec, CellSpec, GridSpec, TeacherSpec, load_grid, read_spec
 from a2d.utils import UserError
-from tests.experiments.common import REPO, SMOKE, reproduce
+from tests.experiments.common import REPO, SMOKE, reproduce, smoke_variant
 
 
 def test_grid_errors(tmp_path):
@@ -118,3 +118,13 @@ def test_seq_kd_engine_is_passed_to_distill_data(tmp_path, monkeypatch):
     assert calls == [{"beam": grid.seq_kd_beam, "engine": "ct2-int8", "log": calls[0]["log"]}]
     timing = out.with_name(out.name + ".timing.json")
     assert '"engine": "ct2-int8"' in timing.read_text()
+
+
+@pytest.mark.parametrize("cell, message", [
+    ({"method": "none", "kd_cache_topk": 4}, "method none does not read a teacher cache"),
+    ({"method": "kd", "kd_cache_topk": 0}, "kd_cache_topk: expected an integer >= 1"),
+    ({"method": "kd", "overrides": ["kd_cache=/x"]}, "the runner builds the cache; use kd_cache_topk"),
+])
+def test_kd_cache_cells_refuse_what_cannot_work(tmp_path, cell, message):
+    with pytest.raises(UserError, match=message):
+        load_grid(smoke_variant(tmp_path, "bad", methods={"c": cell}))

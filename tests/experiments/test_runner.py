@@ -5,6 +5,7 @@ import json
 import shutil
 
 import pytest
+import yaml
 
 from a2d.experiments import compare, runner
 from a2d.experiments.compare import collect
@@ -13,7 +14,7 @@ from a2d.experiments.plan import plan
 from a2d.experiments.runner import dry_run, run_grid
 from a2d.experiments.stores import gz_lines, read_gz_lines
 from a2d.utils import UserError
-from tests.experiments.common import SMOKE, cell_bleu, reproduce, table
+from tests.experiments.common import SMOKE, cell_bleu, reproduce, smoke_variant, table
 
 
 def test_quality_grid_runs_skips_and_reports(tmp_path, data_root, monkeypatch):
@@ -133,8 +134,6 @@ def test_quality_grid_runs_skips_and_reports(tmp_path, data_root, monkeypatch):
 def test_continue_from_goes_on_from_shorter_runs(tmp_path, data_root):
     """A grid with continue_from distils from the other grid's teacher and continues its finished shorter runs;
     a continued student is the student trained from the start for the same number of epochs, bit for bit."""
-    import yaml
-
     raw = yaml.safe_load(SMOKE.read_text())
     raw.pop("ablations")
     fixed = [o for o in raw["student_overrides"] if not o.startswith(("max_epochs", "max_steps"))] + ["max_steps=0"]
@@ -184,3 +183,29 @@ def test_continue_from_goes_on_from_shorter_runs(tmp_path, data_root):
                                                                   "overrides": long["teacher"]["overrides"] + ["lr=1e-3"]}}))
     with pytest.raises(UserError, match="teacher of grid short .* was trained with lr="):
         run_grid(load_grid(files["long"]), runs, results, ["de-en/a2d"], log=lambda _: None, redo=True)
+
+
+def test_kd_cache_cells_train_from_a_cache_the_runner_builds(tmp_path, data_root):
+    """A cell with kd_cache_topk trains with kd_cache= pointing at a cache of the grid's teacher, built once at the
+    cell's kd_temperature (one per K and temperature), and the dry run says whether it is built."""
+    grid_file = smoke_variant(tmp_path, "cached", methods={
+        "kd": {"method": "kd"},
+        "kd-top4": {"method": "kd", "kd_cache_topk": 4, "compare_to": "kd"},
+        "a2d-t2-top4": {"method": "a2d", "kd_cache_topk": 4, "overrides": ["kd_temperature=2"]}})
+    runs, results = tmp_path / "runs", tmp_path / "results"
+    grid = load_grid(grid_file)
+    lines = []
+    dry_run(grid, runs, results, None, log=lines.append)
+    assert any("kd-cache-top4-t1 (to build)" in x for x in lines) and any("kd-cache-top4-t2 (to build)" in x for x in lines)
+    assert reproduce([str(grid_file), "--runs-dir", str(runs), "--results-dir", str(results)]) == 0
+    base = runs / "cached" / "de-en"
+    for cell, temperature in (("kd-top4", 1), ("a2d-t2-top4", 2)):
+        saved = yaml.safe_load((base / f"{cell}-s1" / "config.yaml").read_text())
+        assert saved["kd_cache"] == str(base / f"kd-cache-top4-t{temperature}")
+        index = json.loads((base / f"kd-cache-top4-t{temperature}" / "index.json").read_text())
+        assert index["complete"] and index["topk"] == 4 and index["temperature"] == temperature
+    assert not yaml.safe_load((base / "kd-s1" / "config.yaml").read_text()).get("kd_cache")  # the live teacher
+    lines = []
+    dry_run(load_grid(grid_file), runs, results, None, log=lines.append)
+    assert sum("(built)" in x for x in lines) == 2
+

@@ -65,6 +65,12 @@ def seqkd_dir(grid: Grid, runs: Path, direction: str) -> Path:
     return runs / grid.name / direction / f"seqkd-data-b{grid.seq_kd_beam}{engine}"
 
 
+def kd_cache_dir(grid: Grid, runs: Path, direction: str, topk: int, temperature: float) -> Path:
+    """The cache of the teacher's top-``topk`` log-probabilities at ``temperature`` that cells with
+    ``kd_cache_topk`` read (``kd-cache-top<K>-t<T>``), one per grid, direction, K and temperature."""
+    return runs / grid.name / direction / f"kd-cache-top{topk}-t{temperature:g}"
+
+
 def run_status(run: Path) -> str:
     """``finished``, ``started`` (resumable), ``broken`` (files but no checkpoint: start over) or ``new``."""
     return RunDir(run).status()
@@ -106,4 +112,4 @@ def run_metrics(run: Path) -> dict:
     return out
 
 
-__all__ = ["Job", "plan", "data_dir", "eval_dir", "seqkd_dir", "run_status", "run_metrics", "CELL_FILE", "WALL_FILE"]
+__all__ = ["Job", "plan", "data_dir", "eval_dir", "seqkd_dir", "kd_cache_dir", "run_status", "run_metrics", "CELL_FILE", "WALL_FILE"]

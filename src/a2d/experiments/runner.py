@@ -8,7 +8,9 @@ writing ``test.json``/``test.hyp`` beside the run, and its result to ``cell.json
 Cells of a method that trains on generated data (sequence-level KD) train on the teacher's beam translations,
 written once per direction by ``distill_data`` (decoded by the grid's ``seq_kd_engine``) into
 ``RUNS/<name>/<src>-<tgt>/seqkd-data-b<beam>`` (``-<engine>`` appended for CTranslate2). Cells of a method that
-needs no teacher at all (No KD) are trained with the plain ``train`` recipe, every other with ``distill``.
+needs no teacher at all (No KD) are trained with the plain ``train`` recipe, every other with ``distill``. Cells with
+``kd_cache_topk`` read their KD term from a cache of the teacher's top K (``a2d distill-data --cache-topk``),
+built once per direction, K and temperature into ``RUNS/<name>/<src>-<tgt>/kd-cache-top<K>-t<T>``.
 
 A cell whose result is in its ``cell.json``, or in the results JSON while its run folder is absent, is
 skipped; a run that was started and not finished is resumed (``resume=True``); a finished run without
@@ -36,16 +38,18 @@ from a2d.evaluate import evaluate_model
 from a2d.experiments.compare import collect, distilled
 from a2d.experiments.grid import TEACHER, Grid
 from a2d.experiments.files import read_json, read_written_lines, sha_lines
-from a2d.experiments.plan import (CELL_FILE, WALL_FILE, Job, data_dir, eval_dir, plan, run_metrics, run_status,
-                                  seqkd_dir)
+from a2d.experiments.plan import (CELL_FILE, WALL_FILE, Job, data_dir, eval_dir, kd_cache_dir, plan, run_metrics,
+                                  run_status, seqkd_dir)
 from a2d.experiments.report import write_report
 from a2d.experiments.stores import (TEACHER_MANIFEST, results_paths, store_student, store_teacher, stored_teacher,
                                     stored_teacher_vocab, teacher_store)
 from a2d.provenance import commit, hardware, now
+from a2d.recipes.cache_teacher import build_cache
 from a2d.recipes.distill import distill
 from a2d.recipes.distill_data import distill_data
 from a2d.recipes.train import train
 from a2d.rundir import RunDir
+from a2d.teacher_cache import INDEX_FILE
 from a2d.utils import UserError, atomic_dir, atomic_write_text, sha256_file
 
 
@@ -113,6 +117,27 @@ def ensure_seqkd_data(grid: Grid, runs: Path, direction: str, data: Path, teache
     return out
 
 
+def ensure_kd_cache(grid: Grid, runs: Path, job: Job, data: Path, teacher: Path, log) -> Path:
+    """The teacher cache the job's cell reads (its ``kd_cache_topk`` at its ``kd_temperature``), built (or finished:
+    the builder resumes) from ``teacher`` over ``data`` first. The cache records the teacher and the data it was
+    built from, and training refuses it for any other, so a cache left by another teacher fails, never misleads."""
+    temperature = job.config(grid).kd_temperature
+    out = kd_cache_dir(grid, runs, job.direction, job.cell.kd_cache_topk, temperature)
+    log(f"== {job.id}: the teacher's top {job.cell.kd_cache_topk} at temperature {temperature:g} -> {out}")
+    start = time.perf_counter()
+    build_cache(teacher, data, out, job.cell.kd_cache_topk, temperature=temperature, log=log)
+    timing = out.with_name(out.name + ".timing.json")
+    if not timing.is_file():
+        atomic_write_text(timing, json.dumps({"seconds": round(time.perf_counter() - start, 1), "hardware": hardware(),
+                                              "commit": commit(), "finished": now()}, indent=2) + "\n")
+    return out
+
+
+def cache_finished(folder: Path) -> bool:
+    index = folder / INDEX_FILE
+    return index.is_file() and bool(read_json(index).get("complete"))
+
+
 def continuable(job: Job, grid: Grid) -> tuple[Path | None, str]:
     """The finished run of the grid this one continues that ``job`` can go on from, or None, and why.
 
@@ -174,8 +199,11 @@ def train_job(job: Job, grid: Grid, data: Path, teacher_run: Path, seqkd: Path |
         job_log(msg)
         clock.mark()
 
-    log(f"== {job.id}: " + ("resuming " if resume else "training ") + str(run))
     cfg = job.config(grid)
+    if job.cell is not None and job.cell.kd_cache_topk is not None:
+        cfg = grid.cell_config(job.cell, job.seed, kd_cache=ensure_kd_cache(grid, run.parents[2], job, data,
+                                                                             teacher_run, log))
+    log(f"== {job.id}: " + ("resuming " if resume else "training ") + str(run))
     if job.cell is None or not job.cell.needs_teacher:  # the teacher, and No KD: cross-entropy on the corpus
         train(cfg, data, run, resume=resume, log=log_and_mark)
     elif job.cell.method_class.generated_data:  # cross-entropy on the teacher's translations
@@ -371,6 +399,10 @@ def dry_run(grid: Grid, runs: Path, results: Path, only: list[str] | None, log=p
         if any(j.cell is not None and j.cell.method_class.generated_data for j in jobs if j.direction == d):
             s = seqkd_dir(grid, runs, d)
             log(f"{d}: seq-kd data {s} " + ("(written)" if (s / 'meta.json').is_file() else "(to write)"))
+        caches = {kd_cache_dir(grid, runs, d, j.cell.kd_cache_topk, j.config(grid).kd_temperature)
+                  for j in jobs if j.direction == d and j.cell is not None and j.cell.kd_cache_topk is not None}
+        for c in sorted(caches):
+            log(f"{d}: teacher cache {c} " + ("(built)" if cache_finished(c) else "(to build)"))
     for job in jobs:
         if not _matches(job, only):
             continue

@@ -61,6 +61,7 @@ class DistillMethod(nn.Module):
     paper: str = ""  # "Author et al. YEAR, Title"
     needs: frozenset[str] = frozenset()
     needs_teacher: bool = True
+    reads_kd_cache: bool = False  # its KD term can come from a teacher cache (kd_cache=, `a2d distill-data --cache-topk`)
     # what the experiments (a2d.experiments) need to know about a method
     label: str = ""  # its row in the result tables ("Vanilla KD"); empty: its name
     generated_data: bool = False  # trains on the teacher's translations (`a2d distill-data`), not on the corpus
