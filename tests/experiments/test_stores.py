@@ -5,11 +5,14 @@ import json
 import shutil
 
 import pytest
+import torch
+from safetensors.torch import load_file, save_file
 
 from a2d.experiments import runner
 from a2d.experiments.grid import load_grid
 from a2d.experiments.plan import data_dir
 from a2d.experiments.runner import dry_run, run_grid
+from a2d.experiments.stores import round_to_fp16
 from a2d.utils import UserError
 from tests.experiments.common import reproduce, smoke_variant
 
@@ -111,3 +114,33 @@ def test_students_are_stored_beside_the_results(tmp_path, data_root):
     (store / "config.json").write_text("{}")
     with pytest.raises(UserError, match="changed since the student was stored"):
         stored_student(grid, results, job, record)
+
+
+def test_float16_teacher_is_scored_distilled_from_and_stored_as_float16(tmp_path, data_root):
+    """teacher_dtype: float16 rounds the trained teacher before it is scored; the stored copy (float16, half the
+    bytes) holds the same values, so students distilled from the run or from the copy see the same teacher."""
+    grid_file = smoke_variant(tmp_path, "half", store_teachers=True, teacher_dtype="float16",
+                              methods={"kd": {"method": "kd"}})
+    runs, results = tmp_path / "runs", tmp_path / "results"
+    assert reproduce([str(grid_file), "--runs-dir", str(runs), "--results-dir", str(results)]) == 0
+    best = load_file(runs / "half" / "de-en" / "teacher" / "best" / "model.safetensors")
+    stored = load_file(results / "quality-half-teachers" / "de-en" / "model.safetensors")
+    assert set(best) == set(stored)
+    for name, tensor in best.items():
+        assert tensor.dtype == torch.float32 and stored[name].dtype == torch.float16, name
+        assert torch.equal(tensor, stored[name].float()), name
+    assert json.loads((results / "quality-half-teachers" / "de-en" / "teacher.json").read_text())["dtype"] == "float16"
+    assert any(not torch.equal(t, t.half().float()) for t in
+               load_file(runs / "half" / "de-en" / "teacher" / "last" / "model.safetensors").values()), \
+        "the training checkpoint keeps float32 weights (only the teacher that students see is rounded)"
+
+
+def test_round_to_fp16_refuses_what_float16_cannot_hold(tmp_path):
+    path = tmp_path / "model.safetensors"
+    save_file({"w": torch.tensor([1.0 + 2 ** -13, 3.0]), "i": torch.tensor([7])}, path)
+    assert round_to_fp16(path) is True and round_to_fp16(path) is False  # rounded once, then unchanged
+    save_file({"w": torch.tensor([1e6])}, path)
+    before = path.read_bytes()
+    with pytest.raises(UserError, match="w holds values float16 cannot hold"):
+        round_to_fp16(path)
+    assert path.read_bytes() == before

@@ -14,6 +14,8 @@ A grid file is YAML; every key but ``name``, ``teacher``, ``student_preset`` and
     bootstrap_samples: 1000          # resamples of the paired bootstrap test
     store_teachers: false            # keep each teacher's weights in RESULTS/quality-<name>-teachers/, and
                                      # each student's in RESULTS/quality-<name>-students/
+    teacher_dtype: float32           # float16: round the trained teacher to float16 before it is scored, distilled
+                                     # from and stored (half the size; the stored copy is the same model)
     continue_from: null              # another grid's name: use its data and its teacher (run folder or stored
                                      # copy; the teacher settings must match), and start each student from that
                                      # grid's finished run of the same cell and seed when only max_epochs differs
@@ -140,6 +142,9 @@ class GridSpec:
                               choices=SEQ_KD_ENGINES)
     bootstrap_samples: int = _key(1000, "resamples of the paired bootstrap test", low=2)
     store_teachers: bool = _key(False, "keep each teacher's and each cell's best student's weights beside the results")
+    teacher_dtype: str = _key("float32", "float16: the teacher is its trained weights rounded to float16 (before it is "
+                              "scored and distilled from), and its stored copy takes half the space",
+                              choices=("float32", "float16"))
     continue_from: str | None = _key(None, "another grid: its data, its teacher, and its shorter runs to go on from")
     seeds: list[int] = _key([1], "every student cell runs once per seed", expected="a list of integers")
     student_overrides: list[str] = _key([], "key=value settings of every student cell",

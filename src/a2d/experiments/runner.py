@@ -41,8 +41,8 @@ from a2d.experiments.files import read_json, read_written_lines, sha_lines
 from a2d.experiments.plan import (CELL_FILE, WALL_FILE, Job, data_dir, eval_dir, kd_cache_dir, plan, run_metrics,
                                   run_status, seqkd_dir)
 from a2d.experiments.report import write_report
-from a2d.experiments.stores import (TEACHER_MANIFEST, results_paths, store_student, store_teacher, stored_teacher,
-                                    stored_teacher_vocab, teacher_store)
+from a2d.experiments.stores import (TEACHER_MANIFEST, WEIGHTS, results_paths, round_to_fp16, store_student,
+                                    store_teacher, stored_teacher, stored_teacher_vocab, teacher_store)
 from a2d.provenance import commit, hardware, now
 from a2d.recipes.cache_teacher import build_cache
 from a2d.recipes.distill import distill
@@ -360,6 +360,11 @@ def ensure_teacher(grid: Grid, runs: Path, results: Path, job: Job, data: Path, 
     if grid.continue_from and run_status(job.run) == "finished":
         _check_same_teacher(grid, job.run / "config.yaml", job.id)
     train_job(job, grid, data, job.run, None, log)
+    if grid.teacher_dtype == "float16" and round_to_fp16(RunDir(job.run).best / WEIGHTS):
+        if (job.run / CELL_FILE).is_file():
+            raise UserError(f"{job.id}: scored before it was rounded to float16 (teacher_dtype); remove "
+                            f"{job.run / CELL_FILE} to score the float16 teacher")
+        log(f"   {job.id}: rounded its weights to float16 (teacher_dtype)")
     if (job.run / CELL_FILE).is_file():
         record = read_json(job.run / CELL_FILE)
     else:

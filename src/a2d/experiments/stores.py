@@ -109,6 +109,26 @@ def _fp16(src: Path, dst: Path) -> None:
     save_file(tensors, dst, metadata={"format": "pt"})
 
 
+def round_to_fp16(weights: Path) -> bool:
+    """Round the floating-point tensors of ``weights`` (safetensors), in place, to the values float16 holds, keeping
+    their dtype: the model is then the one its float16 copy stores. True if a value changed; a value float16 cannot
+    hold (beyond +-65504) is a UserError, and the file is left as it was."""
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    tensors = load_file(weights)
+    rounded = {k: v.to(torch.float16).to(v.dtype) if v.is_floating_point() else v for k, v in tensors.items()}
+    overflow = [k for k, v in rounded.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    if overflow:
+        raise UserError(f"{weights}: {overflow[0]} holds values float16 cannot hold; use teacher_dtype: float32")
+    if all(torch.equal(tensors[k], rounded[k]) for k in tensors):
+        return False
+    tmp = weights.with_name(weights.name + ".tmp")
+    save_file(rounded, tmp, metadata={"format": "pt"})
+    tmp.replace(weights)
+    return True
+
+
 def _store_model(out: Path, manifest_name: str, job: Job, record: dict, what: str, log, fp16: bool = False) -> Path:
     """Copy ``RUN/best`` (weights, configs, vocabulary) of the scored ``job`` to ``out``, with a manifest naming
     the result it belongs to (by its translations' sha256) and each file's sha256; kept if already there."""
@@ -153,7 +173,8 @@ def check_stored_files(store: Path, manifest: dict, names: list[str], what: str)
 
 
 def store_teacher(grid: Grid, results: Path, job: Job, record: dict, log) -> Path:
-    return _store_model(teacher_store(grid, results, job.direction), TEACHER_MANIFEST, job, record, "teacher", log)
+    return _store_model(teacher_store(grid, results, job.direction), TEACHER_MANIFEST, job, record, "teacher", log,
+                        fp16=grid.teacher_dtype == "float16")
 
 
 def stored_teacher(grid: Grid, results: Path, direction: str, record: dict | None) -> Path | None:
@@ -185,6 +206,6 @@ def stored_student(grid: Grid, results: Path, job: Job, record: dict | None) -> 
                          results_paths(grid, results)[0])
 
 
-__all__ = ["results_paths", "hyps_dir", "gz_lines", "read_gz_lines", "save_hypotheses", "load_hypotheses",
+__all__ = ["WEIGHTS", "round_to_fp16", "results_paths", "hyps_dir", "gz_lines", "read_gz_lines", "save_hypotheses", "load_hypotheses",
            "teacher_store", "student_store", "store_teacher", "stored_teacher", "stored_teacher_vocab",
            "store_student", "stored_student", "check_stored_files"]
