@@ -395,8 +395,8 @@ def main(argv: list[str] | None = None) -> int:
     except (UserError, ConfigError) as e:
         print(f"a2d: error: {_message(e)}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("a2d: interrupted", file=sys.stderr)
+    except KeyboardInterrupt as e:  # a training run says where it stopped and that last/ is saved
+        print("a2d: interrupted" + (f" by {e}" if str(e) else ""), file=sys.stderr)
         return 130
     return 0
 

@@ -91,6 +91,8 @@ class Config:
                         choices=("auto", "no", "bf16", "fp16"))
     log_every: int = _f(50, "write a metrics line every N updates", low=1)
     save_every: int = _f(0, "also save last/ every N updates (0: at epoch ends only)", low=0)
+    save_every_minutes: float = _f(0.0, "also save last/ every N minutes of training (0: off); Ctrl-C (SIGINT) and "
+                                   "SIGTERM always save last/ before stopping", low=0.0)
 
     # --- validation ---
     valid_beam: int = _f(1, "beam size for the per-epoch validation BLEU", low=1)

@@ -5,6 +5,10 @@ Run folders (status, resume, checkpoints, the metrics log) are :mod:`a2d.rundir`
 from __future__ import annotations
 
 import math
+import resource
+import signal
+import sys
+import threading
 import time
 from dataclasses import dataclass
 
@@ -146,6 +150,100 @@ class Throughput:
         value = self.tokens / max(now - self.start, 1e-9)
         self.tokens, self.start = 0, now
         return value
+
+
+class RunProgress:
+    """What the user sees while a run trains, besides the metrics lines: the progress bar's loss and tokens/s from
+    the first update (refreshed at most once per ``interval`` seconds, so the loss's ``.item()`` does not sync a
+    GPU every update), and one line once the first ``first`` updates are done: the rate, the time an epoch will
+    take at that rate, and the peak memory so far."""
+
+    def __init__(self, main: bool, log, tokens_per_epoch: int, device: torch.device, first: int = 10,
+                 interval: float | None = None):
+        self.main, self.log, self.tokens_per_epoch, self.device = main, log, tokens_per_epoch, device
+        self.first, self.interval = first, interval if interval is not None else (1.0 if sys.stderr.isatty() else 60.0)
+        self.updates, self.tokens, self.start, self.shown = 0, 0, time.perf_counter(), -math.inf
+
+    def starting(self, batches: int, updates: int) -> None:
+        if self.main:
+            self.log(f"an epoch: {self.tokens_per_epoch:,} target tokens in {batches:,} batches ({updates:,} updates); "
+                     f"memory now {peak_memory(self.device)}")
+
+    def update(self, bar, ntokens: int, terms: dict[str, torch.Tensor]) -> None:
+        """After each update (``ntokens``: the target tokens it trained on, all processes)."""
+        self.updates += 1
+        self.tokens += ntokens
+        now = time.perf_counter()
+        rate = self.tokens / max(now - self.start, 1e-9)
+        if self.main and self.updates == self.first:
+            minutes = self.tokens_per_epoch / max(rate, 1e-9) / 60
+            self.log(f"first {self.first} updates: {rate:,.0f} target tokens/s, about {minutes:,.1f} min per epoch; "
+                     f"peak memory {peak_memory(self.device)}")
+        if self.main and now - self.shown >= self.interval:
+            self.shown = now
+            bar.set_postfix({k: f"{v.item():.3f}" for k, v in terms.items() if k in ("loss", "ce")}
+                            | {"tok_s": f"{rate:,.0f}"}, refresh=False)
+
+
+def peak_memory(device: torch.device) -> str:
+    """The process's peak resident memory (CPU) or the device's peak allocated memory (CUDA), as text."""
+    if device.type == "cuda":
+        return f"{torch.cuda.max_memory_allocated(device) / 2**30:.2f} GiB on {device}"
+    return f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GiB resident"
+
+
+# --------------------------------------------------------------------------------------------- interruption
+class Interrupted(KeyboardInterrupt):
+    """A run stopped by SIGINT/SIGTERM after saving ``last/``: ``--resume`` continues it."""
+
+
+class SavePoints:
+    """When the loop saves ``last/`` between epoch ends, and whether it must stop: every ``save_every`` updates,
+    every ``save_every_minutes``, and at the first SIGINT or SIGTERM (Ctrl-C, a scheduler's kill) — the update under
+    way finishes, ``last/`` is saved, and :class:`Interrupted` is raised, so that ``--resume`` continues the run
+    bit for bit; a second signal interrupts at once. Use as a context manager around the loop: it sets the
+    handlers (from the main thread only; elsewhere only the timed and counted saves apply) and restores the old
+    ones. Under several processes they decide together (an all-reduce per update), since saving gathers from all."""
+
+    def __init__(self, cfg: Config, accelerator: Accelerator):
+        self.cfg, self.accelerator = cfg, accelerator
+        self.signal: str | None = None
+        self.last_save = time.monotonic()
+        self._old: dict = {}
+
+    def __enter__(self) -> "SavePoints":
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._old[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+        self._old = {}
+
+    def _handle(self, signum, frame) -> None:
+        if self.signal is not None:  # the second signal: no more waiting
+            raise KeyboardInterrupt
+        self.signal = signal.Signals(signum).name
+
+    def after_update(self, update: int) -> tuple[bool, bool]:
+        """``(save last/ now, then stop)`` after update number ``update``."""
+        cfg = self.cfg
+        timed = bool(cfg.save_every_minutes) and time.monotonic() - self.last_save >= 60 * cfg.save_every_minutes
+        stop = self.signal is not None
+        if self.accelerator.num_processes > 1:
+            flags = torch.tensor([float(timed), float(stop)], device=self.accelerator.device)
+            flags = self.accelerator.reduce(flags, "sum")
+            timed, stop = bool(flags[0] > 0), bool(flags[1] > 0)
+        save = stop or timed or bool(cfg.save_every and update % cfg.save_every == 0)
+        if save:
+            self.last_save = time.monotonic()
+        return save, stop
+
+    def interrupted(self, run, update: int) -> Interrupted:
+        return Interrupted(f"{self.signal or 'a signal'} at update {update}; {run.last} is saved: the same command "
+                           "with --resume continues the run")
 
 
 # --------------------------------------------------------------------------------------------- validation

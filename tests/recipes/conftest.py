@@ -1,8 +1,12 @@
-"""A small prepared Multi30k slice and tiny-model overrides shared by the recipe tests."""
+"""A small prepared Multi30k slice, tiny-model overrides and a signal sender shared by the recipe tests."""
 from __future__ import annotations
+
+import os
+import signal
 
 import pytest
 
+from a2d import training
 from a2d.data.corpus import locate_corpus
 from a2d.data.prepare import prepare
 
@@ -17,3 +21,15 @@ def small_data(tmp_path_factory, data_root):
     prepare(out, locate_corpus("multi30k", "de", "en"), "de", "en", vocab_size=1000, max_train=2000,
             log=lambda *a: None)
     return out
+
+
+def signal_at(monkeypatch, update: int, signum=signal.SIGINT):
+    """Send ``signum`` to this process (through the real handler) as update ``update`` ends."""
+    original = training.SavePoints.after_update
+
+    def after_update(self, n):
+        if n == update:
+            os.kill(os.getpid(), signum)
+        return original(self, n)
+
+    monkeypatch.setattr(training.SavePoints, "after_update", after_update)

@@ -7,12 +7,13 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from a2d import training
 from a2d.cli import main
 from a2d.config import load_config
 from a2d.models import load_model
 from a2d.recipes.distill import distill
 from a2d.recipes.train import train
-from tests.recipes.conftest import TINY
+from tests.recipes.conftest import TINY, signal_at
 
 
 def quiet(*args):
@@ -113,3 +114,17 @@ def test_every_method_runs_in_the_recipe(method, small_data, teacher, tmp_path):
     line = [x for x in lines if x["type"] == "train"][-1]
     assert all(v == v and abs(v) != float("inf") for v in line.values() if isinstance(v, float))
     assert (tmp_path / method / "best" / "model.safetensors").exists()
+
+
+def test_a_signal_saves_the_student_and_its_aam_for_resume(small_data, teacher, tmp_path, monkeypatch):
+    cfg = load_config("tiny-student", TINY + ["max_tokens=400", "log_every=1", "method=a2d", "max_steps=5"])
+    distill(cfg, small_data, tmp_path / "straight", teacher, log=quiet)
+    with monkeypatch.context() as m:
+        signal_at(m, 2)
+        with pytest.raises(training.Interrupted, match="SIGINT at update 2"):
+            distill(cfg, small_data, tmp_path / "split", teacher, log=quiet)
+    distill(cfg, small_data, tmp_path / "split", teacher, resume=True, log=quiet)
+    for name in ("model.safetensors", "trainer/method.safetensors"):
+        a = load_file(tmp_path / "straight" / "last" / name)
+        b = load_file(tmp_path / "split" / "last" / name)
+        assert all(torch.equal(a[k], b[k]) for k in a), name

@@ -2,6 +2,9 @@
 from __future__ import annotations
 
 import json
+import os
+import re
+import signal
 
 import pytest
 import torch
@@ -15,7 +18,7 @@ from a2d.evaluate import evaluate_model
 from a2d.recipes.train import train
 from a2d.rundir import TrainState
 from a2d.training import end_of_epoch
-from tests.recipes.conftest import TINY
+from tests.recipes.conftest import TINY, signal_at
 
 
 def quiet(*args):
@@ -155,3 +158,54 @@ def test_cli_errors_are_one_line(argv, message, small_data, tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert err.startswith("a2d: error:") and message in err and "\n" not in err
     assert not (tmp_path / "r" / "best").exists()
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_saves_last_and_resume_continues_bit_for_bit(signum, small_data, tmp_path, monkeypatch):
+    cfg = TINY + ["max_tokens=400", "log_every=1", "valid_max_sentences=20"]
+    train(load_config("tiny-student", cfg + ["max_steps=7"]), small_data, tmp_path / "straight", log=quiet)
+    with monkeypatch.context() as m:
+        signal_at(m, 3, signum)
+        with pytest.raises(training.Interrupted, match=f"{signal.Signals(signum).name} at update 3; .*--resume"):
+            train(load_config("tiny-student", cfg + ["max_steps=7"]), small_data, tmp_path / "split", log=quiet)
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the handlers are given back
+    assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
+    state = json.loads((tmp_path / "split" / "last" / "trainer" / "state.json").read_text())
+    assert state["update"] == 3 and not state["finished"]
+    train(load_config("tiny-student", cfg + ["max_steps=7"]), small_data, tmp_path / "split", resume=True, log=quiet)
+    a = load_file(tmp_path / "straight" / "last" / "model.safetensors")
+    b = load_file(tmp_path / "split" / "last" / "model.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_the_command_says_where_it_stopped(small_data, tmp_path, monkeypatch, capsys):
+    signal_at(monkeypatch, 2)
+    run = tmp_path / "run"
+    code = main(["train", "--data", str(small_data), "--preset", "tiny-student", "--out", str(run),
+                 *TINY, "max_tokens=400", "max_steps=5"])
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert code == 130 and err.startswith("a2d: interrupted by SIGINT at update 2;") and str(run / "last") in err
+
+
+def test_save_every_minutes_saves_between_epoch_ends():
+    cfg = load_config("tiny-student", ["save_every_minutes=0.5"])
+    points = training.SavePoints(cfg, training.make_accelerator(cfg))
+    assert points.after_update(1) == (False, False)
+    points.last_save -= 31
+    assert points.after_update(2) == (True, False) and points.after_update(3) == (False, False)
+    with points:
+        os.kill(os.getpid(), signal.SIGINT)
+        assert points.after_update(4) == (True, True)
+        with pytest.raises(KeyboardInterrupt):  # a second signal does not wait for the update to end
+            os.kill(os.getpid(), signal.SIGINT)
+
+
+def test_the_first_updates_say_the_rate_the_epoch_time_and_the_memory(small_data, tmp_path):
+    lines = []
+    train(load_config("tiny-student", TINY + ["max_tokens=400", "max_steps=11", "valid_max_sentences=20"]),
+          small_data, tmp_path / "run", log=lines.append)
+    epoch = next(x for x in lines if x.startswith("an epoch: "))
+    first = next(x for x in lines if x.startswith("first 10 updates: "))
+    assert lines.index(epoch) < lines.index(first)
+    assert re.search(r"an epoch: [\d,]+ target tokens in [\d,]+ batches \([\d,]+ updates\); memory now [\d.]+ GiB", epoch)
+    assert re.search(r"[\d,]+ target tokens/s, about [\d.,]+ min per epoch; peak memory [\d.]+ GiB resident", first)

@@ -30,9 +30,9 @@ from a2d.models import build_model, count_parameters, load_model, load_weights, 
 from a2d.rundir import RunDir, TrainState, rng_state, set_rng_state
 from a2d.teacher_cache import IDS_KEY, open_kd_cache
 from a2d.tokenizer import collate_ids
-from a2d.training import (RunResult, Throughput, budget_spent, check_data_fits, check_finite, inverse_sqrt_schedule,
-                          make_accelerator, make_optimizer, micro_batches, model_inputs, record_validation, should_stop,
-                          start_run, to_device)
+from a2d.training import (RunProgress, RunResult, SavePoints, Throughput, budget_spent, check_data_fits, check_finite,
+                          inverse_sqrt_schedule, make_accelerator, make_optimizer, micro_batches, model_inputs,
+                          record_validation, should_stop, start_run, to_device)
 from a2d.utils import UserError
 
 
@@ -157,69 +157,77 @@ def distill(cfg: Config, data_dir: Path, out: Path, teacher_path: Path | None, r
             describe = getattr(method, "describe", None)
             run.save_method(method_state, {"method": cfg.method, **(describe() if describe else {})})
 
-    # ---- the loop
+    # ---- the loop (Ctrl-C or SIGTERM: last/ is saved at the end of the update under way, then Interrupted)
     student.train()
     speed = Throughput()
+    progress_line = RunProgress(main, log, int(train_data.tgt_lens.sum()) + len(train_data), accelerator.device)
+    savepoints = SavePoints(cfg, accelerator)
     stop = should_stop(state, cfg)
     validated = None  # the update of this process's last validation
-    while stop is None:
-        batches = token_batches(train_data.src_lens, train_data.tgt_lens, cfg.max_tokens, shuffle=True,
-                                seed=cfg.seed, epoch=state.epoch)
-        batches = shard_batches(batches, accelerator.process_index, accelerator.num_processes)
-        updates_per_epoch = len(micro_batches(batches, cfg.update_freq))
-        bar = tqdm(total=len(batches), initial=state.batch_in_epoch, desc=f"epoch {state.epoch}",
-                   disable=not main, leave=False, dynamic_ncols=True,
-                   mininterval=1.0 if sys.stderr.isatty() else 60.0)
-        for group in micro_batches(batches[state.batch_in_epoch:], cfg.update_freq):
-            progress = Progress(epoch=state.epoch, update=state.update, updates_per_epoch=updates_per_epoch)
-            ntokens = 0
-            for i, idx in enumerate(group):
-                batch = collate([train_data[j] for j in idx], **collate_ids(vocab))
-                if cache is not None:  # the teacher's top-K at each target position, from kd_cache
-                    batch.update(cache.lookup(idx, batch["labels"].shape[1]))
-                batch = to_device(batch, accelerator.device)
-                with contextlib.nullcontext() if i == len(group) - 1 else accelerator.no_sync(student):
-                    terms, weights = distill_step(student, teacher, method, batch, cfg, progress,
-                                                  accelerator.autocast)
-                    check_finite(accelerator, state.update + 1, terms)
-                    accelerator.backward(terms["loss"] / len(group))
-                ntokens += int(batch["ntokens"])
-            if accelerator.num_processes > 1:  # the method's modules are not inside DDP: average their grads
-                for p in method.parameters():
-                    if p.grad is not None:
-                        p.grad = accelerator.reduce(p.grad, "mean")
-            if cfg.clip_norm > 0:
-                accelerator.clip_grad_norm_(list(student.parameters()) + list(method.parameters()), cfg.clip_norm)
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            state.update += 1
-            state.batch_in_epoch += len(group)
-            speed.add(ntokens * accelerator.num_processes)
-            bar.update(len(group))
-            if state.update % cfg.log_every == 0:
-                lr, tps = scheduler.get_last_lr()[0], speed.rate()
-                values = {k: v.item() for k, v in terms.items()}
-                bar.set_postfix(loss=f"{values['loss']:.3f}", ce=f"{values['ce']:.3f}", tok_s=f"{tps:,.0f}",
-                                refresh=False)
-                metrics.write(type="train", update=state.update, epoch=state.epoch, **values, lr=lr,
-                              tokens_per_s=tps, **{f"w_{k}": v for k, v in weights.items() if k != "ce"})
-            if cfg.save_every and state.update % cfg.save_every == 0:
-                save("last")
-            if cfg.max_steps and state.update >= cfg.max_steps:
-                break
-        bar.close()
-        epoch_done = state.batch_in_epoch >= len(batches)
-        if epoch_done or budget_spent(state, cfg):  # every epoch's end, and the update that spends max_steps
-            if record_validation(accelerator, student, vocab, valid_data, cfg, state, metrics, log, epoch_done):
-                save("best")
-            validated = state.update
-        if epoch_done:
-            state.epoch += 1
-            state.batch_in_epoch = 0
-        stop = should_stop(state, cfg)
-        state.finished = stop is not None
-        save("last")
+    with savepoints:
+        while stop is None:
+            batches = token_batches(train_data.src_lens, train_data.tgt_lens, cfg.max_tokens, shuffle=True,
+                                    seed=cfg.seed, epoch=state.epoch)
+            batches = shard_batches(batches, accelerator.process_index, accelerator.num_processes)
+            updates_per_epoch = len(micro_batches(batches, cfg.update_freq))
+            bar = tqdm(total=len(batches), initial=state.batch_in_epoch, desc=f"epoch {state.epoch}",
+                       disable=not main, leave=False, dynamic_ncols=True,
+                       mininterval=1.0 if sys.stderr.isatty() else 60.0)
+            if progress_line.updates == 0:
+                progress_line.starting(len(batches), updates_per_epoch)
+            for group in micro_batches(batches[state.batch_in_epoch:], cfg.update_freq):
+                progress = Progress(epoch=state.epoch, update=state.update, updates_per_epoch=updates_per_epoch)
+                ntokens = 0
+                for i, idx in enumerate(group):
+                    batch = collate([train_data[j] for j in idx], **collate_ids(vocab))
+                    if cache is not None:  # the teacher's top-K at each target position, from kd_cache
+                        batch.update(cache.lookup(idx, batch["labels"].shape[1]))
+                    batch = to_device(batch, accelerator.device)
+                    with contextlib.nullcontext() if i == len(group) - 1 else accelerator.no_sync(student):
+                        terms, weights = distill_step(student, teacher, method, batch, cfg, progress,
+                                                      accelerator.autocast)
+                        check_finite(accelerator, state.update + 1, terms)
+                        accelerator.backward(terms["loss"] / len(group))
+                    ntokens += int(batch["ntokens"])
+                if accelerator.num_processes > 1:  # the method's modules are not inside DDP: average their grads
+                    for p in method.parameters():
+                        if p.grad is not None:
+                            p.grad = accelerator.reduce(p.grad, "mean")
+                if cfg.clip_norm > 0:
+                    accelerator.clip_grad_norm_(list(student.parameters()) + list(method.parameters()), cfg.clip_norm)
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+                state.update += 1
+                state.batch_in_epoch += len(group)
+                speed.add(ntokens * accelerator.num_processes)
+                bar.update(len(group))
+                progress_line.update(bar, ntokens * accelerator.num_processes, terms)
+                if state.update % cfg.log_every == 0:
+                    lr, tps = scheduler.get_last_lr()[0], speed.rate()
+                    values = {k: v.item() for k, v in terms.items()}
+                    metrics.write(type="train", update=state.update, epoch=state.epoch, **values, lr=lr,
+                                  tokens_per_s=tps, **{f"w_{k}": v for k, v in weights.items() if k != "ce"})
+                save_now, interrupted = savepoints.after_update(state.update)
+                if save_now:
+                    save("last")
+                if interrupted:
+                    bar.close()
+                    raise savepoints.interrupted(run, state.update)
+                if cfg.max_steps and state.update >= cfg.max_steps:
+                    break
+            bar.close()
+            epoch_done = state.batch_in_epoch >= len(batches)
+            if epoch_done or budget_spent(state, cfg):  # every epoch's end, and the update that spends max_steps
+                if record_validation(accelerator, student, vocab, valid_data, cfg, state, metrics, log, epoch_done):
+                    save("best")
+                validated = state.update
+            if epoch_done:
+                state.epoch += 1
+                state.batch_in_epoch = 0
+            stop = should_stop(state, cfg)
+            state.finished = stop is not None
+            save("last")
     if validated != state.update and (not state.finished or state.best_bleu < 0):
         # resumed from a last/ written (save_every) at the update that ends the run, before its validation
         if record_validation(accelerator, student, vocab, valid_data, cfg, state, metrics, log, epoch_done=False):

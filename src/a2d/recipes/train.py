@@ -26,9 +26,9 @@ from a2d.losses import label_smoothed_ce
 from a2d.models import build_model, count_parameters, load_weights
 from a2d.rundir import RunDir, TrainState, rng_state, set_rng_state
 from a2d.tokenizer import collate_ids
-from a2d.training import (RunResult, Throughput, budget_spent, check_data_fits, check_finite, inverse_sqrt_schedule,
-                          make_accelerator, make_optimizer, micro_batches, model_inputs, record_validation, should_stop,
-                          start_run, to_device)
+from a2d.training import (RunProgress, RunResult, SavePoints, Throughput, budget_spent, check_data_fits, check_finite,
+                          inverse_sqrt_schedule, make_accelerator, make_optimizer, micro_batches, model_inputs,
+                          record_validation, should_stop, start_run, to_device)
 
 
 def train_step(model, batch: dict, cfg: Config, autocast=contextlib.nullcontext) -> dict[str, torch.Tensor]:
@@ -81,59 +81,68 @@ def train(cfg: Config, data_dir: Path, out: Path, resume: bool = False, log=prin
         if main:
             run.save(which, accelerator.unwrap_model(model), vocab, cfg, trainer=trainer)
 
-    # ---- the loop
+    # ---- the loop (Ctrl-C or SIGTERM: last/ is saved at the end of the update under way, then Interrupted)
     model.train()
     speed = Throughput()
+    progress_line = RunProgress(main, log, int(train_data.tgt_lens.sum()) + len(train_data), accelerator.device)
+    savepoints = SavePoints(cfg, accelerator)
     stop = should_stop(state, cfg)
     validated = None  # the update of this process's last validation
-    while stop is None:
-        batches = token_batches(train_data.src_lens, train_data.tgt_lens, cfg.max_tokens, shuffle=True,
-                                seed=cfg.seed, epoch=state.epoch)
-        batches = shard_batches(batches, accelerator.process_index, accelerator.num_processes)
-        bar = tqdm(total=len(batches), initial=state.batch_in_epoch, desc=f"epoch {state.epoch}",
-                   disable=not main, leave=False, dynamic_ncols=True,
-                   mininterval=1.0 if sys.stderr.isatty() else 60.0)
-        for group in micro_batches(batches[state.batch_in_epoch:], cfg.update_freq):
-            ntokens = 0
-            for i, idx in enumerate(group):
-                batch = to_device(collate([train_data[j] for j in idx], **collate_ids(vocab)), accelerator.device)
-                last_micro = i == len(group) - 1
-                with contextlib.nullcontext() if last_micro else accelerator.no_sync(model):
-                    terms = train_step(model, batch, cfg, accelerator.autocast)
-                    check_finite(accelerator, state.update + 1, terms)
-                    accelerator.backward(terms["loss"] / len(group))
-                ntokens += int(batch["ntokens"])
-            if cfg.clip_norm > 0:
-                accelerator.clip_grad_norm_(model.parameters(), cfg.clip_norm)
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            state.update += 1
-            state.batch_in_epoch += len(group)
-            speed.add(ntokens * accelerator.num_processes)
-            bar.update(len(group))
-            if state.update % cfg.log_every == 0:
-                lr, tps = scheduler.get_last_lr()[0], speed.rate()
-                loss = terms["loss"].item()
-                bar.set_postfix(loss=f"{loss:.3f}", lr=f"{lr:.2e}", tok_s=f"{tps:,.0f}", refresh=False)
-                metrics.write(type="train", update=state.update, epoch=state.epoch, loss=loss, ce=loss, lr=lr,
-                              tokens_per_s=tps)
-            if cfg.save_every and state.update % cfg.save_every == 0:
-                save("last")
-            if cfg.max_steps and state.update >= cfg.max_steps:
-                break
-        bar.close()
-        epoch_done = state.batch_in_epoch >= len(batches)
-        if epoch_done or budget_spent(state, cfg):  # every epoch's end, and the update that spends max_steps
-            if record_validation(accelerator, model, vocab, valid_data, cfg, state, metrics, log, epoch_done):
-                save("best")
-            validated = state.update
-        if epoch_done:
-            state.epoch += 1
-            state.batch_in_epoch = 0
-        stop = should_stop(state, cfg)
-        state.finished = stop is not None
-        save("last")
+    with savepoints:
+        while stop is None:
+            batches = token_batches(train_data.src_lens, train_data.tgt_lens, cfg.max_tokens, shuffle=True,
+                                    seed=cfg.seed, epoch=state.epoch)
+            batches = shard_batches(batches, accelerator.process_index, accelerator.num_processes)
+            bar = tqdm(total=len(batches), initial=state.batch_in_epoch, desc=f"epoch {state.epoch}",
+                       disable=not main, leave=False, dynamic_ncols=True,
+                       mininterval=1.0 if sys.stderr.isatty() else 60.0)
+            if progress_line.updates == 0:
+                progress_line.starting(len(batches), len(micro_batches(batches, cfg.update_freq)))
+            for group in micro_batches(batches[state.batch_in_epoch:], cfg.update_freq):
+                ntokens = 0
+                for i, idx in enumerate(group):
+                    batch = to_device(collate([train_data[j] for j in idx], **collate_ids(vocab)), accelerator.device)
+                    last_micro = i == len(group) - 1
+                    with contextlib.nullcontext() if last_micro else accelerator.no_sync(model):
+                        terms = train_step(model, batch, cfg, accelerator.autocast)
+                        check_finite(accelerator, state.update + 1, terms)
+                        accelerator.backward(terms["loss"] / len(group))
+                    ntokens += int(batch["ntokens"])
+                if cfg.clip_norm > 0:
+                    accelerator.clip_grad_norm_(model.parameters(), cfg.clip_norm)
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+                state.update += 1
+                state.batch_in_epoch += len(group)
+                speed.add(ntokens * accelerator.num_processes)
+                bar.update(len(group))
+                progress_line.update(bar, ntokens * accelerator.num_processes, terms)
+                if state.update % cfg.log_every == 0:
+                    lr, tps = scheduler.get_last_lr()[0], speed.rate()
+                    loss = terms["loss"].item()
+                    metrics.write(type="train", update=state.update, epoch=state.epoch, loss=loss, ce=loss, lr=lr,
+                                  tokens_per_s=tps)
+                save_now, interrupted = savepoints.after_update(state.update)
+                if save_now:
+                    save("last")
+                if interrupted:
+                    bar.close()
+                    raise savepoints.interrupted(run, state.update)
+                if cfg.max_steps and state.update >= cfg.max_steps:
+                    break
+            bar.close()
+            epoch_done = state.batch_in_epoch >= len(batches)
+            if epoch_done or budget_spent(state, cfg):  # every epoch's end, and the update that spends max_steps
+                if record_validation(accelerator, model, vocab, valid_data, cfg, state, metrics, log, epoch_done):
+                    save("best")
+                validated = state.update
+            if epoch_done:
+                state.epoch += 1
+                state.batch_in_epoch = 0
+            stop = should_stop(state, cfg)
+            state.finished = stop is not None
+            save("last")
     if validated != state.update and (not state.finished or state.best_bleu < 0):
         # resumed from a last/ written (save_every) at the update that ends the run, before its validation
         if record_validation(accelerator, model, vocab, valid_data, cfg, state, metrics, log, epoch_done=False):
