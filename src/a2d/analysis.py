@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from a2d.alignment import mixing_matrix
 from a2d.utils import UserError, atomic_savefig
 
 METHOD_JSON = "method.json"
@@ -47,8 +48,6 @@ def load_alignment(run_dir: Path | str) -> tuple[dict, dict[str, np.ndarray]]:
     """``(description, {kind: w (n_student, n_teacher)})`` from ``RUN/method.json`` and ``RUN/method.safetensors``
     (the best student's AAM); for ``RUN/last``, the AAM of the last checkpoint (``RUN/last/trainer/``)."""
     from safetensors.torch import load_file
-
-    from a2d.alignment import mixing_matrix
 
     run_dir = Path(run_dir)
     desc_file, weights_file = _alignment_files(run_dir)

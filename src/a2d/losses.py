@@ -10,6 +10,8 @@ import torch
 import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
+from a2d.utils import UserError
+
 IGNORE = -100  # label of padded target positions
 
 
@@ -319,8 +321,6 @@ DECAY_UNITS = ("epoch", "update")
 
 def kind_weights(att_kinds: str) -> dict[str, float]:
     """``KIND_WEIGHTS[att_kinds]`` (eq. 11 / Table 5), or a :class:`~a2d.utils.UserError` naming the choices."""
-    from a2d.utils import UserError
-
     if att_kinds not in KIND_WEIGHTS:
         raise UserError(f"att_kinds={att_kinds!r}: must be one of {', '.join(KIND_WEIGHTS)}")
     return dict(KIND_WEIGHTS[att_kinds])
@@ -405,6 +405,4 @@ def lambda_schedule(lambda_att: float, decay: float, unit: str, epoch: int, upda
         if updates_per_epoch:
             return float(lambda_att * decay ** (max(update, 0) / updates_per_epoch))
         return float(lambda_att * decay ** max(update, 0))
-    from a2d.utils import UserError
-
     raise UserError(f"lambda_decay_unit={unit!r}: must be {' or '.join(DECAY_UNITS)}")

@@ -32,7 +32,9 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from a2d.utils import UserError, atomic_dir, atomic_write_text, check_writable_dir
+from a2d.config import SHAPE_KEYS, read_yaml, save_config
+from a2d.data.vocab import Vocabulary
+from a2d.utils import UserError, atomic_dir, atomic_write_bytes, atomic_write_text, check_writable_dir
 
 CONFIG_FILE = "config.yaml"
 METRICS_FILE = "metrics.jsonl"
@@ -205,9 +207,6 @@ class RunDir:
 
     def check_resumable(self, cfg, vocab) -> None:
         """Refuse a resume whose settings or data no longer fit the checkpoint, naming what differs."""
-        from a2d.config import SHAPE_KEYS, read_yaml
-        from a2d.data.vocab import Vocabulary
-
         saved = read_yaml(self.config_file) if self.config_file.is_file() else read_yaml(self.last / CONFIG_FILE)
         wanted = cfg.to_dict()
         changed = [f"{k}={wanted[k]!r} (the run has {saved[k]!r})" for k in SHAPE_KEYS
@@ -226,8 +225,6 @@ class RunDir:
         ``trainer`` (``optimizer``, ``scheduler``, ``rng`` (one state per process), ``state``, ``tensors``)
         goes to ``trainer/`` for ``--resume``.
         """
-        from a2d.config import save_config
-
         path = self.path / which
         with atomic_dir(path) as tmp:
             model.save_pretrained(tmp, safe_serialization=True)
@@ -246,7 +243,6 @@ class RunDir:
 
     def save_method(self, tensors: dict, info: dict) -> None:
         """The method's modules of the best student (the AAM), beside ``best/``."""
-        from a2d.utils import atomic_write_bytes
         from safetensors.torch import save as save_bytes
 
         atomic_write_bytes(self.path / "method.safetensors", save_bytes(tensors))

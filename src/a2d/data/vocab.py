@@ -13,7 +13,8 @@ from pathlib import Path
 
 import sentencepiece as spm
 
-from a2d.utils import UserError
+from a2d.tokenizer import MarianVocabulary, is_marian_tokenizer_folder, write_marian_tokenizer
+from a2d.utils import UserError, sha256_file
 
 SPM_FILE = "sentencepiece.model"
 PAD, UNK, BOS, EOS = 0, 1, 2, 3
@@ -74,8 +75,6 @@ class Vocabulary:
         (``source.spm``, ``target.spm``, ``vocab.json``, e.g. a hub teacher's, or data prepared with
         ``a2d prepare --tokenizer``) gives an :class:`a2d.tokenizer.MarianVocabulary`. Both offer the same methods.
         """
-        from a2d.tokenizer import MarianVocabulary, is_marian_tokenizer_folder
-
         directory = Path(directory)
         if not (directory / SPM_FILE).is_file():
             if is_marian_tokenizer_folder(directory):
@@ -118,13 +117,9 @@ class Vocabulary:
         if not target.exists() or not target.samefile(self.path):
             shutil.copyfile(self.path, target)
         if model_folder:
-            from a2d.tokenizer import write_marian_tokenizer
-
             write_marian_tokenizer(directory, self.path)
 
     def checksum(self) -> str:
-        from a2d.utils import sha256_file
-
         return sha256_file(self.path)
 
     @property
