@@ -41,7 +41,6 @@ from torch.utils._pytree import tree_flatten
 
 import a2d
 from a2d.allocator import keep_large_allocations
-from a2d.config import load_config
 from a2d.data.batching import collate, token_batches
 from a2d.data.prepare import ParallelData
 from a2d.data.vocab import Vocabulary
@@ -50,6 +49,7 @@ from a2d.models import build_model, use_attention_maps
 from a2d.provenance import git_commit, hardware
 from a2d.recipes.distill import distill_step, load_teacher
 from a2d.recipes.train import train_step
+from a2d.settings import load_config
 from a2d.tokenizer import collate_ids
 from a2d.training import make_optimizer, to_device
 
@@ -112,7 +112,7 @@ def measure_one(args) -> dict:
         method_cls = get_method(args.run)
         student = build_model(cfg, len(vocab), seed=1, layout=vocab.layout)
         teacher = load_teacher(Path(args.teacher), vocab, data_dir) if method_cls.needs_teacher else None
-        method = method_cls(cfg, student.config, teacher.config if teacher is not None else None)
+        method = method_cls(cfg.settings, student.config, teacher.config if teacher is not None else None)
         method.attach(student, teacher)
         if ATTENTIONS in method.needs:  # as the recipe does
             use_attention_maps(student)

@@ -50,9 +50,9 @@ def test_opt_out_and_the_users_own_setting():
 LIBRARY = HEAP_CHECK + r"""
 import sys, torch
 from pathlib import Path
-from a2d.config import load_config
 from a2d.recipes.distill import distill
 from a2d.recipes.train import train
+from a2d.settings import load_config
 from tests.tiny import save_tiny_teacher, tiny_corpus
 tmp = Path(sys.argv[1])
 data = tiny_corpus(tmp / "data", 200)

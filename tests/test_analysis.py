@@ -10,9 +10,9 @@ import torch
 from safetensors.torch import save_file
 
 from a2d.analysis import format_summary, plot_alignment, summarize_weights
-from a2d.config import load_config
 from a2d.methods.a2d import AlignToDistill
 from a2d.models import marian_config
+from a2d.settings import load_config
 from a2d.utils import UserError
 
 
@@ -21,7 +21,7 @@ def write_run(run_dir, overrides=(), set_weights=None):
     scfg = load_config("tiny-student", ["encoder_layers=2", "decoder_layers=2", "encoder_attention_heads=2",
                                         "decoder_attention_heads=2", "d_model=32", *overrides])
     tcfg = load_config("tiny-teacher", ["encoder_layers=1", "decoder_layers=1", "d_model=32"])
-    method = AlignToDistill(scfg, marian_config(scfg, 50), marian_config(tcfg, 50))
+    method = AlignToDistill(scfg.settings, marian_config(scfg, 50), marian_config(tcfg, 50))
     if set_weights:
         set_weights(method)
     run_dir.mkdir(parents=True, exist_ok=True)

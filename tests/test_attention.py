@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from a2d.attention import AttentionMaps, collect_attention
-from a2d.config import load_config
 from a2d.losses import layer_average
 from a2d.models import build_model, use_attention_maps
+from a2d.settings import load_config
 from a2d.utils import UserError
 
 VOCAB = 100

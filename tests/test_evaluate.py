@@ -8,10 +8,10 @@ import json
 import pytest
 import torch
 
-from a2d.config import load_config
 from a2d.data.vocab import Vocabulary, train_sentencepiece
 from a2d.evaluate import evaluate_model, paired_bootstrap, score, translate
 from a2d.models import build_model
+from a2d.settings import load_config
 from a2d.utils import UserError
 
 TINY = ["d_model=32", "ffn_dim=64", "encoder_layers=1", "decoder_layers=1"]

@@ -14,12 +14,12 @@ import pytest
 import torch
 
 from a2d.cli import main
-from a2d.config import load_config
 from a2d.data.corpus import locate_corpus, read_parallel
 from a2d.data.vocab import Vocabulary
 from a2d.evaluate import score, translate
 from a2d.models import build_model, load_model
 from a2d.rundir import RunDir
+from a2d.settings import load_config
 from tests.hub_models import corpus_text, hub_folder
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -11,12 +11,12 @@ from pathlib import Path
 import pytest
 
 from a2d.cli import main
-from a2d.config import load_config
 from a2d.data.prepare import prepare
 from a2d.data.vocab import Vocabulary
 from a2d.evaluate import evaluate_model, translate
 from a2d.models import build_model, load_model
 from a2d.recipes.distill import distill
+from a2d.settings import load_config
 from a2d.utils import UserError
 from tests.hub_models import corpus_text, hub_folder
 

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from a2d.config import load_config
 from a2d.models import build_model, count_parameters, load_model, load_weights
+from a2d.settings import load_config
 
 V = 8000
 

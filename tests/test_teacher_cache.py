@@ -10,7 +10,6 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from a2d.config import load_config
 from a2d.data.batching import collate, token_batches
 from a2d.data.corpus import locate_corpus
 from a2d.data.prepare import ParallelData, prepare
@@ -19,6 +18,7 @@ from a2d.losses import IDS_KEY, LOGP_KEY, REST_KEY, cached_word_kd, kd_loss, wor
 from a2d.models import build_model, load_model
 from a2d.recipes import cache_teacher
 from a2d.recipes.cache_teacher import build_cache
+from a2d.settings import load_config
 from a2d.teacher_cache import INDEX_FILE, TeacherCache
 from a2d.tokenizer import collate_ids
 from a2d.training import model_inputs
@@ -305,7 +305,7 @@ def test_distill_step_from_a_full_cache_equals_the_live_teacher(method, tiny_dat
     cfg = distill_cfg(method, f"kd_cache={full_cache}")
     t = load_teacher(teacher, vocab, tiny_data)
     student = build_model(cfg, len(vocab), seed=1)
-    m = get_method(method)(cfg, student.config, t.config)
+    m = get_method(method)(cfg.settings, student.config, t.config)
     m.attach(student, t)
     if method == "a2d":
         use_attention_maps(student)

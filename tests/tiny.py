@@ -5,11 +5,11 @@ from pathlib import Path
 
 import torch
 
-from a2d.config import load_config
 from a2d.data.corpus import locate_corpus
 from a2d.data.prepare import prepare
 from a2d.data.vocab import Vocabulary
 from a2d.models import build_model
+from a2d.settings import load_config
 
 
 def quiet(*args):

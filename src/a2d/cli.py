@@ -6,12 +6,14 @@ import sys
 from pathlib import Path
 
 from a2d.allocator import keep_large_allocations
-from a2d.config import ConfigError, describe_keys, load_config, preset_names, read_yaml
+from a2d.config import ConfigError, preset_names, read_yaml
 from a2d.utils import UserError
 
 
-def _config(args):
-    """Defaults < saved config (when resuming) < preset < flags < key=value overrides."""
+def _config(args, train: bool = False):
+    """Defaults < saved config (when resuming) < preset < flags < key=value overrides; ``train``: no method."""
+    from a2d.settings import load_config  # imports the methods, and torch: not for every command's --help
+
     flags = [f"{k}={v}" for k, v in (("max_epochs", args.max_epochs), ("max_steps", args.max_steps),
                                     ("seed", args.seed)) if v is not None]
     if getattr(args, "method", None):
@@ -25,7 +27,7 @@ def _config(args):
     elif args.preset is None:
         raise UserError("--preset is required (one of " + ", ".join(preset_names()) + ", or a YAML file)"
                         + (f"; {saved} does not exist, so --resume has no saved settings" if args.resume else ""))
-    return load_config(args.preset, flags + list(args.overrides), base=base)
+    return load_config(args.preset, flags + list(args.overrides), base=base, train=train)
 
 
 def cmd_prepare(args):
@@ -57,7 +59,7 @@ def cmd_prepare(args):
 def cmd_train(args):
     from a2d.recipes.train import train
 
-    train(_config(args), Path(args.data), Path(args.out), resume=args.resume)
+    train(_config(args, train=True), Path(args.data), Path(args.out), resume=args.resume)
 
 
 def cmd_distill(args):
@@ -162,6 +164,8 @@ def cmd_methods(args):
 
 
 def cmd_config(args):
+    from a2d.settings import describe_keys, load_config
+
     if args.keys:
         print(describe_keys())
         return

@@ -1,15 +1,24 @@
 """Run configuration: typed defaults, a YAML preset over them, ``key=value`` over that.
 
-The same :class:`Config` drives ``a2d train`` and ``a2d distill``; the resolved config is saved
-as ``config.yaml`` beside every run. :class:`Config` holds the settings every run has (model,
-optimisation, validation) and those of ``a2d distill`` itself (``method``...); each distillation
-method declares its own settings beside it, a :class:`~a2d.methods.base.MethodSettings` dataclass
-(``methods/<name>.py``), made with the same :func:`setting` helper. Keys stay flat: ``lambda_att=0.5``
-on the command line, ``cfg.lambda_att`` in code; each key is checked against the field that declares
-it. A run's ``config.yaml`` holds the common settings and, for a distillation, its method's (a
-``train`` run: none). Unknown keys and values of the wrong type are errors (:class:`ConfigError`)
-that name the key, never silent defaults; keys of older versions (:data:`RETIRED_KEYS`) are
-accepted and ignored, so their ``config.yaml`` files still load.
+:class:`Config` holds the settings every run has (model, optimisation, validation) and those of
+``a2d distill`` itself (``method``...). Each distillation method owns its own settings, a
+:class:`~a2d.methods.base.MethodSettings` dataclass beside it (``methods/<name>.py``) made with the same
+:func:`setting` helper; a run's config carries its method's as ``cfg.settings`` (``cfg.settings.lambda_att``),
+and the method is built with that object alone. This module knows no method:
+:func:`a2d.settings.load_config`, above both, resolves the common settings and the chosen method's from the
+layers :func:`read_layers` reads here.
+
+Keys stay flat: ``lambda_att=0.5`` on the command line, ``lambda_att: 0.5`` in a YAML file. A YAML preset may
+also hold a method's section, applied to runs of that method only (a student preset's A2D settings)::
+
+    d_model: 512
+    a2d:
+      lambda_att: 1.0
+
+A run's ``config.yaml`` holds the common settings and, for a distillation, its method's (a ``train`` run:
+none), flat. Unknown keys, values of the wrong type and settings of another method than the run's are errors
+(:class:`ConfigError`) that name the key, never silent defaults; keys of older versions (:data:`RETIRED_KEYS`)
+are accepted and ignored in saved configs and presets, so their ``config.yaml`` files still load.
 """
 from __future__ import annotations
 
@@ -19,7 +28,11 @@ from pathlib import Path
 
 import yaml
 
+from a2d.utils import atomic_write_text
+
 PRESET_DIR = Path(__file__).parent / "configs"
+SAVED = "saved config"  # the source name of a run's config.yaml (the base of a resumed run)
+OVERRIDE = "override"  # the source name of a key=value
 
 
 class ConfigError(ValueError):
@@ -110,8 +123,9 @@ class Config:
     teacher_precision: str = _f("same", "same: the teacher runs under the student's mixed precision (bf16 KD "
                                 "targets); fp32: the teacher runs in full fp32, as the authors ran it",
                                 choices=("same", "fp32"))
-    #: values given for the methods' settings (any method's, checked), by key; see :meth:`settings_for`
-    method_values: dict = field(default_factory=dict, repr=False)
+    #: the method's own settings, an instance of its ``Settings`` dataclass (:func:`a2d.settings.load_config`
+    #: resolves it); None for a run without a method (``a2d train``)
+    settings: object = field(default=None, repr=False)
 
     # ------------------------------------------------------------------------------------------
     def __post_init__(self):
@@ -120,43 +134,28 @@ class Config:
             heads = getattr(self, f"{side}_attention_heads")
             if self.d_model % heads:
                 raise ConfigError(f"d_model={self.d_model} is not divisible by {side}_attention_heads={heads}")
-        methods = _methods()
-        if self.method is not None and self.method not in methods:
-            raise ConfigError(f"method={self.method!r}: unknown method (choose from {', '.join(sorted(methods))})")
-        owners = method_fields()
-        for key, value in self.method_values.items():
-            if key not in owners:
-                raise ConfigError(f"{key!r} is not a setting of any method (see `a2d config --keys`)")
-            check_value(key, value, owners[key].metadata)
+        if self.method is None and self.settings is not None:
+            raise ConfigError("a run without a method has no method settings")
 
-    def __getattr__(self, name: str):
-        """``cfg.lambda_att``: a method's setting, the value given or the default of the field that declares it."""
-        if name.startswith("__") or name == "method_values":
-            raise AttributeError(name)
-        values = self.__dict__.get("method_values", {})
-        if name in values:
-            return values[name]
-        owner = method_fields().get(name)
-        if owner is None:
-            raise AttributeError(f"{type(self).__name__} has no setting {name!r}")
-        return owner.default
-
-    def settings_for(self, method_cls):
-        """``method_cls.Settings`` filled from the values given (defaults for the rest), checked."""
-        names = {f.name for f in dataclasses.fields(method_cls.Settings)}
-        return method_cls.Settings(**{k: v for k, v in self.method_values.items() if k in names})
-
-    @property
-    def settings(self):
-        """The settings of ``self.method`` (a dataclass), or None for a train run (``method=None``)."""
-        return None if self.method is None else self.settings_for(_methods()[self.method])
+    def without_method(self) -> Config:
+        """This config for a run without a method (``a2d train``). A distillation setting given another value than
+        its default would be lost without a word: it is an error naming the key."""
+        changed = [k for k in DISTILL_KEYS[1:] if getattr(self, k) != FIELDS[k].default]
+        if self.settings is not None:
+            default = type(self.settings)()
+            changed += [f.name for f in dataclasses.fields(self.settings)
+                        if getattr(self.settings, f.name) != getattr(default, f.name)]
+        if changed:
+            raise ConfigError(f"{', '.join(changed)}: distillation settings, which a run without a method (a2d "
+                              "train) does not use; load its config with load_config(..., train=True)")
+        return dataclasses.replace(self, method=None, settings=None)
 
     def to_dict(self) -> dict:
         """The keys a run's ``config.yaml`` holds: the common settings, then the method and its own settings
-        (none for a train run). Flat, as ``load_config`` reads them back."""
+        (none for a train run). Flat, as :func:`a2d.settings.load_config` reads them back."""
         out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
-               if f.name != "method_values" and (self.method is not None or f.name not in DISTILL_KEYS)}
-        if self.method is not None:
+               if f.name != "settings" and (self.method is not None or f.name not in DISTILL_KEYS)}
+        if self.settings is not None:
             out.update(dataclasses.asdict(self.settings))
         return out
 
@@ -166,38 +165,18 @@ DISTILL_KEYS = ("method", "aam_lr", "loss_mixing", "teacher_precision")
 #: Keys of older versions, accepted in saved configs and presets and ignored (``beam``: ``a2d evaluate`` and
 #: ``a2d translate`` take ``--beam``; the config's value was never used).
 RETIRED_KEYS = ("beam",)
-
-
-def _methods() -> dict:
-    from a2d.methods import METHODS  # the methods import this module: import them when first needed
-
-    return METHODS
-
-
-def method_fields() -> dict[str, dataclasses.Field]:
-    """Every method's settings by key: ``{key: the field that declares it}`` (a key shared by several methods
-    is declared once, in a settings class they inherit, e.g. ``mu_kd`` in :class:`~a2d.methods.kd.WordKDSettings`)."""
-    owners: dict[str, dataclasses.Field] = {}
-    for cls in _methods().values():
-        for f in dataclasses.fields(cls.Settings):
-            if owners.setdefault(f.name, f) is not f and owners[f.name].default != f.default:
-                raise TypeError(f"{f.name} is declared twice, with different defaults ({cls.__name__}.Settings)")
-    return owners
-
-
-_FIELDS = {f.name: f for f in dataclasses.fields(Config) if f.name != "method_values"}
+#: The common settings by key (those of :class:`Config`; a method's are its ``Settings``' fields).
+FIELDS: dict[str, dataclasses.Field] = {f.name: f for f in dataclasses.fields(Config) if f.name != "settings"}
 
 #: Settings that fix the shape of a run's model or method modules: ``--resume`` refuses to change them.
 SHAPE_KEYS = ("encoder_layers", "decoder_layers", "encoder_attention_heads", "decoder_attention_heads", "d_model",
               "ffn_dim", "max_positions", "activation_function", "method", "att_kinds", "att_granularity", "aam")
 
 
-def _coerce(key: str, value, source: str):
-    """Convert ``value`` (from YAML or a ``key=value`` string) to the field's type, or raise naming it."""
-    owner = _FIELDS.get(key) or method_fields().get(key)
-    if owner is None:
-        raise ConfigError(f"{source}: unknown key {key!r} (see `a2d config --keys`)")
-    typ = owner.type
+def coerce(owner: dataclasses.Field, value, source: str):
+    """``value`` (from YAML or a ``key=value`` string) converted to the type of the field ``owner`` and checked
+    against its choices and range, or a :class:`ConfigError` naming ``source`` and the key."""
+    key, typ = owner.name, owner.type
     typ = {"int": int, "float": float, "str": str, "str | None": str, "bool": bool}.get(typ, typ)
     if isinstance(value, str) and typ is not str:
         text = value.strip()
@@ -216,6 +195,10 @@ def _coerce(key: str, value, source: str):
         value = str(value)
     if not isinstance(value, typ) or (typ is int and isinstance(value, bool)):
         raise ConfigError(f"{source}: {key}={value!r} is not a valid {typ.__name__}")
+    try:
+        check_value(key, value, owner.metadata)
+    except ConfigError as e:
+        raise ConfigError(f"{source}: {e}") from None
     return value
 
 
@@ -254,45 +237,60 @@ def read_yaml(path: Path) -> dict:
     return data
 
 
-def load_config(preset: str | Path | None = None, overrides: list[str] | tuple = (), base: dict | None = None) -> Config:
-    """Build a :class:`Config` from defaults, an optional base dict, a preset and ``key=value`` overrides.
+@dataclass(frozen=True)
+class Given:
+    """A value that one layer gives a key: ``source`` is :data:`SAVED`, a YAML file's path or :data:`OVERRIDE`;
+    ``section`` the method whose section of a YAML file holds it (``a2d: {lambda_att: 1.0}``), else None."""
 
-    ``preset`` is a preset name (``paper-teacher``, ``tiny-student``...) or a path to a YAML file; several
-    joined by ``+`` are layered left to right (``paper-student+a2d-paper``: the model, then the method's settings).
-    The keys of every method are accepted (a student preset may set ``lambda_att`` for a run of another method)
-    and checked; the run uses, and saves, those of its ``method``.
+    key: str
+    value: object
+    source: str
+    section: str | None = None
+
+    @property
+    def saved(self) -> bool:
+        """From a run's saved config.yaml, which an older version may have written with other keys."""
+        return self.source == SAVED
+
+    @property
+    def where(self) -> str:
+        """How an error names it: ``override: lambda_att`` or ``paper-student.yaml: a2d.lambda_att``."""
+        return f"{self.source}: " + (f"{self.section}.{self.key}" if self.section else self.key)
+
+
+def read_layers(preset: str | Path | None = None, overrides: list[str] | tuple = (),
+                base: dict | None = None) -> list[Given]:
+    """Every value given, in the order the layers apply (later wins): ``base`` (a saved config), the preset
+    files (a preset name or a YAML file; several joined by ``+``, left to right), the ``key=value`` overrides.
+
+    Values are as written (checked by :func:`coerce` against the field that owns the key); a mapping under a
+    key that is not a common setting is a method's section. :data:`RETIRED_KEYS` are skipped, and refused as
+    overrides.
     """
-    values: dict = {}
-
-    def put(key: str, value, source: str) -> None:
-        if key in RETIRED_KEYS:
-            if source == "override":
-                raise ConfigError(f"override: {key} is no longer a setting (see `a2d config --keys`)")
-            return  # a saved config or preset of an older version
-        values[key] = _coerce(key, value, source)
-
-    if base:
-        for k, v in base.items():
-            put(k, v, "saved config")
+    given = [Given(k, v, SAVED) for k, v in (base or {}).items()]
     for path in _preset_paths(preset):
         for k, v in read_yaml(path).items():
-            put(k, v, str(path))
+            k = str(k)
+            if isinstance(v, dict) and k not in FIELDS:
+                given += [Given(str(key), value, str(path), section=k) for key, value in v.items()]
+            else:
+                given.append(Given(k, v, str(path)))
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"{item!r}: overrides are written key=value")
         k, v = item.split("=", 1)
-        put(k.strip(), v.strip(), "override")
-    common = {k: v for k, v in values.items() if k in _FIELDS}
-    return Config(**common, method_values={k: v for k, v in values.items() if k not in _FIELDS})
+        if k.strip() in RETIRED_KEYS:
+            raise ConfigError(f"{OVERRIDE}: {k.strip()} is no longer a setting (see `a2d config --keys`)")
+        given.append(Given(k.strip(), v.strip(), OVERRIDE))
+    return [g for g in given if g.key not in RETIRED_KEYS]  # a saved config or preset of an older version
 
 
 def save_config(cfg: Config, path: Path) -> None:
-    from a2d.utils import atomic_write_text
-
     atomic_write_text(path, yaml.safe_dump(cfg.to_dict(), sort_keys=False))
 
 
-def _describe(fields) -> list[str]:
+def describe_fields(fields) -> list[str]:
+    """``a2d config --keys`` lines of these fields: each key with its default and choices, then its help."""
     lines = []
     for f in fields:
         choices = f.metadata.get("choices")
@@ -301,24 +299,6 @@ def _describe(fields) -> list[str]:
     return lines
 
 
-def describe_keys() -> str:
-    """Every key with its default, choices and help: the common ones, ``a2d distill``'s, then by method."""
-    common = [f for f in _FIELDS.values() if f.name not in DISTILL_KEYS]
-    lines = ["Every run (a2d train, a2d distill):", *_describe(common),
-             "", "a2d distill:", *_describe(_FIELDS[k] for k in DISTILL_KEYS)]
-    methods = _methods()
-    declared = {}  # settings class -> the fields it declares itself (not those it inherits)
-    for cls in methods.values():
-        for klass in reversed(cls.Settings.__mro__):
-            own = klass.__dict__.get("__annotations__", {})
-            if dataclasses.is_dataclass(klass) and own and klass not in declared:
-                declared[klass] = [f for f in dataclasses.fields(klass) if f.name in own]
-    for klass, fields in declared.items():
-        users = [name for name, cls in methods.items() if issubclass(cls.Settings, klass)]
-        title = (klass.__doc__ or klass.__name__).strip().splitlines()[0].rstrip(".")
-        lines += ["", f"{title} (method{'s' if len(users) > 1 else ''} {', '.join(users)}):", *_describe(fields)]
-    return "\n".join(lines)
-
-
-__all__ = ["Config", "ConfigError", "SHAPE_KEYS", "DISTILL_KEYS", "RETIRED_KEYS", "load_config", "save_config",
-           "preset_names", "describe_keys", "read_yaml", "setting", "check_fields", "method_fields"]
+__all__ = ["Config", "ConfigError", "Given", "FIELDS", "SHAPE_KEYS", "DISTILL_KEYS", "RETIRED_KEYS", "SAVED",
+           "OVERRIDE", "coerce", "read_layers", "save_config", "preset_names", "describe_fields", "read_yaml",
+           "setting", "check_value", "check_fields"]

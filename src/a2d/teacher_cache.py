@@ -180,10 +180,13 @@ class TeacherCache:
                             f"kd_temperature is {float(temperature):g}; build a matching cache with "
                             + build_command(self.topk, float(temperature), teacher, data))
 
-    def check(self, data_dir: Path | str, data, vocab, teacher_dir: Path | str) -> None:
-        """Refuse (one line) a cache made from another teacher (weights or config) or other data than this run's."""
-        from a2d.models import resolve_model_dir
+    def check(self, data_dir: Path | str, data, vocab, model_dir: Path | str, teacher: str | None = None) -> None:
+        """Refuse (one line) a cache made from another teacher (weights or config) or other data than this run's.
 
+        ``model_dir`` is the teacher's model folder (a run's ``best/``: :func:`a2d.models.resolve_model_dir`);
+        ``teacher`` how the messages name it (``--teacher``'s value; default: ``model_dir``)."""
+        model_dir = Path(model_dir)
+        teacher = str(model_dir) if teacher is None else teacher
         where = f"kd_cache={self.path}"
         made = self.index["data"]
         if made["tokenizer_sha256"] != vocab.checksum() or self.vocab_size != len(vocab):
@@ -194,13 +197,12 @@ class TeacherCache:
         lengths = np.concatenate([np.diff(o) for o in self._offsets]) if self._offsets else np.zeros(0, np.int64)
         if not np.array_equal(lengths, np.asarray(data.tgt_lens, dtype=np.int64) + 1):
             raise UserError(f"{where}: its positions do not match the targets of {data_dir}; build the cache again")
-        model_dir = resolve_model_dir(teacher_dir)
         made = self.index["teacher"]
         if sha256_file(model_dir / "model.safetensors") != made["sha256"]:
             raise UserError(f"{where}: made with another teacher ({made['path']}) than --teacher "
-                            f"{teacher_dir}; build a cache with this teacher or give that one")
+                            f"{teacher}; build a cache with this teacher or give that one")
         if sha256_file(model_dir / "config.json") != made.get("config_sha256"):
-            raise UserError(f"{where}: made with the same weights as --teacher {teacher_dir} but another config.json "
+            raise UserError(f"{where}: made with the same weights as --teacher {teacher} but another config.json "
                             f"({model_dir / 'config.json'} has changed since); build the cache again with this teacher")
 
     def lookup(self, indices, width: int) -> dict[str, torch.Tensor]:
@@ -223,26 +225,6 @@ class TeacherCache:
         return {IDS_KEY: ids, LOGP_KEY: logp, REST_KEY: rest}
 
 
-def open_kd_cache(cfg, method, data_dir: Path, data, vocab, teacher_path: Path | None) -> TeacherCache | None:
-    """The run's cache (``kd_cache=CACHE``), opened and checked against its temperature, data and teacher; None
-    without one.
-
-    Only methods whose KD term reads the cache (``reads_kd_cache``) accept it.
-    """
-    path = getattr(cfg.settings, "kd_cache", "") if cfg.method is not None else ""
-    if not path:
-        return None
-    if not getattr(method, "reads_kd_cache", False):
-        raise UserError(f"kd_cache={path}: method {cfg.method} does not read a teacher cache (kd, selective-kd, a2d "
-                        "and a2d-layerwise do)")
-    if teacher_path is None:
-        raise UserError(f"kd_cache={path}: give --teacher too (the cache is checked against it)")
-    cache = TeacherCache(path)
-    cache.check_temperature(cfg.settings.kd_temperature, teacher_path, data_dir)
-    cache.check(data_dir, data, vocab, teacher_path)
-    return cache
-
-
 __all__ = ["write_index", "read_index", "shard_name", "ids_dtype", "teacher_identity", "data_identity",
-           "build_command", "TeacherCache", "open_kd_cache", "describe", "IDS_KEY", "LOGP_KEY", "REST_KEY",
+           "build_command", "TeacherCache", "describe", "IDS_KEY", "LOGP_KEY", "REST_KEY",
            "INDEX_FILE", "SHARD_TENSORS"]

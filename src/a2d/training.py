@@ -11,13 +11,19 @@ import sys
 import threading
 import time
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 from accelerate import Accelerator
+from accelerate.utils import gather_object
 
 from a2d.config import Config
+from a2d.data.batching import collate, token_batches
 from a2d.data.vocab import Vocabulary
+from a2d.evaluate import score, translate
+from a2d.losses import label_smoothed_ce
 from a2d.rundir import TrainState
+from a2d.tokenizer import collate_ids
 from a2d.utils import UserError
 
 
@@ -267,20 +273,10 @@ def validate(accelerator: Accelerator, model, vocab: Vocabulary, valid, cfg: Con
 
     ``valid`` is the validation :class:`~a2d.data.prepare.ParallelData`.
     """
-    from accelerate.utils import gather_object
-
-    from a2d.data.batching import collate, token_batches
-    from a2d.evaluate import score, translate
-    from a2d.losses import label_smoothed_ce
-
     rank, world = accelerator.process_index, accelerator.num_processes
     unwrapped = accelerator.unwrap_model(model)
     batches = token_batches(valid.src_lens, valid.tgt_lens, cfg.max_tokens, shuffle=False, seed=0, epoch=0)
     mine = batches[rank::world]
-    from functools import partial
-
-    from a2d.tokenizer import collate_ids
-
     total, tokens = validation_loss(unwrapped, mine, valid, partial(collate, **collate_ids(vocab)), accelerator.device,
                                     lambda logits, labels: label_smoothed_ce(logits, labels, 0.0))
     sums = accelerator.reduce(torch.tensor([total, tokens], dtype=torch.float64, device=accelerator.device), "sum")
@@ -297,7 +293,7 @@ def validate(accelerator: Accelerator, model, vocab: Vocabulary, valid, cfg: Con
 
 
 # --------------------------------------------------------------------------------------------- stopping
-def end_of_epoch(state: TrainState, cfg: Config, metrics: dict, epoch_done: bool = True) -> bool:
+def end_of_epoch(state: TrainState, metrics: dict, epoch_done: bool = True) -> bool:
     """Update the early-stopping record with a validation's BLEU; return whether it is a new best.
 
     ``epoch_done=False`` (the validation at the update that spends ``max_steps``, mid-epoch) may set a new
@@ -325,7 +321,7 @@ def record_validation(accelerator: Accelerator, model, vocab: Vocabulary, valid,
     should save ``best/``.
     """
     result = validate(accelerator, model, vocab, valid, cfg)
-    improved = end_of_epoch(state, cfg, result, epoch_done)
+    improved = end_of_epoch(state, result, epoch_done)
     metrics.write(type="valid", update=state.update, epoch=state.epoch, **result)
     if accelerator.is_main_process:
         where = f"epoch {state.epoch}" if epoch_done else f"epoch {state.epoch} (in progress, max_steps reached)"

@@ -6,11 +6,11 @@ import json
 import pytest
 import torch
 
-from a2d.config import load_config
 from a2d.losses import KIND_WEIGHTS, label_smoothed_ce, lambda_schedule
 from a2d.methods import METHODS, Progress, get_method
 from a2d.methods.a2d import A2DLayerwise, AlignToDistill
 from a2d.models import build_model, use_attention_maps
+from a2d.settings import load_config
 from a2d.utils import UserError
 from tests.methods.common import VOCAB, make_batch
 from tests.methods.common import forward as plain_forward
@@ -36,7 +36,7 @@ def make(overrides=(), method_cls=AlignToDistill):
     for m in (student, teacher):
         use_attention_maps(m)
     teacher.eval()
-    method = method_cls(scfg, student.config, teacher.config)
+    method = method_cls(scfg.settings, student.config, teacher.config)
     return scfg, student, teacher, method
 
 
@@ -88,7 +88,7 @@ def test_terms_and_weights(kinds):
     assert all(v.dim() == 0 and v.dtype == torch.float32 for v in terms.values())
     w = method.weights(Progress(epoch=3, update=10))
     assert set(w) == set(terms)
-    assert w["att"] == pytest.approx(lambda_schedule(2.0, cfg.lambda_decay, "epoch", 3, 10)) == pytest.approx(2 * 0.81)
+    assert w["att"] == pytest.approx(lambda_schedule(2.0, cfg.settings.lambda_decay, "epoch", 3, 10)) == pytest.approx(2 * 0.81)
     assert w["kd"] == 0.5
     assert all(w[f"att_{k}"] == 0.0 for k in expected)
 
@@ -108,7 +108,7 @@ def test_needs_a_teacher_and_valid_kinds():
     scfg = load_config("tiny-student", STUDENT)
     student = build_model(scfg, VOCAB, seed=1)
     with pytest.raises(UserError, match="teacher"):
-        AlignToDistill(scfg, student.config, None)
+        AlignToDistill(scfg.settings, student.config, None)
 
 
 def test_gradients_reach_student_and_aam_not_teacher():
@@ -163,7 +163,7 @@ def test_identical_models_identity_aam_give_zero_loss(granularity):
     for m in (student, teacher):
         use_attention_maps(m)
         m.eval()
-    method = AlignToDistill(cfg, student.config, teacher.config)
+    method = AlignToDistill(cfg.settings, student.config, teacher.config)
     with torch.no_grad():
         for aam in method.aam.values():
             aam.logits.copy_(torch.eye(aam.n_teacher) * 60.0)

@@ -7,7 +7,6 @@ import pytest
 import torch
 from transformers.modeling_outputs import Seq2SeqLMOutput
 
-from a2d.config import load_config
 from a2d.losses import label_smoothed_ce
 from a2d.methods import METHODS, Progress
 from a2d.methods.alp_kd import ALPKD, alp_fuse
@@ -16,6 +15,7 @@ from a2d.methods.minilm import MiniLM
 from a2d.methods.pkd import PatientKD, normalised_distance, pkd_layer_map
 from a2d.methods.tinybert import TinyBERT, attention_score_mse, tinybert_layer_map
 from a2d.models import build_model, use_attention_maps
+from a2d.settings import load_config
 from a2d.utils import UserError
 from tests.methods import common
 
@@ -47,13 +47,13 @@ def forward(model, batch):
 
 
 def make(name, overrides=(), teacher=TEACHER, student=STUDENT, seeds=(1, 2)):
-    scfg = load_config("tiny-student", list(student) + list(overrides))
+    scfg = load_config("tiny-student", list(student) + [f"method={name}"] + list(overrides))
     tcfg = load_config("tiny-teacher", list(teacher))
     s_model, t_model = build_model(scfg, VOCAB, seed=seeds[0]), build_model(tcfg, VOCAB, seed=seeds[1])
     for m in (s_model, t_model):
         use_attention_maps(m)
     t_model.eval()
-    method = METHODS[name](scfg, s_model.config, t_model.config)
+    method = METHODS[name](scfg.settings, s_model.config, t_model.config)
     if hasattr(method, "attach"):
         method.attach(s_model, t_model)
     return s_model, t_model, method
@@ -142,7 +142,7 @@ def test_registered_terms_and_weights(name):
 def test_needs_a_teacher(name):
     scfg = load_config("tiny-student", STUDENT)
     with pytest.raises(UserError, match="teacher"):
-        METHODS[name](scfg, build_model(scfg, VOCAB, seed=1).config, None)
+        METHODS[name](METHODS[name].Settings(), build_model(scfg, VOCAB, seed=1).config, None)
 
 
 @pytest.mark.parametrize("name,overrides", VARIANTS, ids=[f"{n}{''.join(o)}" for n, o in VARIANTS])
@@ -217,7 +217,8 @@ def test_unequal_heads_are_a_one_line_user_error(name):
     scfg = load_config("tiny-student", STUDENT + ["encoder_attention_heads=8", "decoder_attention_heads=8"])
     tcfg = load_config("tiny-teacher", TEACHER)
     with pytest.raises(UserError) as info:
-        METHODS[name](scfg, build_model(scfg, VOCAB, seed=1).config, build_model(tcfg, VOCAB, seed=2).config)
+        METHODS[name](METHODS[name].Settings(), build_model(scfg, VOCAB, seed=1).config,
+                      build_model(tcfg, VOCAB, seed=2).config)
     assert str(info.value) == f"{name} needs equal attention heads: student 8, teacher 4"
 
 
@@ -334,7 +335,7 @@ def test_minilm_needs_attach_and_has_no_parameters():
     s_model, t_model = build_model(scfg, VOCAB, seed=1), build_model(tcfg, VOCAB, seed=2)
     for m in (s_model, t_model):
         use_attention_maps(m)
-    method = MiniLM(scfg, s_model.config, t_model.config)
+    method = MiniLM(MiniLM.Settings(), s_model.config, t_model.config)
     batch = make_batch()
     with torch.no_grad(), pytest.raises(RuntimeError, match="attach"):
         method.loss_terms(batch, forward(s_model, batch), forward(t_model, batch), Progress(1, 0))

@@ -12,11 +12,11 @@ import pytest
 import torch
 from transformers import MarianConfig
 
-from a2d.config import load_config
 from a2d.losses import label_smoothed_ce
-from a2d.methods import METHODS, Progress, get_method
+from a2d.methods import METHODS, DistillMethod, Progress, get_method
 from a2d.methods.kd import WordKD
 from a2d.models import build_model
+from a2d.settings import load_config
 from a2d.utils import UserError
 from tests.methods.common import VOCAB, forward, make_batch
 
@@ -35,12 +35,12 @@ def make(name: str, overrides=(), with_teacher: bool = True):
         teacher = build_model(load_config("tiny-teacher", TINY + ["d_model=48", "encoder_layers=2"]), VOCAB, seed=2)
         teacher.eval()
         teacher.requires_grad_(False)
-    method = get_method(name)(cfg, student.config, teacher.config if teacher is not None else None)
+    method = get_method(name)(cfg.settings, student.config, teacher.config if teacher is not None else None)
     return cfg, student, teacher, method
 
 
 def total_loss(cfg, method, batch, student, teacher, step: int = 0):
-    """The distill recipe's mix: ``ce_weight * CE + sum_k weight_k * term_k``; returns (loss, terms)."""
+    """The distill recipe's mix: ``CE + sum_k weight_k * term_k``; returns (loss, terms)."""
     progress = Progress(epoch=1, update=step)
     with torch.no_grad():
         t_out = forward(teacher, batch) if teacher is not None else None
@@ -48,7 +48,7 @@ def total_loss(cfg, method, batch, student, teacher, step: int = 0):
     terms = method.loss_terms(batch, s_out, t_out, progress)
     weights = method.weights(progress)
     ce = label_smoothed_ce(s_out.logits, batch["labels"], cfg.label_smoothing)
-    loss = method.ce_weight * ce + sum(weights[k] * terms[k] for k in terms if weights.get(k, 0.0))
+    loss = ce + sum(weights[k] * terms[k] for k in terms if weights.get(k, 0.0))
     return loss, terms
 
 
@@ -86,9 +86,16 @@ def test_registered():
     assert WordKD.summary and WordKD.paper.startswith("Hinton")
 
 
+def test_reads_kd_cache_is_declared_by_every_method():
+    """The base class declares it (False); the methods whose KD term takes the cache's top-K say True."""
+    assert DistillMethod.__dict__["reads_kd_cache"] is False
+    assert {name for name, cls in METHODS.items() if cls.reads_kd_cache} == {"kd", "selective-kd", "a2d",
+                                                                               "a2d-layerwise"}
+
+
 def test_needs_a_teacher():
     with pytest.raises(UserError, match="needs a teacher"):
-        WordKD(load_config(None, ["method=kd"]), MarianConfig(), None)
+        WordKD(load_config(None, ["method=kd"]).settings, MarianConfig(), None)
 
 
 def _numpy_kd(s: np.ndarray, t: np.ndarray, labels: np.ndarray, temperature: float) -> float:
@@ -114,7 +121,7 @@ def test_kd_equals_numpy(temperature):
     s, t = rng.normal(size=(2, 3, 5)) * 2, rng.normal(size=(2, 3, 5)) * 2
     labels = np.array([[4, 1, 3], [2, 3, -100]])
     cfg = load_config(None, ["method=kd", f"kd_temperature={temperature}", "mu_kd=0.7"])
-    method = WordKD(cfg, MarianConfig(), MarianConfig())
+    method = WordKD(cfg.settings, MarianConfig(), MarianConfig())
     batch = {"labels": torch.tensor(labels)}
     student = SimpleNamespace(logits=torch.tensor(s, dtype=torch.float32))
     teacher = SimpleNamespace(logits=torch.tensor(t, dtype=torch.float32))
@@ -132,7 +139,7 @@ def test_kd_equals_numpy(temperature):
 
 def test_kd_is_zero_for_equal_logits_and_teacher_is_detached():
     cfg = load_config(None, ["method=kd", "kd_temperature=2.0"])
-    method = WordKD(cfg, MarianConfig(), MarianConfig())
+    method = WordKD(cfg.settings, MarianConfig(), MarianConfig())
     batch = make_batch()
     logits = torch.randn(4, 6, VOCAB)
     teacher_logits = logits.clone().requires_grad_(True)

@@ -7,10 +7,10 @@ import pytest
 import torch
 from transformers import MarianConfig
 
-from a2d.config import load_config
 from a2d.losses import token_nll, word_kd
 from a2d.methods import METHODS, Progress
 from a2d.methods.selective_kd import SelectiveKD, select_tokens
+from a2d.settings import load_config
 from a2d.utils import UserError
 from tests.methods.test_kd import VOCAB, check_trains, make_batch
 
@@ -22,7 +22,7 @@ def test_registered():
     assert SelectiveKD.needs == frozenset({"logits"}) and SelectiveKD.needs_teacher
     assert "Wang" in SelectiveKD.paper
     with pytest.raises(UserError, match="needs a teacher"):
-        SelectiveKD(load_config(None, ["method=selective-kd"]), MarianConfig(), None)
+        SelectiveKD(load_config(None, ["method=selective-kd"]).settings, MarianConfig(), None)
 
 
 @pytest.mark.parametrize("nll, labels, rate, expected", [
@@ -64,7 +64,7 @@ def test_select_tokens_counts_and_ranks(rate):
 def _method(rate=0.5, temperature=1.0):
     cfg = load_config(None, ["method=selective-kd", f"selective_word_rate={rate}", f"kd_temperature={temperature}",
                              "mu_kd=0.5"])
-    return SelectiveKD(cfg, MarianConfig(), MarianConfig())
+    return SelectiveKD(cfg.settings, MarianConfig(), MarianConfig())
 
 
 @pytest.mark.parametrize("rate", [0.3, 0.5, 1.0])

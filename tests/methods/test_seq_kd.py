@@ -8,7 +8,6 @@ import pytest
 import torch
 from safetensors.numpy import load_file
 
-from a2d.config import load_config
 from a2d.data.corpus import locate_corpus, read_lines
 from a2d.data.prepare import ParallelData, load_meta, prepare
 from a2d.data.vocab import Vocabulary
@@ -20,6 +19,7 @@ from a2d.models import load_model
 from a2d.recipes import distill_data as dd
 from a2d.recipes.distill import distill
 from a2d.recipes.distill_data import distill_data, work_dir_for
+from a2d.settings import load_config
 from a2d.utils import UserError, sha256_file
 from tests.methods.test_kd import TINY, check_trains
 from tests.tiny import quiet, save_tiny_teacher, tiny_corpus
@@ -67,7 +67,7 @@ def test_registered_and_no_terms():
     assert METHODS["seq-kd"] is SequenceKD
     assert not SequenceKD.needs_teacher and SequenceKD.needs == frozenset()
     assert "distill-data" in SequenceKD.summary
-    method = SequenceKD(load_config(None, ["method=seq-kd"]), None, None)
+    method = SequenceKD(load_config(None, ["method=seq-kd"]).settings, None, None)
     assert method.loss_terms({}, None, None, Progress(1, 0)) == {} and method.weights(Progress(1, 0)) == {}
     assert list(method.parameters()) == []
 

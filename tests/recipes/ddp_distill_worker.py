@@ -8,8 +8,8 @@ import torch
 from safetensors.torch import save_file
 
 import a2d
-from a2d.config import load_config
 from a2d.recipes import distill as recipe
+from a2d.settings import load_config
 from tests.recipes.first_update import first_update_gradients
 
 data, teacher, out, resume, *overrides = sys.argv[1:]

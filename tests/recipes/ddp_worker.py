@@ -7,8 +7,8 @@ from pathlib import Path
 import torch
 
 import a2d
-from a2d.config import load_config
 from a2d.recipes.train import train
+from a2d.settings import load_config
 
 data, out, *overrides = sys.argv[1:]
 torch.set_num_threads(1)

@@ -9,10 +9,10 @@ from safetensors.torch import load_file
 
 from a2d import training
 from a2d.cli import main
-from a2d.config import load_config
 from a2d.models import load_model
 from a2d.recipes.distill import distill
 from a2d.recipes.train import train
+from a2d.settings import load_config
 from tests.recipes.conftest import TINY, signal_at
 
 
@@ -42,8 +42,8 @@ def test_a2d_distill_lowers_att_and_leaves_teacher_alone(small_data, teacher, tm
     late = sum(x["att"] for x in train_lines[-3:]) / 3
     assert late < early
     # epoch 2 lambda = 0.9 * epoch 1 lambda (paper schedule)
-    assert train_lines[0]["w_att"] == pytest.approx(cfg.lambda_att)
-    assert train_lines[-1]["w_att"] == pytest.approx(0.9 * cfg.lambda_att)
+    assert train_lines[0]["w_att"] == pytest.approx(cfg.settings.lambda_att)
+    assert train_lines[-1]["w_att"] == pytest.approx(0.9 * cfg.settings.lambda_att)
     # the teacher's files are untouched
     after = load_file(teacher / "best" / "model.safetensors")
     assert all(torch.equal(before[k], after[k]) for k in before)

@@ -4,12 +4,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from a2d.config import load_config
 from a2d.data.batching import collate
 from a2d.data.prepare import ParallelData
 from a2d.methods import Progress, get_method
 from a2d.models import build_model, use_attention_maps
 from a2d.recipes.distill import distill_step
+from a2d.settings import load_config
 from a2d.utils import UserError
 from tests.recipes.conftest import TINY
 
@@ -23,7 +23,7 @@ def setup(small_data, overrides=()):
     student, teacher = build_model(cfg, 1000, seed=1), build_model(teacher_cfg, 1000, seed=2).eval()
     use_attention_maps(student)
     use_attention_maps(teacher)
-    method = get_method("a2d")(cfg, student.config, teacher.config)
+    method = get_method("a2d")(cfg.settings, student.config, teacher.config)
     return cfg, student, teacher, method, batch
 
 
@@ -39,15 +39,15 @@ def test_reference_mixing_is_half_ce_half_kd_over_all_positions(small_data):
     # the terms are the same; only their mixing differs
     for k in ("ce", "kd", "att"):
         torch.testing.assert_close(standard[k], reference[k])
-    lam = cfg.lambda_att * cfg.lambda_decay
-    torch.testing.assert_close(standard["loss"], standard["ce"] + lam * standard["att"] + cfg.mu_kd * standard["kd"])
+    lam = cfg.settings.lambda_att * cfg.settings.lambda_decay
+    torch.testing.assert_close(standard["loss"], standard["ce"] + lam * standard["att"] + cfg.settings.mu_kd * standard["kd"])
     # the authors': (1-a)*CE + a*KD with a = 0.5, both means over all B*T positions; attention summed
     ce_all = standard["ce"] * labels.ne(-100).sum() / labels.numel()
     kd_all = standard["kd"] * labels.ne(-100).sum() / labels.numel()
     torch.testing.assert_close(reference["loss"], 0.5 * ce_all + 0.5 * kd_all + lam * standard["att"])
     assert w_ref["ce"] == pytest.approx(0.5 * share) and w["ce"] == 1.0
     preset = load_config("paper-student+a2d-paper")
-    assert (preset.loss_mixing, preset.kl_norm, preset.aam) == ("reference", "reference", "linear")
+    assert (preset.loss_mixing, preset.settings.kl_norm, preset.settings.aam) == ("reference", "reference", "linear")
 
 
 @pytest.mark.parametrize("precision", ["same", "fp32"])
@@ -79,6 +79,6 @@ def test_attention_dropout_is_refused_where_maps_are_learned(method, refused, sm
     teacher = build_model(load_config("tiny-teacher", TINY), 1000, seed=2)
     if refused:
         with pytest.raises(UserError, match="attention_dropout=0.1.*set attention_dropout=0"):
-            get_method(method)(cfg, student.config, teacher.config)
+            get_method(method)(cfg.settings, student.config, teacher.config)
     else:
-        get_method(method)(cfg, student.config, teacher.config)
+        get_method(method)(cfg.settings, student.config, teacher.config)

@@ -12,10 +12,10 @@ import torch
 from safetensors.torch import load_file
 
 import a2d
-from a2d.config import load_config
 from a2d.recipes import distill as distill_recipe
 from a2d.recipes.distill import distill
 from a2d.recipes.train import train
+from a2d.settings import load_config
 from tests.recipes.conftest import TINY
 from tests.recipes.first_update import first_update_gradients
 

@@ -14,10 +14,10 @@ from safetensors.numpy import load_file as load_np, save_file as save_np
 from safetensors.torch import load_file
 
 from a2d.cli import main
-from a2d.config import load_config
 from a2d.recipes import train as train_module
 from a2d.recipes.train import train
 from a2d.rundir import RunDir
+from a2d.settings import load_config
 from tests.recipes.conftest import TINY
 
 STEP = TINY + ["max_tokens=400", "log_every=1"]

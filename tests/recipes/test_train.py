@@ -13,10 +13,10 @@ from transformers import MarianMTModel
 
 from a2d import training
 from a2d.cli import main
-from a2d.config import load_config
 from a2d.evaluate import evaluate_model
 from a2d.recipes.train import train
 from a2d.rundir import TrainState
+from a2d.settings import load_config
 from a2d.training import end_of_epoch
 from tests.recipes.conftest import TINY, signal_at
 
@@ -118,12 +118,12 @@ def test_a_run_killed_after_its_last_update_validates_on_resume(small_data, tmp_
 
 def test_a_mid_epoch_validation_does_not_count_for_patience():
     state = TrainState(best_bleu=10.0, best_epoch=1)
-    assert not end_of_epoch(state, None, {"valid_bleu": 9.0}, epoch_done=False)
+    assert not end_of_epoch(state, {"valid_bleu": 9.0}, epoch_done=False)
     assert state.bad_epochs == 0 and state.best_bleu == 10.0
-    assert not end_of_epoch(state, None, {"valid_bleu": 9.0})
+    assert not end_of_epoch(state, {"valid_bleu": 9.0})
     assert state.bad_epochs == 1
     state.epoch = 3
-    assert end_of_epoch(state, None, {"valid_bleu": 11.0}, epoch_done=False)
+    assert end_of_epoch(state, {"valid_bleu": 11.0}, epoch_done=False)
     assert (state.best_bleu, state.best_epoch, state.bad_epochs) == (11.0, 3, 0)
 
 

@@ -23,7 +23,8 @@ A grid file is YAML; every key but ``name``, ``teacher``, ``student_preset`` and
     seeds: [1]                       # every student cell runs once per seed (override seed=S)
     teacher: {preset: tiny-teacher, overrides: [max_epochs=20]}   # one teacher per direction
     student_preset: tiny-student     # preset of every student cell (a cell may set its own `preset`)
-    student_overrides: [max_epochs=15]                            # before each cell's own overrides
+    student_overrides: [max_epochs=15]                            # before each cell's own overrides (a method's
+                                     # own settings, such as lambda_att, go in its cells' overrides)
     baselines: {nokd: nokd, kd: kd}  # the cells the paired tests compare against (these are the defaults;
                                      # without them: the first cell whose method is that baseline)
     methods:                         # Table 1 rows after the teacher, in this order
@@ -66,10 +67,11 @@ import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from a2d.config import ConfigError, load_config, read_yaml
+from a2d.config import ConfigError, read_yaml
 from a2d.data.corpus import CORPORA
 from a2d.losses import ATT_KINDS
 from a2d.methods import METHODS, UnknownMethod, get_method
+from a2d.settings import load_config
 from a2d.utils import UserError
 
 TEACHER = "teacher"  # the teacher's cell name (RUNS/<name>/<dir>/teacher)
@@ -147,7 +149,7 @@ class GridSpec:
                               choices=("float32", "float16"))
     continue_from: str | None = _key(None, "another grid: its data, its teacher, and its shorter runs to go on from")
     seeds: list[int] = _key([1], "every student cell runs once per seed", expected="a list of integers")
-    student_overrides: list[str] = _key([], "key=value settings of every student cell",
+    student_overrides: list[str] = _key([], "key=value settings of every student cell (a method's own: in its cells)",
                                         expected="a list of key=value strings")
     baselines: BaselinesSpec = _key(BaselinesSpec(), "the cells the paired tests compare against",
                                     expected="{nokd: CELL, kd: CELL}")
@@ -282,7 +284,7 @@ class Grid(GridSpec):
         return getattr(self.baselines, role)
 
     def teacher_config(self):
-        return load_config(self.teacher_preset, self.teacher_overrides)
+        return load_config(self.teacher_preset, self.teacher_overrides, train=True)
 
     def cell_seeds(self, cell: Cell) -> list[int]:
         return self.seeds if cell.seeds is None else cell.seeds
@@ -433,7 +435,7 @@ def _add_ablations(grid: Grid) -> None:
         grid.granularity_rows = [("head-wise", base.name), ("layer-wise", layer)]
 
     for kind in spec.att_kinds:
-        name = base.name if kind == base_cfg.att_kinds else add(f"{base.name}-att-{kind}", base, "a2d",
+        name = base.name if kind == base_cfg.settings.att_kinds else add(f"{base.name}-att-{kind}", base, "a2d",
                                                                [f"att_kinds={kind}"], f"A2D, {kind}", compare=True)
         grid.att_kind_rows.append((kind, name))
 

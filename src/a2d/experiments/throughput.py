@@ -27,7 +27,6 @@ from pathlib import Path
 import torch
 
 from a2d.allocator import keep_large_allocations
-from a2d.config import load_config
 from a2d.data.batching import collate, token_batches
 from a2d.data.prepare import ParallelData
 from a2d.data.vocab import Vocabulary
@@ -35,6 +34,7 @@ from a2d.methods import ATTENTIONS, Progress, get_method
 from a2d.models import build_model, use_attention_maps
 from a2d.recipes.distill import distill_step
 from a2d.recipes.train import train_step
+from a2d.settings import load_config
 from a2d.tokenizer import collate_ids
 from a2d.training import make_optimizer, model_inputs, to_device
 
@@ -124,7 +124,7 @@ def method_variant(method_name: str, teacher_preset: str, student_preset: str, o
     if method_cls.needs_teacher:
         teacher = build_model(load_config(teacher_preset, overrides), vocab_size, seed=2)
         teacher = teacher.to(device).eval().requires_grad_(False)
-    method = method_cls(cfg, student.config, teacher.config if teacher is not None else None).to(device)
+    method = method_cls(cfg.settings, student.config, teacher.config if teacher is not None else None).to(device)
     method.attach(student, teacher)
     if ATTENTIONS in method.needs:  # as the recipe does
         use_attention_maps(student)

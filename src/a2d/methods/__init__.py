@@ -7,7 +7,8 @@ from __future__ import annotations
 
 from a2d.methods.a2d import A2DLayerwise, AlignToDistill
 from a2d.methods.alp_kd import ALPKD
-from a2d.methods.base import ATTENTIONS, HIDDEN_STATES, LOGITS, DistillMethod, Progress, TeacherRequired
+from a2d.methods.base import (ATTENTIONS, HIDDEN_STATES, KD_TERM, LOGITS, DistillMethod, MethodSettings, Progress,
+                             TeacherRequired)
 from a2d.methods.ckd import CombinatorialKD
 from a2d.methods.kd import WordKD
 from a2d.methods.minilm import MiniLM
@@ -48,5 +49,5 @@ def get_method(name: str) -> type[DistillMethod]:
     return METHODS[name]
 
 
-__all__ = ["METHODS", "DistillMethod", "Progress", "get_method", "ATTENTIONS", "HIDDEN_STATES", "LOGITS",
-           "NotDistilledData", "TeacherRequired", "UnknownMethod"]
+__all__ = ["METHODS", "DistillMethod", "MethodSettings", "Progress", "get_method", "ATTENTIONS", "HIDDEN_STATES",
+           "LOGITS", "KD_TERM", "NotDistilledData", "TeacherRequired", "UnknownMethod"]

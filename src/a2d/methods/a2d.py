@@ -22,10 +22,10 @@ from transformers import MarianConfig
 
 from a2d.alignment import AAM_MODES, AttentionAlignment
 from a2d.attention import GRANULARITIES, KINDS, collect_attention
-from a2d.config import Config, setting
+from a2d.config import setting
 from a2d.losses import (ATT_KINDS, DECAY_UNITS, KL_NORMS, attention_kl_per_query, attention_kl_reference,
                         kd_loss, kind_weights, lambda_schedule)
-from a2d.methods.base import ATTENTIONS, LOGITS, DistillMethod, Progress
+from a2d.methods.base import ATTENTIONS, KD_TERM, LOGITS, DistillMethod, Progress
 from a2d.methods.kd import WordKDSettings
 
 # (layers field, heads field) of a MarianConfig for each kind.
@@ -73,8 +73,8 @@ class AlignToDistill(DistillMethod):
     Settings = A2DSettings
     reads_kd_cache = True  # its KD term; the attention maps still come from the live teacher
 
-    def __init__(self, cfg: Config, student_config: MarianConfig, teacher_config: MarianConfig | None):
-        super().__init__(cfg, student_config, teacher_config)
+    def __init__(self, settings: A2DSettings, student_config: MarianConfig, teacher_config: MarianConfig | None):
+        super().__init__(settings, student_config, teacher_config)
         opts = self.settings  # checked against A2DSettings' choices
         self.granularity = self.forced_granularity or opts.att_granularity
         self.kind_weights = kind_weights(opts.att_kinds)  # eq. 11 / Table 5
@@ -126,14 +126,14 @@ class AlignToDistill(DistillMethod):
         for kind, value in per_kind.items():
             terms[f"att_{kind}"] = value.detach()
         # live logits, or the cache's top-K (kd_cache: the teacher then runs without its lm_head, for its maps)
-        terms["kd"] = kd_loss(student.logits, teacher, batch, self.settings.kd_temperature)
+        terms[KD_TERM] = kd_loss(student.logits, teacher, batch, self.settings.kd_temperature)
         return terms
 
     def weights(self, progress: Progress) -> dict[str, float]:
         opts = self.settings
         lam = lambda_schedule(opts.lambda_att, opts.lambda_decay, opts.lambda_decay_unit,
                               progress.epoch, progress.update, progress.updates_per_epoch)
-        w = {"att": lam, "kd": float(self.settings.mu_kd)}
+        w = {"att": lam, KD_TERM: float(self.settings.mu_kd)}
         for kind in self.kinds:
             w[f"att_{kind}"] = 0.0
         return w

@@ -29,9 +29,8 @@ import torch
 from torch import nn
 from transformers import MarianConfig
 
-from a2d.config import Config
 from a2d.losses import word_kd
-from a2d.methods.base import HIDDEN_STATES, LOGITS, DistillMethod, Progress
+from a2d.methods.base import HIDDEN_STATES, KD_TERM, LOGITS, DistillMethod, Progress
 from a2d.methods.features import (SIDES, FeatureSettings, hidden_states, projection, real_tokens, token_masks,
                                   token_mse)
 
@@ -66,8 +65,8 @@ class ALPKD(DistillMethod):
     sides: tuple[str, ...] = SIDES
     Settings = FeatureSettings
 
-    def __init__(self, cfg: Config, student_config: MarianConfig, teacher_config: MarianConfig | None):
-        super().__init__(cfg, student_config, teacher_config)
+    def __init__(self, settings: FeatureSettings, student_config: MarianConfig, teacher_config: MarianConfig | None):
+        super().__init__(settings, student_config, teacher_config)
         d_s, d_t = int(student_config.d_model), int(teacher_config.d_model)
         self.proj = nn.ModuleDict({side: projection(d_s, d_t, identity_if_equal=False) for side in self.sides})
         self.layers = {side: (int(getattr(student_config, f"{side}_layers")),
@@ -93,11 +92,11 @@ class ALPKD(DistillMethod):
         terms = {"alp": sum(per_side.values())}
         for side, value in per_side.items():
             terms[f"alp_{side}"] = value.detach()
-        terms["kd"] = word_kd(student.logits, teacher.logits.detach(), batch["labels"], self.settings.kd_temperature)
+        terms[KD_TERM] = word_kd(student.logits, teacher.logits.detach(), batch["labels"], self.settings.kd_temperature)
         return terms
 
     def weights(self, progress: Progress) -> dict[str, float]:
-        w = {"alp": float(self.settings.feature_weight), "kd": float(self.settings.mu_kd)}
+        w = {"alp": float(self.settings.feature_weight), KD_TERM: float(self.settings.mu_kd)}
         for side in self.sides:
             w[f"alp_{side}"] = 0.0
         return w

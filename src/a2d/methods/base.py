@@ -5,12 +5,14 @@ distill recipe adds to the optimizer explicitly and saves beside the student, ne
 It declares what it needs from the two forward passes, and returns its loss terms by name,
 unweighted; :meth:`weights` says how the recipe mixes them:
 
-    loss = ce_weight * L_CE + sum(weights[name] * terms[name])
+    loss = L_CE + sum(weights[name] * terms[name])
 
 The recipe computes the label-smoothed cross-entropy itself and logs every term and weight.
 
-A method's knobs are a :class:`MethodSettings` dataclass beside it (``Settings``), its fields made with
-:func:`a2d.config.setting` (help text, choices, ranges); the method reads them as ``self.settings``.
+A method owns its knobs: a :class:`MethodSettings` dataclass beside it (``Settings``), its fields made with
+:func:`a2d.config.setting` (help text, choices, ranges). It is built with an instance of that class, its
+``self.settings`` (:func:`a2d.settings.load_config` resolves it with the common :class:`~a2d.config.Config`),
+never with the whole config.
 """
 from __future__ import annotations
 
@@ -21,11 +23,14 @@ from torch import nn
 from transformers import MarianConfig
 from transformers.modeling_outputs import Seq2SeqLMOutput
 
-from a2d.config import Config, check_fields
+from a2d.config import check_fields
 from a2d.utils import UserError
 
 # What a method may ask for from the teacher's and the student's forward passes.
 LOGITS, ATTENTIONS, HIDDEN_STATES = "logits", "attentions", "hidden_states"
+#: The name of the word-level KD term (the KL to the teacher's token distributions) in a method's terms and
+#: weights; the recipe's ``loss_mixing=reference`` scales it with the cross-entropy, as the authors' criterion does.
+KD_TERM = "kd"
 
 
 @dataclass
@@ -68,11 +73,14 @@ class DistillMethod(nn.Module):
     baseline: str | None = None  # the paired tests' baseline it is by default: "nokd" (no distillation) or "kd"
     alignment: bool = False  # learns attention alignments that `a2d plot-alignment` draws (method.json)
     Settings: type[MethodSettings] = MethodSettings  # its own knobs (keys of the run's config)
+    reads_kd_cache: bool = False  # its KD term can read a teacher cache (kd_cache=CACHE) instead of live logits
 
-    def __init__(self, cfg: Config, student_config: MarianConfig, teacher_config: MarianConfig | None):
+    def __init__(self, settings: MethodSettings, student_config: MarianConfig, teacher_config: MarianConfig | None):
         super().__init__()
-        self.cfg = cfg
-        self.settings = cfg.settings_for(type(self))
+        if type(settings) is not self.Settings:  # another method's settings: keys this one would not read
+            raise TypeError(f"method {self.name} is built with its own settings, {self.Settings.__name__}, "
+                            f"not {type(settings).__name__}")
+        self.settings = settings
         if self.needs_teacher and teacher_config is None:
             raise TeacherRequired(self.name)
         if ATTENTIONS in self.needs and float(getattr(student_config, "attention_dropout", 0.0) or 0.0) > 0:
@@ -98,5 +106,3 @@ class DistillMethod(nn.Module):
     def weights(self, progress: Progress) -> dict[str, float]:
         """Weight of each term returned by :meth:`loss_terms` at this point of training."""
         raise NotImplementedError
-
-    ce_weight: float = 1.0

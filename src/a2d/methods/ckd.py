@@ -7,7 +7,7 @@ and match the fusion with the student layer, so that no teacher layer is skipped
     L_CKD  = sum_{i=1}^{N_S} MSE(h^S_i, f^T_i)
     L      = L_CE + feature_weight * L_CKD + mu_kd * L_KD          (L_KD: word-level KD, Hinton)
 
-The groups are fixed before training by ``cfg.ckd_grouping`` (:func:`ckd_groups`, 1-based teacher
+The groups are fixed before training by the setting ``ckd_grouping`` (:func:`ckd_groups`, 1-based teacher
 layers; sizes differ by at most one when N_T is not a multiple of N_S):
 
 * ``sc`` sequential combination, contiguous groups in order:
@@ -15,7 +15,7 @@ layers; sizes differ by at most one when N_T is not a multiple of N_S):
 * ``cc`` cross combination, teacher layer j goes to group ``(j - 1) mod N_S``:
   6 -> 3 ``[[1, 4], [2, 5], [3, 6]]``; 4 -> 2 ``[[1, 3], [2, 4]]``.
 * ``rc`` random combination: the teacher layers shuffled by ``random.Random(seed)`` (seed 0, fixed, so
-  every run, whatever ``cfg.seed``, uses the same groups) and cut into the ``sc`` group sizes, each
+  every run, whatever its ``seed``, uses the same groups) and cut into the ``sc`` group sizes, each
   group sorted; drawn again (same generator) while the partition equals the ``sc`` or ``cc`` one, so
   ``rc`` is a third configuration whenever one exists: 6 -> 3 ``[[3, 5], [1, 2], [4, 6]]``;
   4 -> 2 ``[[2, 3], [1, 4]]``.
@@ -42,7 +42,7 @@ import torch
 from torch import nn
 from transformers import MarianConfig
 
-from a2d.config import Config, setting
+from a2d.config import setting
 from a2d.methods.features import FeatureSettings, HiddenStateKD, real_tokens, token_mse
 from a2d.utils import UserError
 
@@ -114,8 +114,8 @@ class CombinatorialKD(HiddenStateKD):
     rc_seed = 0
     Settings = CKDSettings
 
-    def __init__(self, cfg: Config, student_config: MarianConfig, teacher_config: MarianConfig | None):
-        super().__init__(cfg, student_config, teacher_config)
+    def __init__(self, settings: CKDSettings, student_config: MarianConfig, teacher_config: MarianConfig | None):
+        super().__init__(settings, student_config, teacher_config)
         self.grouping = self.settings.ckd_grouping
         self.groups = ckd_groups(int(student_config.encoder_layers), int(teacher_config.encoder_layers),
                                  self.grouping, seed=self.rc_seed)

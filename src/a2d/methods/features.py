@@ -10,7 +10,7 @@ from torch import nn
 
 from a2d.config import setting
 from a2d.losses import IGNORE, word_kd
-from a2d.methods.base import HIDDEN_STATES, LOGITS, DistillMethod, Progress
+from a2d.methods.base import HIDDEN_STATES, KD_TERM, LOGITS, DistillMethod, Progress
 from a2d.methods.kd import WordKDSettings
 
 
@@ -112,10 +112,10 @@ class HiddenStateKD(DistillMethod):
         mask = token_masks(batch)[self.side]
         feature = self.feature_loss(hidden_states(student, self.side), hidden_states(teacher, self.side), mask)
         kd = word_kd(student.logits, teacher.logits.detach(), batch["labels"], self.settings.kd_temperature)
-        return {self.term: feature, "kd": kd}
+        return {self.term: feature, KD_TERM: kd}
 
     def weights(self, progress: Progress) -> dict[str, float]:
-        return {self.term: float(self.settings.feature_weight), "kd": float(self.settings.mu_kd)}
+        return {self.term: float(self.settings.feature_weight), KD_TERM: float(self.settings.mu_kd)}
 
 
 __all__ = ["FeatureSettings", "SIDES", "token_masks", "hidden_states", "real_tokens", "token_mse", "masked_mse",

@@ -22,7 +22,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from a2d.config import setting
-from a2d.methods.base import LOGITS, DistillMethod, MethodSettings, Progress
+from a2d.methods.base import KD_TERM, LOGITS, DistillMethod, MethodSettings, Progress
 from a2d.losses import IDS_KEY, kd_loss
 
 
@@ -54,10 +54,10 @@ class WordKD(DistillMethod):
             raise ValueError(f"method {self.name} needs the teacher's forward pass or a kd_cache")
         # logits (B, T, V); the teacher's (live or cached) are a fixed target
         kd = kd_loss(student.logits, teacher, batch, self.settings.kd_temperature)
-        return {"kd": kd}
+        return {KD_TERM: kd}
 
     def weights(self, progress: Progress):
-        return {"kd": float(self.settings.mu_kd)}
+        return {KD_TERM: float(self.settings.mu_kd)}
 
 
 __all__ = ["WordKD", "WordKDSettings"]

@@ -41,9 +41,8 @@ from torch import nn
 from transformers import MarianConfig
 
 from a2d.attention import stack_attention
-from a2d.config import Config
 from a2d.losses import attention_kl_per_query, word_kd
-from a2d.methods.base import ATTENTIONS, HIDDEN_STATES, LOGITS, DistillMethod, Progress
+from a2d.methods.base import ATTENTIONS, HIDDEN_STATES, KD_TERM, LOGITS, DistillMethod, Progress
 from a2d.methods.features import SIDES, FeatureSettings, hidden_states, token_masks
 from a2d.methods.tinybert import check_equal_heads
 
@@ -92,8 +91,8 @@ class MiniLM(DistillMethod):
     needs = frozenset({LOGITS, ATTENTIONS, HIDDEN_STATES})
     Settings = FeatureSettings
 
-    def __init__(self, cfg: Config, student_config: MarianConfig, teacher_config: MarianConfig | None):
-        super().__init__(cfg, student_config, teacher_config)
+    def __init__(self, settings: FeatureSettings, student_config: MarianConfig, teacher_config: MarianConfig | None):
+        super().__init__(settings, student_config, teacher_config)
         check_equal_heads(self.name, student_config, teacher_config)
         self.heads = {side: int(getattr(student_config, f"{side}_attention_heads")) for side in SIDES}
         self._value_proj: dict[str, dict[str, nn.Linear]] | None = None  # plain dict: not submodules
@@ -152,11 +151,12 @@ class MiniLM(DistillMethod):
         terms = {"at": sum(at for at, _ in per_side.values()), "vr": sum(vr for _, vr in per_side.values())}
         for side, (at, vr) in per_side.items():
             terms[f"at_{side}"], terms[f"vr_{side}"] = at.detach(), vr.detach()
-        terms["kd"] = word_kd(student.logits, teacher.logits.detach(), batch["labels"], self.settings.kd_temperature)
+        terms[KD_TERM] = word_kd(student.logits, teacher.logits.detach(), batch["labels"], self.settings.kd_temperature)
         return terms
 
     def weights(self, progress: Progress) -> dict[str, float]:
-        w = {"at": float(self.settings.feature_weight), "vr": float(self.settings.feature_weight), "kd": float(self.settings.mu_kd)}
+        feature = float(self.settings.feature_weight)
+        w = {"at": feature, "vr": feature, KD_TERM: float(self.settings.mu_kd)}
         for side in SIDES:
             w[f"at_{side}"] = w[f"vr_{side}"] = 0.0
         return w

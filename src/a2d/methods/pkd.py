@@ -19,7 +19,7 @@ every real source token is a "patient" vector; the loss is applied on the encode
 original is an encoder), averaged over the real source tokens of the batch, summed over the mapped
 layers; ``L = L_CE + feature_weight * L_PT + mu_kd * L_KD`` (word-level KD, Hinton). When the
 student and teacher widths differ, a learned ``Linear(d_S, d_T)`` (shared across layers, owned by
-the method) maps the student vectors before normalisation. The mapping is ``cfg.pkd_mapping``.
+the method) maps the student vectors before normalisation. The mapping is the setting ``pkd_mapping``.
 """
 from __future__ import annotations
 
@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from transformers import MarianConfig
 
-from a2d.config import Config, setting
+from a2d.config import setting
 from a2d.methods.features import FeatureSettings, HiddenStateKD, projection, real_tokens, uniform_layer_map
 from a2d.utils import UserError
 
@@ -81,8 +81,8 @@ class PatientKD(HiddenStateKD):
     term = "pt"
     Settings = PKDSettings
 
-    def __init__(self, cfg: Config, student_config: MarianConfig, teacher_config: MarianConfig | None):
-        super().__init__(cfg, student_config, teacher_config)
+    def __init__(self, settings: PKDSettings, student_config: MarianConfig, teacher_config: MarianConfig | None):
+        super().__init__(settings, student_config, teacher_config)
         self.mapping = self.settings.pkd_mapping
         self.layer_map = pkd_layer_map(int(student_config.encoder_layers), int(teacher_config.encoder_layers),
                                        self.mapping)

@@ -29,7 +29,7 @@ import torch
 
 from a2d.config import setting
 from a2d.losses import IDS_KEY, IGNORE, kd_loss, token_nll
-from a2d.methods.base import Progress
+from a2d.methods.base import KD_TERM, Progress
 from a2d.methods.kd import WordKD, WordKDSettings
 
 
@@ -82,7 +82,7 @@ class SelectiveKD(WordKD):
             nll = token_nll(student.logits.detach(), labels)  # (B, T), 0 at padding
         selected = select_tokens(nll, labels, self.settings.selective_word_rate)
         kd = kd_loss(student.logits, teacher, batch, self.settings.kd_temperature, token_mask=selected)
-        return {"kd": kd}
+        return {KD_TERM: kd}
 
 
 __all__ = ["SelectiveKD", "SelectiveKDSettings", "select_tokens"]

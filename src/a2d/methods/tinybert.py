@@ -41,9 +41,8 @@ from torch import nn
 from transformers import MarianConfig
 
 from a2d.attention import stack_attention
-from a2d.config import Config
 from a2d.losses import kind_weights, word_kd
-from a2d.methods.base import ATTENTIONS, HIDDEN_STATES, LOGITS, DistillMethod, Progress
+from a2d.methods.base import ATTENTIONS, HIDDEN_STATES, KD_TERM, LOGITS, DistillMethod, Progress
 from a2d.methods.features import (SIDES, FeatureSettings, hidden_states, projection, real_tokens, token_masks,
                                   token_mse, uniform_layer_map)
 from a2d.utils import UserError
@@ -103,8 +102,8 @@ class TinyBERT(DistillMethod):
     log_floor = 1e-6
     Settings = FeatureSettings
 
-    def __init__(self, cfg: Config, student_config: MarianConfig, teacher_config: MarianConfig | None):
-        super().__init__(cfg, student_config, teacher_config)
+    def __init__(self, settings: FeatureSettings, student_config: MarianConfig, teacher_config: MarianConfig | None):
+        super().__init__(settings, student_config, teacher_config)
         check_equal_heads(self.name, student_config, teacher_config)
         self.layer_maps = {side: tinybert_layer_map(int(getattr(student_config, f"{side}_layers")),
                                                     int(getattr(teacher_config, f"{side}_layers")))
@@ -154,11 +153,12 @@ class TinyBERT(DistillMethod):
         terms = {"att": sum(self.kind_weights[k] * v for k, v in att.items()), "hid": sum(hid.values())}
         terms.update({f"att_{k}": v.detach() for k, v in att.items()})
         terms.update({f"hid_{side}": v.detach() for side, v in hid.items()})
-        terms["kd"] = word_kd(student.logits, teacher.logits.detach(), batch["labels"], self.settings.kd_temperature)
+        terms[KD_TERM] = word_kd(student.logits, teacher.logits.detach(), batch["labels"], self.settings.kd_temperature)
         return terms
 
     def weights(self, progress: Progress) -> dict[str, float]:
-        w = {"att": float(self.settings.feature_weight), "hid": float(self.settings.feature_weight), "kd": float(self.settings.mu_kd)}
+        feature = float(self.settings.feature_weight)
+        w = {"att": feature, "hid": feature, KD_TERM: float(self.settings.mu_kd)}
         w.update({f"att_{k}": 0.0 for k in _KIND_SIDE})
         w.update({f"hid_{side}": 0.0 for side in SIDES})
         return w

@@ -26,10 +26,15 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from a2d.config import load_config
+from a2d.analysis import format_summary, plot_alignment
+from a2d.curves import plot_training_curves
+from a2d.data.corpus import cache_dir, locate_corpus
+from a2d.data.prepare import prepare, summary_lines
 from a2d.evaluate import paired_bootstrap
+from a2d.models import count_parameters, load_model
 from a2d.recipes.train import train
 from a2d.rundir import RunDir
+from a2d.settings import load_config
 from a2d.utils import UserError, atomic_write_text, sha256_file
 
 #: The demo's teacher inside the package (a link to the stored tiny-r3 teacher in a checkout; a copy in a wheel).
@@ -83,8 +88,6 @@ def demo_teacher(log=print) -> Path:
     """
     if all((PACKAGED_TEACHER / name).is_file() for name in TEACHER_FILES):
         return PACKAGED_TEACHER
-    from a2d.data.corpus import cache_dir
-
     folder = cache_dir("demo-teacher")
     if all((folder / n).is_file() and sha256_file(folder / n) == h for n, h in TEACHER_FILES.items()):
         return folder
@@ -264,8 +267,6 @@ def _paired_line(test: dict, name: str) -> str:
 
 def _alignment_figure(out: Path, log) -> list[Path]:
     """Figure 2 for the A2D student at the budget's update (the AAM saved with its last/), and its numbers."""
-    from a2d.analysis import format_summary, plot_alignment
-
     summary = plot_alignment(out / "student-a2d" / "last", out / "alignment.png")
     log(format_summary(summary))
     return [out / "alignment.png"]
@@ -292,11 +293,6 @@ def demo(out: Path, steps: int = DEFAULT_STEPS, seed: int = 1, train_teacher: bo
 
 def _demo(out: Path, teacher: Path, steps: int, seed: int, train_teacher: bool, max_train: int | None,
           parallel: bool | None, log) -> dict:
-    from a2d.curves import plot_training_curves
-    from a2d.data.corpus import locate_corpus
-    from a2d.data.prepare import prepare, summary_lines
-    from a2d.models import count_parameters, load_model
-
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:

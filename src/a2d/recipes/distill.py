@@ -24,11 +24,12 @@ from a2d.config import Config, save_config
 from a2d.data.batching import collate, shard_batches, token_batches
 from a2d.data.prepare import ParallelData, load_meta
 from a2d.data.vocab import Vocabulary, check_same_vocabulary
-from a2d.losses import label_smoothed_ce
-from a2d.methods import ATTENTIONS, HIDDEN_STATES, LOGITS, Progress, get_method
-from a2d.models import build_model, count_parameters, load_model, load_weights, use_attention_maps
+from a2d.losses import IDS_KEY, IGNORE, label_smoothed_ce
+from a2d.methods import ATTENTIONS, HIDDEN_STATES, KD_TERM, LOGITS, METHODS, DistillMethod, Progress, get_method
+from a2d.models import (build_model, count_parameters, load_model, load_weights, resolve_model_dir,
+                        use_attention_maps)
 from a2d.rundir import RunDir, TrainState, rng_state, set_rng_state
-from a2d.teacher_cache import IDS_KEY, open_kd_cache
+from a2d.teacher_cache import TeacherCache
 from a2d.tokenizer import collate_ids
 from a2d.training import (RunProgress, RunResult, SavePoints, Throughput, budget_spent, check_data_fits, check_finite,
                           inverse_sqrt_schedule, make_accelerator, make_optimizer, micro_batches, model_inputs,
@@ -43,6 +44,23 @@ def load_teacher(path: Path, vocab: Vocabulary, data_dir: Path):
     teacher.eval()
     teacher.requires_grad_(False)
     return teacher
+
+
+def open_kd_cache(method: DistillMethod, data_dir: Path, data, vocab, teacher_path: Path | None) -> TeacherCache | None:
+    """The run's teacher cache (its method's ``kd_cache``), opened and checked against its temperature, data and
+    teacher; None without one. Only a method whose KD term reads it (``reads_kd_cache``) accepts one."""
+    path = getattr(method.settings, "kd_cache", "")  # a setting of the word-KD methods only
+    if not path:
+        return None
+    if not method.reads_kd_cache:
+        readers = ", ".join(name for name, cls in METHODS.items() if cls.reads_kd_cache)
+        raise UserError(f"kd_cache={path}: method {method.name} does not read a teacher cache ({readers} do)")
+    if teacher_path is None:
+        raise UserError(f"kd_cache={path}: give --teacher too (the cache is checked against it)")
+    cache = TeacherCache(path)
+    cache.check_temperature(method.settings.kd_temperature, teacher_path, data_dir)
+    cache.check(data_dir, data, vocab, resolve_model_dir(teacher_path), teacher=str(teacher_path))
+    return cache
 
 
 def distill_step(student, teacher, method, batch: dict, cfg: Config, progress: Progress,
@@ -67,12 +85,12 @@ def distill_step(student, teacher, method, batch: dict, cfg: Config, progress: P
         student_out = student(**inputs, **wants)
     ce = label_smoothed_ce(student_out.logits, batch["labels"], cfg.label_smoothing)
     terms = method.loss_terms(batch, student_out, teacher_out, progress)
-    weights = {"ce": method.ce_weight, **method.weights(progress)}
+    weights = {"ce": 1.0, **method.weights(progress)}
     if cfg.loss_mixing == "reference":  # the authors' 0.5*CE + 0.5*KD, means over all target positions
-        real_share = float(batch["labels"].ne(-100).sum()) / batch["labels"].numel()
+        real_share = float(batch["labels"].ne(IGNORE).sum()) / batch["labels"].numel()
         weights["ce"] *= 0.5 * real_share
-        if "kd" in weights:
-            weights["kd"] *= 0.5 * real_share
+        if KD_TERM in weights:
+            weights[KD_TERM] *= 0.5 * real_share
     loss = weights["ce"] * ce + sum(weights[k] * terms[k] for k in terms if weights.get(k, 0.0))
     return {"loss": loss, "ce": ce, **terms}, weights
 
@@ -94,10 +112,10 @@ def distill(cfg: Config, data_dir: Path, out: Path, teacher_path: Path | None, r
         positions["the teacher's max_position_embeddings"] = int(teacher.config.max_position_embeddings)
     check_data_fits(cfg, data_dir, {"train": train_data, "valid": valid_data}, positions)
     student = build_model(cfg, len(vocab), seed=cfg.seed, layout=vocab.layout)  # a brought tokenizer's ids
-    method = method_cls(cfg, student.config, teacher.config if teacher is not None else None)
+    method = method_cls(cfg.settings, student.config, teacher.config if teacher is not None else None)
     method.check_data(train_data.meta)
     method.attach(student, teacher)
-    cache = open_kd_cache(cfg, method, data_dir, train_data, vocab, teacher_path)  # None without kd_cache=
+    cache = open_kd_cache(method, data_dir, train_data, vocab, teacher_path)  # None without kd_cache=
     resumed = start_run(accelerator, run, resume, cfg, vocab, log)
     if resumed:
         load_weights(student, run.last)
@@ -240,4 +258,4 @@ def distill(cfg: Config, data_dir: Path, out: Path, teacher_path: Path | None, r
     return RunResult(state, accelerator.unwrap_model(student), stop)
 
 
-__all__ = ["distill", "distill_step", "load_teacher"]
+__all__ = ["distill", "distill_step", "load_teacher", "open_kd_cache"]

@@ -10,7 +10,6 @@ each process takes its shard of the batches, Accelerate averages gradients, the 
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import sys
 from pathlib import Path
 
@@ -41,7 +40,7 @@ def train_step(model, batch: dict, cfg: Config, autocast=contextlib.nullcontext)
 
 def train(cfg: Config, data_dir: Path, out: Path, resume: bool = False, log=print) -> RunResult:
     data_dir, run = Path(data_dir), RunDir(out)
-    cfg = dataclasses.replace(cfg, method=None)  # no distillation: the saved config.yaml has no method settings
+    cfg = cfg.without_method()  # no distillation: the saved config.yaml has no method settings
     accelerator = make_accelerator(cfg)
     main = accelerator.is_main_process
 
