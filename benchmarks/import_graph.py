@@ -7,7 +7,7 @@ Every ``import a2d...`` / ``from a2d... import ...`` counts, those at module top
 import placed in a function still ties the two modules; it only hides the tie from a top-level reading). It
 prints the number of modules and edges, the imports placed inside functions, each cycle (a strongly connected
 component of more than one module, or a module that imports itself), and the number of layers: the longest
-chain of imports, counted in modules, when there is no cycle. Exit status 1 when there is a cycle.
+chain of imports, counted in modules, and one such chain, when there is no cycle. Exit status 1 on a cycle.
 
 ``from a2d.methods import kd`` names the submodule ``a2d.methods.kd`` when that file exists, else the package
 ``a2d.methods``; importing ``a2d.x.y`` also runs ``a2d.x``'s ``__init__``, an edge to the package too.
@@ -187,6 +187,10 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     depth = layers(edges)
     print(f"no cycle; {max(depth.values(), default=0)} layers")
+    chain = [max(depth, key=lambda m: (depth[m], m))] if depth else []
+    while chain and edges[chain[-1]]:  # down the highest layer each step: one longest chain
+        chain.append(max(edges[chain[-1]], key=lambda m: (depth[m], m)))
+    print(f"a longest chain: {' -> '.join(chain)}")
     return 0
 
 

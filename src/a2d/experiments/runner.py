@@ -121,7 +121,7 @@ def ensure_kd_cache(grid: Grid, runs: Path, job: Job, data: Path, teacher: Path,
     """The teacher cache the job's cell reads (its ``kd_cache_topk`` at its ``kd_temperature``), built (or finished:
     the builder resumes) from ``teacher`` over ``data`` first. The cache records the teacher and the data it was
     built from, and training refuses it for any other, so a cache left by another teacher fails, never misleads."""
-    temperature = job.config(grid).kd_temperature
+    temperature = job.config(grid).settings.kd_temperature
     out = kd_cache_dir(grid, runs, job.direction, job.cell.kd_cache_topk, temperature)
     log(f"== {job.id}: the teacher's top {job.cell.kd_cache_topk} at temperature {temperature:g} -> {out}")
     start = time.perf_counter()
@@ -404,7 +404,7 @@ def dry_run(grid: Grid, runs: Path, results: Path, only: list[str] | None, log=p
         if any(j.cell is not None and j.cell.method_class.generated_data for j in jobs if j.direction == d):
             s = seqkd_dir(grid, runs, d)
             log(f"{d}: seq-kd data {s} " + ("(written)" if (s / 'meta.json').is_file() else "(to write)"))
-        caches = {kd_cache_dir(grid, runs, d, j.cell.kd_cache_topk, j.config(grid).kd_temperature)
+        caches = {kd_cache_dir(grid, runs, d, j.cell.kd_cache_topk, j.config(grid).settings.kd_temperature)
                   for j in jobs if j.direction == d and j.cell is not None and j.cell.kd_cache_topk is not None}
         for c in sorted(caches):
             log(f"{d}: teacher cache {c} " + ("(built)" if cache_finished(c) else "(to build)"))

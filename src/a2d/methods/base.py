@@ -73,7 +73,6 @@ class DistillMethod(nn.Module):
     baseline: str | None = None  # the paired tests' baseline it is by default: "nokd" (no distillation) or "kd"
     alignment: bool = False  # learns attention alignments that `a2d plot-alignment` draws (method.json)
     Settings: type[MethodSettings] = MethodSettings  # its own knobs (keys of the run's config)
-    reads_kd_cache: bool = False  # its KD term can read a teacher cache (kd_cache=CACHE) instead of live logits
 
     def __init__(self, settings: MethodSettings, student_config: MarianConfig, teacher_config: MarianConfig | None):
         super().__init__()
