@@ -99,11 +99,14 @@ def cmd_evaluate(args):
 
     out = Path(args.out) if args.out else None
     result = evaluate_model(Path(args.model), Path(args.data), split=args.split, beam=args.beam, out=out,
-                            max_tokens=args.max_tokens, threads=args.threads)
+                            max_tokens=args.max_tokens, threads=args.threads, shortlist=args.shortlist)
     lo, hi = result["bleu_ci"]
     print(f"BLEU {result['bleu']:.2f} (95% CI {lo:.2f}-{hi:.2f})  chrF {result['chrf']:.2f}  "
           f"{result['sentences']} sentences, {result['sentences_per_second']:.1f} sent/s")
     print(result["signature"])
+    note = _shortlist_note(Path(args.model), result["shortlist"])
+    if note:
+        print(note)
     if out:
         print(f"wrote {out} and {out.with_suffix('.hyp')}")
 
@@ -119,12 +122,26 @@ def _stdin_lines() -> list[str]:
     return lines
 
 
+def _shortlist_note(model: Path, shortlist: str | None) -> str | None:
+    """Whether a CTranslate2 export decoded with its shortlist (None for another model, or an export without one)."""
+    from a2d.shortlist import describe
+
+    if shortlist:
+        return f"shortlist on: {shortlist}"
+    if describe(model) is not None:
+        return f"shortlist off: {model} has one; give --shortlist to decode with it"
+    return None
+
+
 def cmd_translate(args):
     from a2d.translator import load_translator
 
     if args.beam < 1:
         raise UserError(f"--beam {args.beam}: must be at least 1")
-    translator = load_translator(Path(args.model), threads=args.threads)
+    translator = load_translator(Path(args.model), threads=args.threads, shortlist=args.shortlist)
+    note = _shortlist_note(Path(args.model), getattr(translator, "shortlist", None))
+    if note:
+        print(f"a2d: {note}", file=sys.stderr)
     lines = _stdin_lines()
     for hyp in translator.translate(lines, beam=args.beam, max_tokens=args.max_tokens):
         print(hyp)
@@ -134,6 +151,12 @@ def cmd_export(args):
     from a2d.export import export
 
     export(Path(args.model), Path(args.out), quantization=args.quantization)
+
+
+def cmd_shortlist(args):
+    from a2d.shortlist import write_shortlist
+
+    write_shortlist(Path(args.data), Path(args.model), top_n=args.top_n, frequent=args.frequent)
 
 
 def cmd_plot(args):
@@ -199,6 +222,8 @@ def _run_args(p: argparse.ArgumentParser, teacher: bool) -> None:
 def _decode_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-tokens", type=int, default=6000, help="source tokens per batch (default 6000)")
     p.add_argument("--threads", type=int, default=1, help="CTranslate2 threads, for an exported --model (default 1)")
+    p.add_argument("--shortlist", action="store_true", help="decode an exported --model with its lexical shortlist "
+                   "(a2d shortlist): the output layer cut to the target pieces the batch's source pieces allow")
 
 
 def _doc(purpose: str, *examples: str) -> dict:
@@ -316,6 +341,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="the folder to write (must not exist)")
     p.add_argument("--quantization", default="int8", choices=QUANTIZATIONS)
     p.set_defaults(func=cmd_export)
+
+    from a2d.shortlist import DEFAULT_FREQUENT, DEFAULT_TOP_N
+    p = sub.add_parser("shortlist", **_doc(
+        "write a lexical shortlist into a CTranslate2 export (its vmap.txt), for faster decoding with --shortlist",
+        "a2d shortlist --data data/m30k-de-en --model export/a2d-int8",
+        'echo "Ein Hund rennt." | a2d translate --model export/a2d-int8 --shortlist'))
+    p.add_argument("--data", required=True, help="a prepared data directory of the model's vocabulary (its train "
+                                                 "split is counted)")
+    p.add_argument("--model", required=True, help="an a2d export folder; vmap.txt and a2d_shortlist.json are "
+                                                  "written (replaced) there")
+    p.add_argument("--top-n", type=int, default=DEFAULT_TOP_N, metavar="N", help="target pieces per source piece, "
+                   f"by Dice co-occurrence over the training pairs (default {DEFAULT_TOP_N})")
+    p.add_argument("--frequent", type=int, default=DEFAULT_FREQUENT, metavar="K", help="the K most frequent target "
+                   f"pieces, always allowed with the special tokens (default {DEFAULT_FREQUENT})")
+    p.set_defaults(func=cmd_shortlist)
 
     p = sub.add_parser("plot", **_doc("training/validation curves of one or more runs in one PNG",
                                      "a2d plot runs/teacher runs/a2d --out curves.png"))

@@ -182,13 +182,14 @@ def _read_lines(path: Path) -> list[str]:
 
 def evaluate_model(model: Translator | Path | str, data_dir: Path | str, split: str = "test", beam: int = 5,
                    out: Path | str | None = None, max_len_a: float = 1.2, max_len_b: int = 10,
-                   progress: bool = True, max_tokens: int = 6000, threads: int = 1) -> dict:
+                   progress: bool = True, max_tokens: int = 6000, threads: int = 1, shortlist: bool = False) -> dict:
     """Translate ``DATA_DIR/{split}.{src}`` with ``model`` and score it against ``{split}.{tgt}``.
 
     ``model`` is a :class:`~a2d.translator.Translator`, or a folder, opened with
-    :func:`~a2d.translator.load_translator` (``threads``: CTranslate2's) once the data is found. With ``out`` the
-    result is written there as JSON and the hypotheses, one per line, to ``out.with_suffix(".hyp")``. Returns the
-    result dict (the :func:`score` keys plus model, data, split, beam, decode_seconds, sentences_per_second, device).
+    :func:`~a2d.translator.load_translator` (``threads``: CTranslate2's; ``shortlist``: with the export's vocabulary
+    map) once the data is found. With ``out`` the result is written there as JSON and the hypotheses, one per line,
+    to ``out.with_suffix(".hyp")``. Returns the result dict (the :func:`score` keys plus model, data, split, beam,
+    decode_seconds, sentences_per_second, device, shortlist: the map's description, None without one).
     """
     if beam < 1:
         raise UserError(f"--beam {beam}: must be at least 1")
@@ -204,7 +205,12 @@ def evaluate_model(model: Translator | Path | str, data_dir: Path | str, split: 
     if len(sources) != len(references):
         raise UserError(f"{src_path} has {len(sources)} lines but {ref_path} has {len(references)}")
 
-    translator = load_translator(model, threads=threads) if isinstance(model, (str, os.PathLike)) else model
+    if isinstance(model, (str, os.PathLike)):
+        translator = load_translator(model, threads=threads, shortlist=shortlist)
+    elif shortlist:
+        raise ValueError("shortlist=True is for a folder; give a translator made with its shortlist instead")
+    else:
+        translator = model
     check_same_vocabulary(translator.vocab, data_vocab, translator.name, data_dir)
     start = time.perf_counter()
     hypotheses = translator.translate(sources, beam=beam, max_len_a=max_len_a, max_len_b=max_len_b,
@@ -215,7 +221,7 @@ def evaluate_model(model: Translator | Path | str, data_dir: Path | str, split: 
         "model": translator.name, "data": str(data_dir), "split": split, "src": src, "tgt": tgt, "beam": beam,
         "max_len_a": max_len_a, "max_len_b": max_len_b, "decode_seconds": round(seconds, 3),
         "sentences_per_second": round(len(sources) / seconds, 2) if seconds > 0 else None,
-        "device": translator.device,
+        "device": translator.device, "shortlist": getattr(translator, "shortlist", None),
     })
     if out is not None:
         out = Path(out)

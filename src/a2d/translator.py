@@ -29,6 +29,8 @@ from a2d.data.batching import fill_batches
 from a2d.data.vocab import Vocabulary
 from a2d.export import is_exported, read_settings, require_ctranslate2
 from a2d.models import load_model
+from a2d.shortlist import VMAP_FILE
+from a2d.shortlist import describe as describe_shortlist
 from a2d.utils import UserError
 
 
@@ -177,15 +179,24 @@ class CT2Translator(BatchTranslator):
     positions, the ids it never generates (``bad_words_ids``), and whether a hypothesis that reaches the length
     limit ends with a forced ``</s>`` (one token early). As in Hugging Face, ``</s>`` may be the first token
     (CTranslate2's default holds it back for one step).
+
+    ``shortlist=True`` decodes with the folder's vocabulary map (``vmap.txt``, :mod:`a2d.shortlist`): each batch's
+    output layer is cut to the target pieces its source pieces allow; a folder without one is refused.
+    ``shortlist`` then holds a line describing the map (None when it is off).
     """
 
-    def __init__(self, folder: Path | str, threads: int = 1, device: str = "cpu", compute_type: str = "default"):
+    def __init__(self, folder: Path | str, threads: int = 1, device: str = "cpu", compute_type: str = "default",
+                 shortlist: bool = False):
         ctranslate2 = require_ctranslate2()
         self.folder = Path(folder)
         self.name, self.device = str(folder), device
         if threads < 1:
             raise UserError(f"--threads {threads}: must be at least 1")
         settings = read_settings(self.folder)
+        self.shortlist = describe_shortlist(self.folder) if shortlist else None
+        if shortlist and self.shortlist is None:
+            raise UserError(f"--shortlist: {self.folder} has no {VMAP_FILE}; make one with a2d shortlist --data DATA "
+                            f"--model {self.folder}")
         self.vocab = Vocabulary.load(self.folder)
         try:
             self.translator = ctranslate2.Translator(str(self.folder), device=device, compute_type=compute_type,
@@ -201,16 +212,22 @@ class CT2Translator(BatchTranslator):
                   else {"min_decoding_length": 0, "max_decoding_length": max(1, max_new - self.forced_eos)})
         results = self.translator.translate_batch(
             [self.vocab.pieces(ids) for ids in batch], beam_size=beam, length_penalty=1.0, max_batch_size=0,
-            suppress_sequences=self.suppress, return_scores=False, return_end_token=True, **length)
+            suppress_sequences=self.suppress, return_scores=False, return_end_token=True,
+            use_vmap=self.shortlist is not None, **length)
         return [self.vocab.piece_ids(result.hypotheses[0]) for result in results]
 
 
-def load_translator(path: Path | str, threads: int = 1, device: str | None = None) -> Translator:
+def load_translator(path: Path | str, threads: int = 1, device: str | None = None,
+                    shortlist: bool = False) -> Translator:
     """The translator of the folder ``path``: :class:`CT2Translator` for an ``a2d export`` folder (with ``threads``
-    CTranslate2 threads, on the CPU), else :class:`HFTranslator` (a run folder, its ``best/`` or ``last/``, or a
-    Marian folder; on ``device``, default the GPU if there is one)."""
+    CTranslate2 threads, on the CPU; ``shortlist``: with its vocabulary map), else :class:`HFTranslator` (a run
+    folder, its ``best/`` or ``last/``, or a Marian folder; on ``device``, default the GPU if there is one), which
+    has no shortlist: asking for one is refused."""
     if is_exported(path):
-        return CT2Translator(path, threads=threads)
+        return CT2Translator(path, threads=threads, shortlist=shortlist)
+    if shortlist:
+        raise UserError(f"--shortlist: {path} is not a CTranslate2 export; the shortlist is CTranslate2's vocabulary "
+                        "map (a2d export, then a2d shortlist)")
     return HFTranslator.load(path, device=device)
 
 
