@@ -17,6 +17,10 @@ int8, exported with ``a2d export``) and thread count (``--threads``), on a split
 ``--force-length L`` makes every hypothesis exactly ``L`` decoder steps on every engine, so that random or weak
 models (which stop too early or never) are timed on equal work; their BLEU then means nothing.
 
+``--shortlist`` also times every CTranslate2 engine with a lexical shortlist (:mod:`a2d.shortlist`, built from the
+data directory's train split with ``--top-n`` and ``--frequent`` into each export): rows ``ct2-int8+shortlist``
+and ``ct2-float32+shortlist`` beside the plain ones, and the target "shortlist" (:func:`targets`).
+
 The report (PREFIX.json, PREFIX.md, PREFIX.png: BLEU against target tokens/s, the Pareto view) checks the
 targets of the issue "The student that ships" for ``--teacher`` and the student named by ``--target-student``
 (the other students are in the table only): see :func:`targets`. Ratios within one run are what to read: the
@@ -44,6 +48,7 @@ from a2d.evaluate import score
 from a2d.export import check_quantization, export, folder_size, require_ctranslate2
 from a2d.models import resolve_model_dir
 from a2d.provenance import commit, now
+from a2d.shortlist import DEFAULT_FREQUENT, DEFAULT_TOP_N, write_shortlist
 from a2d.translator import CT2Translator, HFTranslator
 from a2d.utils import UserError, atomic_savefig, atomic_write_text, check_writable_parent
 
@@ -51,14 +56,19 @@ ENGINES = ("hf-fp32", "ct2-float32", "ct2-int8")
 BEAMS, THREADS = (1, 5), (1, 2)  # the defaults: the peers ship greedy, the paper decodes with beam 5
 TARGET_BEAM, TARGET_THREADS = 5, 1  # where the speed targets are read
 TEACHER = "teacher"  # the teacher's name in the rows
+SHORTLIST = "+shortlist"  # appended to a CTranslate2 engine's name in the rows timed with the shortlist
 
 
 # =============================================================================================== one process
 def measure(engine: str, folder: str, data: str, split: str, threads: int, beams: list[int], max_tokens: int,
-            latency_sentences: int, force_length: int | None = None, sentences: int | None = None) -> dict:
+            latency_sentences: int, force_length: int | None = None, sentences: int | None = None,
+            shortlist: bool = False) -> dict:
     """Load ``folder`` with ``engine`` on ``threads`` threads, then at every beam: time the split (warm), score
     the timed outputs, time batch-1 latency. Meant to run in a fresh process (:func:`in_fresh_process`): the
-    peak resident memory it reports is its process's."""
+    peak resident memory it reports is its process's. ``shortlist``: a CTranslate2 engine decodes with the
+    folder's vocabulary map (the row's engine is then ``ENGINE+shortlist``)."""
+    if shortlist and engine == "hf-fp32":
+        raise ValueError("a shortlist is for the CTranslate2 engines")
     os.environ["OMP_NUM_THREADS"] = str(threads)
     torch.set_num_threads(threads)
     test = ParallelData.load(data, split)
@@ -67,9 +77,9 @@ def measure(engine: str, folder: str, data: str, split: str, threads: int, beams
     if engine == "hf-fp32":
         translator = HFTranslator.load(folder, device="cpu")
     else:
-        translator = CT2Translator(folder, threads=threads)
-    result = {"engine": engine, "threads": threads, "load_seconds": round(time.perf_counter() - start, 3),
-              "runs": {}, "latency_ms": {}}
+        translator = CT2Translator(folder, threads=threads, shortlist=shortlist)
+    result = {"engine": engine + (SHORTLIST if shortlist else ""), "threads": threads,
+              "load_seconds": round(time.perf_counter() - start, 3), "runs": {}, "latency_ms": {}}
     decode = dict(max_tokens=max_tokens, force_length=force_length)
     translator.translate_ids(sources[:20], beam=max(beams), **decode)  # warm-up
     for beam in beams:
@@ -131,7 +141,10 @@ def targets(rows: list[dict], student: str | None, teacher: str = TEACHER, force
     * ``speed vs teacher HF fp32``: the same >= 10x the teacher's Hugging Face fp32;
     * ``int8 BLEU``: the student's CTranslate2 int8 BLEU (beam 5) is within 0.3 of its CTranslate2 float32
       (not judged with forced lengths);
-    * ``size``: the student's int8 folder is <= 1/4 of the teacher's CTranslate2 float32 folder.
+    * ``size``: the student's int8 folder is <= 1/4 of the teacher's CTranslate2 float32 folder;
+    * with shortlist rows (``--shortlist``; issue 37): ``shortlist speed``, the student's CTranslate2 int8 with the
+      shortlist is >= 1.5x its int8 without, and ``shortlist BLEU``, within 0.2 BLEU of it (not judged with forced
+      lengths).
     """
     where = f"beam {TARGET_BEAM}, {TARGET_THREADS} thread"
     if student is None:
@@ -178,6 +191,31 @@ def targets(rows: list[dict], student: str | None, teacher: str = TEACHER, force
         out.append({"name": "size", "target": target, "value": round(share, 4), "met": share <= 0.25,
                     "detail": f"{small['folder_bytes'] / 2**20:.2f} / {big['folder_bytes'] / 2**20:.2f} MiB = "
                               f"{share:.1%}"})
+    if any(r["engine"].endswith(SHORTLIST) for r in rows):
+        out += _shortlist_targets(rows, student, forced)
+    return out
+
+
+def _shortlist_targets(rows: list[dict], student: str, forced: bool) -> list[dict]:
+    """The student's CTranslate2 int8 with its shortlist against without: >= 1.5x the tokens/s, within 0.2 BLEU."""
+    where = f"beam {TARGET_BEAM}, {TARGET_THREADS} thread"
+    plain, short = _run(rows, student, "ct2-int8"), _run(rows, student, "ct2-int8" + SHORTLIST)
+    speed = f"{student} ct2-int8{SHORTLIST} tokens/s >= 1.5x its ct2-int8 ({where})"
+    bleu = f"{student} ct2-int8{SHORTLIST} BLEU within 0.2 of its ct2-int8 ({where})"
+    if plain is None or short is None:
+        detail = f"not measured: needs {student} ct2-int8 with and without the shortlist at {where}"
+        return [{"name": name, "target": target, "value": None, "met": None, "detail": detail}
+                for name, target in (("shortlist speed", speed), ("shortlist BLEU", bleu))]
+    ratio = short["tokens_per_s"] / plain["tokens_per_s"]
+    out = [{"name": "shortlist speed", "target": speed, "value": round(ratio, 2), "met": ratio >= 1.5,
+            "detail": f"{short['tokens_per_s']:,.0f} / {plain['tokens_per_s']:,.0f} tokens/s = {ratio:.2f}x"}]
+    if forced:
+        out.append({"name": "shortlist BLEU", "target": bleu, "value": None, "met": None,
+                    "detail": "not judged: --force-length outputs are not translations"})
+    else:
+        diff = short["bleu"] - plain["bleu"]
+        out.append({"name": "shortlist BLEU", "target": bleu, "value": round(diff, 2), "met": abs(diff) <= 0.2 + 1e-9,
+                    "detail": f"{short['bleu']:.2f} - {plain['bleu']:.2f} = {diff:+.2f} BLEU"})
     return out
 
 
@@ -214,12 +252,13 @@ def plot(rows: list[dict], path: Path, beam: int, threads: int, forced: int | No
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
     markers = {"hf-fp32": "o", "ct2-float32": "s", "ct2-int8": "^"}
-    for engine in ENGINES:
+    for engine in dict.fromkeys(r["engine"] for r in rows):
         pts = [(r["runs"][f"beam{beam}"]["tokens_per_s"], r["runs"][f"beam{beam}"]["bleu"], r["model"])
                for r in rows if r["engine"] == engine and r["threads"] == threads and f"beam{beam}" in r["runs"]]
         if not pts:
             continue
-        ax.scatter([p[0] for p in pts], [p[1] for p in pts], marker=markers[engine], label=engine)
+        ax.scatter([p[0] for p in pts], [p[1] for p in pts], marker=markers[engine.removesuffix(SHORTLIST)],
+                   label=engine)
         for x, y, name in pts:
             ax.annotate(name, (x, y), textcoords="offset points", xytext=(4, 3), fontsize=7)
     ax.set_xscale("log")
@@ -256,6 +295,10 @@ def markdown(report: dict, models: list[str]) -> str:
     n = rows[0]["runs"][next(iter(rows[0]["runs"]))]["sentences"] if rows else 0
     length = (f"every hypothesis forced to exactly {s['force_length']} decoder steps (BLEU not meaningful)"
               if s["force_length"] else "free lengths (up to 1.2 x source + 10)")
+    if s.get("shortlist"):
+        length += (f"; engines ending {SHORTLIST} decode with a lexical shortlist (a2d shortlist on the train split: "
+                   f"top {s['shortlist']['top_n']} target pieces per source piece, {s['shortlist']['frequent']} "
+                   "frequent ones always)")
     return "\n".join([
         f"# Speed, size and quality: {', '.join(models)}", "",
         f"`{report['command']}`", "",
@@ -296,6 +339,12 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--max-tokens", type=int, default=2000, help="source tokens per batch (default 2000)")
     p.add_argument("--latency-sentences", type=int, default=100, help="batch-1 latency over the first N (default 100)")
     p.add_argument("--sentences", type=int, metavar="N", help="translate the first N sentences only (default all)")
+    p.add_argument("--shortlist", action="store_true", help="also time every ct2 engine with a lexical shortlist "
+                   "(a2d shortlist from --data's train split)")
+    p.add_argument("--top-n", type=int, metavar="N",
+                   help=f"with --shortlist: target pieces per source piece (default {DEFAULT_TOP_N})")
+    p.add_argument("--frequent", type=int, metavar="K",
+                   help=f"with --shortlist: frequent target pieces always allowed (default {DEFAULT_FREQUENT})")
     p.add_argument("--note", default="", help="a line recorded with the results (e.g. what else ran)")
     return p
 
@@ -317,6 +366,18 @@ def check(args) -> tuple[list[tuple[str, Path]], list[int], list[int], list[str]
             raise UserError(f"{option} {value}: must be at least 1")
     if args.latency_sentences < 0:
         raise UserError(f"--latency-sentences {args.latency_sentences}: must be at least 0")
+    if not args.shortlist and (args.top_n is not None or args.frequent is not None):
+        raise UserError("--top-n/--frequent: used with --shortlist only")
+    args.top_n = DEFAULT_TOP_N if args.top_n is None else args.top_n
+    args.frequent = DEFAULT_FREQUENT if args.frequent is None else args.frequent
+    if args.shortlist:
+        if not any(e.startswith("ct2-") for e in engines):
+            raise UserError(f"--shortlist: for the CTranslate2 engines, and --engines has none ({' '.join(engines)})")
+        if args.top_n < 1:
+            raise UserError(f"--top-n {args.top_n}: must be at least 1")
+        if args.frequent < 0:
+            raise UserError(f"--frequent {args.frequent}: must be at least 0")
+        ParallelData.load(args.data, "train")  # the shortlist's counts: a UserError without a train split
     students = []
     for spec in args.student:
         name, sep, folder = spec.partition("=")
@@ -361,23 +422,28 @@ def run(args, command: str, log=print) -> dict:
               "note": args.note, "teacher": TEACHER, "target_student": args.target_student,
               "settings": {"data": str(args.data), "split": args.split, "engines": engines, "beams": beams,
                            "threads": threads, "force_length": args.force_length, "max_tokens": args.max_tokens,
-                           "latency_sentences": args.latency_sentences, "sentences": args.sentences}}
+                           "latency_sentences": args.latency_sentences, "sentences": args.sentences,
+                           "shortlist": {"top_n": args.top_n, "frequent": args.frequent} if args.shortlist else None}}
     rows = []
     with tempfile.TemporaryDirectory(prefix="a2d-speed-") as tmp:
         for name, model_dir in models:
-            folders = {"hf-fp32": model_dir}
+            folders, sizes = {"hf-fp32": model_dir}, {}  # sizes: (engine, shortlist) -> (weights, folder) bytes
             for engine in engines:
+                folder = folders.setdefault(engine, Path(tmp) / f"{len(rows)}-{engine}")
                 if engine.startswith("ct2-"):
-                    folders[engine] = Path(tmp) / f"{len(rows)}-{engine}"
-                    export(model_dir, folders[engine], quantization=engine[4:], log=lambda *a: None)
-            for engine in engines:
+                    export(model_dir, folder, quantization=engine[4:], log=lambda *a: None)
+                sizes[engine, False] = folder_size(folder, weights_only=True), folder_size(folder)
+                if args.shortlist and engine.startswith("ct2-"):
+                    write_shortlist(args.data, folder, top_n=args.top_n, frequent=args.frequent, log=lambda *a: None)
+                    sizes[engine, True] = sizes[engine, False][0], folder_size(folder)
+            for engine, shortlist in sizes:
                 for n in threads:
-                    log(f"{name} {engine} {n} thread(s) ...")
+                    log(f"{name} {engine}{SHORTLIST if shortlist else ''} {n} thread(s) ...")
                     r = in_fresh_process(engine, str(folders[engine]), str(args.data), args.split, n, beams,
-                                         args.max_tokens, args.latency_sentences, args.force_length, args.sentences)
+                                         args.max_tokens, args.latency_sentences, args.force_length, args.sentences,
+                                         shortlist)
                     r.update(model=name, folder=str(model_dir) if engine == "hf-fp32" else f"a2d export of {model_dir}",
-                             weights_bytes=folder_size(folders[engine], weights_only=True),
-                             folder_bytes=folder_size(folders[engine]))
+                             weights_bytes=sizes[engine, shortlist][0], folder_bytes=sizes[engine, shortlist][1])
                     rows.append(r)
                     log("  " + "; ".join(f"beam {k[4:]} {v['tokens_per_s']:,.0f} tok/s BLEU {v['bleu']:.2f}"
                                          for k, v in r["runs"].items()))
