@@ -9,6 +9,8 @@ import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 
+from a2d.errors import OutputUnwritable, UserError
+
 
 def _umask() -> int:
     mask = os.umask(0)
@@ -21,20 +23,16 @@ def _publish(path: str | Path, directory: bool = False) -> None:
     os.chmod(path, (0o777 if directory else 0o666) & ~_umask())
 
 
-class UserError(Exception):
-    """A mistake in the user's input: the CLI prints its message on one line and exits with status 2."""
-
-
-def check_output_file(path: Path | str, option: str = "--out") -> Path:
+def check_output_file(path: Path | str) -> Path:
     """Refuse, before any work, an output file path that cannot be written: a folder, or a read-only place."""
     path = Path(path)
     if path.is_dir():
-        raise UserError(f"{option} {path}: is a folder; give a file name")
-    check_writable_parent(path, option)
+        raise OutputUnwritable(path, "is a folder; give a file name")
+    check_writable_parent(path)
     return path
 
 
-def check_writable_parent(path: Path | str, option: str = "--out") -> None:
+def check_writable_parent(path: Path | str) -> None:
     """Refuse, before any work, an output (file or folder) that cannot be made beside its siblings: the nearest
     existing folder above ``path`` is a file or cannot be written. Nothing is created in ``path`` itself."""
     path = Path(path)
@@ -42,18 +40,18 @@ def check_writable_parent(path: Path | str, option: str = "--out") -> None:
     while not parent.exists() and parent != parent.parent:
         parent = parent.parent
     if not parent.is_dir():
-        raise UserError(f"{option} {path}: {parent} is a file, not a folder")
-    check_writable_dir(parent, option, shown=path)
+        raise OutputUnwritable(path, f"{parent} is a file, not a folder")
+    check_writable_dir(parent, shown=path)
 
 
-def check_writable_dir(folder: Path | str, option: str = "--out", shown: Path | str | None = None) -> None:
+def check_writable_dir(folder: Path | str, shown: Path | str | None = None) -> None:
     """Create and remove a probe file in ``folder``; a one-line error if that fails (read-only, no space)."""
     try:
         fd, probe = tempfile.mkstemp(dir=folder, prefix=".a2d-probe.", suffix=".tmp")
         os.close(fd)
         os.unlink(probe)
     except OSError as e:
-        raise UserError(f"{option} {shown or folder}: cannot write in {folder} ({e.strerror})") from None
+        raise OutputUnwritable(shown or folder, f"cannot write in {folder} ({e.strerror})") from None
 
 
 def atomic_write_bytes(path: Path | str, data: bytes) -> None:

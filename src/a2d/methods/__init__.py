@@ -5,6 +5,7 @@ subclass and add it to the dict below; ``a2d distill --method NAME`` and ``a2d m
 """
 from __future__ import annotations
 
+from a2d.errors import UnknownMethod
 from a2d.methods.a2d import A2DLayerwise, AlignToDistill
 from a2d.methods.alp_kd import ALPKD
 from a2d.methods.base import (ATTENTIONS, HIDDEN_STATES, KD_TERM, LOGITS, DistillMethod, MethodSettings, Progress,
@@ -17,7 +18,6 @@ from a2d.methods.pkd import PatientKD
 from a2d.methods.selective_kd import SelectiveKD
 from a2d.methods.seq_kd import NotDistilledData, SequenceKD
 from a2d.methods.tinybert import TinyBERT
-from a2d.utils import UserError
 
 METHODS: dict[str, type[DistillMethod]] = {
     "none": NoKD,
@@ -32,14 +32,6 @@ METHODS: dict[str, type[DistillMethod]] = {
     "pkd": PatientKD,
     "ckd": CombinatorialKD,
 }
-
-
-class UnknownMethod(UserError):
-    """``name`` is not a key of :data:`METHODS`; ``choices`` are the names that are, sorted."""
-
-    def __init__(self, name: str, choices):
-        self.name, self.choices = name, tuple(choices)
-        super().__init__(f"unknown method {name!r} (choose from {', '.join(self.choices)})")
 
 
 def get_method(name: str) -> type[DistillMethod]:

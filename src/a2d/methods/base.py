@@ -24,6 +24,7 @@ from transformers import MarianConfig
 from transformers.modeling_outputs import Seq2SeqLMOutput
 
 from a2d.config import check_fields
+from a2d.errors import TeacherRequired
 from a2d.utils import UserError
 
 # What a method may ask for from the teacher's and the student's forward passes.
@@ -48,14 +49,6 @@ class Progress:
     epoch: int
     update: int
     updates_per_epoch: int | None = None  # this process's batches per epoch
-
-
-class TeacherRequired(UserError):
-    """A method that learns from a teacher was built without one; ``method`` is its name."""
-
-    def __init__(self, method: str):
-        super().__init__(f"method {method} needs a teacher")
-        self.method = method
 
 
 class DistillMethod(nn.Module):

@@ -18,21 +18,8 @@ variants of Kim & Rush (Seq-Inter, Seq-KD + Word-KD) are not implemented.
 """
 from __future__ import annotations
 
+from a2d.errors import NotDistilledData
 from a2d.methods.base import DistillMethod, Progress
-from a2d.utils import UserError
-
-
-class NotDistilledData(UserError):
-    """A data directory without the teacher's translations (no ``distilled_from`` in its ``meta.json``).
-
-    ``method`` is the method that needs them, ``data_dir`` the directory (None when not known).
-    """
-
-    def __init__(self, method: str, data_dir=None):
-        self.method, self.data_dir = method, data_dir
-        where = f"{data_dir} is" if data_dir is not None else "the data directory is"
-        super().__init__(f"method {method} trains on the teacher's translations, but {where} not a distilled one "
-                         "(no distilled_from in meta.json; the distill-data recipe writes one)")
 
 
 def check_data(meta: dict, data_dir=None) -> None:
