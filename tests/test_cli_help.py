@@ -2,6 +2,10 @@
 from __future__ import annotations
 
 import argparse
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -51,8 +55,31 @@ def test_overrides_may_follow_the_options(monkeypatch):
     from a2d import cli
 
     seen = {}
-    monkeypatch.setattr(cli, "cmd_distill", lambda args: seen.setdefault("overrides", args.overrides))  # main builds its parser
+    monkeypatch.setitem(cli.COMMANDS, "distill", (lambda args: seen.setdefault("overrides", args.overrides),))
     argv = ["distill", "--data", "d", "--teacher", "t", "--method", "kd", "lr=1e-3", "--out", "o", "kd_cache=c"]
     assert cli.main(argv) == 0 and seen["overrides"] == ["lr=1e-3", "kd_cache=c"]
     with pytest.raises(SystemExit):
         cli.main(["distill", "--data", "d", "--out", "o", "--bogus"])
+
+
+def test_every_command_has_a_handler_and_its_components_exist():
+    """``COMMANDS`` covers the parser's commands, and each ``module:name`` it names can be loaded."""
+    from a2d import cli
+
+    assert set(cli.COMMANDS) == set(SUBCOMMANDS)
+    for handler, *targets in cli.COMMANDS.values():
+        assert callable(handler)
+        for target in targets:
+            assert cli._load(target) is not None, target
+
+
+def test_parsing_loads_no_torch():
+    """Building the parser (and so every --help) imports neither torch nor transformers: its defaults live in light
+    modules and each command's components are imported when it runs."""
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(root / "src"), os.environ.get("PYTHONPATH", "")])}
+    code = ("import sys, a2d.cli; a2d.cli.build_parser().parse_args(['train', '--data', 'd', '--out', 'o']); "
+            "print(sorted(m for m in ('torch', 'transformers', 'accelerate') if m in sys.modules))")
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, cwd=root)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip() == "[]"

@@ -7,7 +7,7 @@ import os
 import pytest
 import torch
 
-from a2d.rundir import MetricsLog, RunDir, TrainState
+from a2d.rundir import MetricsLog, RunDir, TrainState, method_files, metrics_file, model_dir, run_label
 from a2d.utils import UserError
 
 
@@ -123,3 +123,32 @@ def test_damaged_trainer_files_are_one_line_errors(tmp_path):
     (run.trainer_dir / "state.json").write_text('{"epoch": 2, "upd')
     with pytest.raises(UserError, match=r"state.json: damaged"):
         run.state()
+
+
+def test_where_a_runs_files_are(tmp_path):
+    """The queries other modules ask instead of spelling the layout: saved config, model folder, method files."""
+    run = RunDir(tmp_path / "r")
+    assert run.saved_config() is None and not run.began() and model_dir(run.path) == run.path
+    run.last.mkdir(parents=True)
+    (run.last / "config.json").write_text("{}")
+    (run.last / "config.yaml").write_text("seed: 1\n")
+    assert run.saved_config() == run.last / "config.yaml"  # the top-level one lost: last/'s
+    assert model_dir(run.path) == run.last and run.has_model("last") and not run.has_model("best")
+    run.config_file.write_text("seed: 2\n")
+    assert run.saved_config() == run.config_file and run.began()
+    run.best.mkdir()
+    (run.best / "config.json").write_text("{}")
+    assert model_dir(run.path) == run.best and model_dir(run.last) == run.last
+    assert method_files(run.path) == (run.path / "method.json", run.path / "method.safetensors")
+    assert method_files(run.last) == (run.path / "method.json", run.last / "trainer" / "method.safetensors")
+    assert run_label(run.last) == "r/last" and run_label(run.path) == "r"
+    assert metrics_file(run.path) == run.path / "metrics.jsonl"
+    run.metrics_file.write_text("")
+    assert metrics_file(run.metrics_file) == run.metrics_file
+
+
+def test_files_another_tool_keeps_in_the_folder_break_no_run(tmp_path):
+    run = RunDir(tmp_path / "r")
+    run.path.mkdir()
+    (run.path / "wall.json").write_text("{}")
+    assert run.status() == "broken" and run.status(others=("wall.json",)) == "new"

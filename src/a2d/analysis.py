@@ -19,29 +19,13 @@ from pathlib import Path
 import numpy as np
 
 from a2d.alignment import mixing_matrix
+from a2d.errors import NotAnAlignmentRun
+from a2d.rundir import method_files, run_label
 from a2d.utils import UserError, atomic_savefig
 
-METHOD_JSON = "method.json"
-METHOD_WEIGHTS = "method.safetensors"
 SMALL = 0.05  # |w| below this counts as "no connection"
 _TITLES = {"enc_self": "encoder self-attention", "dec_self": "decoder self-attention",
            "dec_cross": "decoder cross-attention"}
-
-
-class NotAnAlignmentRun(UserError):
-    """``run_dir`` lacks the files an A2D run saves beside its student; ``missing`` are their paths."""
-
-    def __init__(self, run_dir: Path, missing: list[str]):
-        self.run_dir, self.missing = run_dir, list(missing)
-        super().__init__(f"{run_dir}: not an A2D run, missing {' and '.join(self.missing)}")
-
-
-def _alignment_files(run_dir: Path) -> tuple[Path, Path]:
-    """``(method.json, method.safetensors)`` of ``RUN`` (the best student's AAM), or of ``RUN/last`` (the AAM
-    saved with the last checkpoint, in ``last/trainer/``; its description is the run's)."""
-    if run_dir.name == "last" and not (run_dir / METHOD_JSON).is_file():
-        return run_dir.parent / METHOD_JSON, run_dir / "trainer" / METHOD_WEIGHTS
-    return run_dir / METHOD_JSON, run_dir / METHOD_WEIGHTS
 
 
 def load_alignment(run_dir: Path | str) -> tuple[dict, dict[str, np.ndarray]]:
@@ -50,7 +34,7 @@ def load_alignment(run_dir: Path | str) -> tuple[dict, dict[str, np.ndarray]]:
     from safetensors.torch import load_file
 
     run_dir = Path(run_dir)
-    desc_file, weights_file = _alignment_files(run_dir)
+    desc_file, weights_file = method_files(run_dir)
     missing = [str(f) for f in (desc_file, weights_file) if not f.is_file()]
     if missing:
         raise NotAnAlignmentRun(run_dir, missing)
@@ -145,9 +129,7 @@ def plot_alignment(run_dir: Path | str, out_png: Path | str) -> dict:
     axes = fig.subplots(1, len(kinds), squeeze=False)[0]
     for ax, kind in zip(axes, kinds):
         _draw(ax, fig, kind, weights[kind], desc["kinds"][kind], mode)
-    run_dir = Path(run_dir)
-    name = f"{run_dir.parent.name}/last" if run_dir.name == "last" else run_dir.name
-    fig.suptitle(f"AAM connection weights ({mode}, {desc.get('granularity', 'head')}-wise): {name}")
+    fig.suptitle(f"AAM connection weights ({mode}, {desc.get('granularity', 'head')}-wise): {run_label(run_dir)}")
     out_png = Path(out_png)
     atomic_savefig(fig, out_png)
     return {"aam": mode, "granularity": desc.get("granularity", "head"),

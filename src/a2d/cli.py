@@ -1,39 +1,48 @@
-"""The ``a2d`` command: parses arguments and calls the recipes and components. Nothing else lives here."""
+"""The ``a2d`` command: parses arguments and calls the recipes and components. Nothing else lives here.
+
+Parsing loads nothing heavy (no torch, no transformers): each command's components are named in
+:data:`COMMANDS` as ``"module:name"`` and imported when that command runs.
+"""
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 from pathlib import Path
 
+import yaml
+
 from a2d.allocator import keep_large_allocations
 from a2d.config import ConfigError, preset_names, read_yaml
-from a2d.utils import UserError
+from a2d.defaults import (CACHE_MAX_TOKENS, CACHE_SHARD_SIZE, CACHE_TEMPERATURE, DEMO_STEPS, QUANTIZATIONS, SEQ_KD_BEAM,
+                          SHORTLIST_FREQUENT, SHORTLIST_TOP_N)
+from a2d.errors import (CannotCreate, NotAnAlignmentRun, NotDistilledData, NothingToResume, OutputExists,
+                        OutputUnwritable, ResumeMismatch, TeacherRequired, UnknownMethod)
+from a2d.experiments import command as reproduce  # light: the grid's work is imported when it runs
+from a2d.rundir import RunDir
+from a2d.utils import UserError, check_output_file
 
 
-def _config(args, train: bool = False):
-    """Defaults < saved config (when resuming) < preset < flags < key=value overrides; ``train``: no method."""
-    from a2d.settings import load_config  # imports the methods, and torch: not for every command's --help
-
+def _config(args, load_config, train: bool = False):
+    """Defaults < saved config (when resuming) < preset < flags < key=value overrides (:func:`a2d.settings.load_config`,
+    which imports the methods, so it comes as a component); ``train``: no method."""
     flags = [f"{k}={v}" for k, v in (("max_epochs", args.max_epochs), ("max_steps", args.max_steps),
                                     ("seed", args.seed)) if v is not None]
     if getattr(args, "method", None):
         flags.append(f"method={args.method}")
-    base = None
-    saved = Path(args.out) / "config.yaml"
-    if args.resume and saved.exists():
-        base = read_yaml(saved)
-    elif args.resume and (Path(args.out) / "last" / "config.yaml").exists():
-        base = read_yaml(Path(args.out) / "last" / "config.yaml")
-    elif args.preset is None:
+    run = RunDir(args.out)
+    saved = run.saved_config() if args.resume else None
+    if args.preset is None and saved is None:
         raise UserError("--preset is required (one of " + ", ".join(preset_names()) + ", or a YAML file)"
-                        + (f"; {saved} does not exist, so --resume has no saved settings" if args.resume else ""))
-    return load_config(args.preset, flags + list(args.overrides), base=base, train=train)
+                        + (f"; {run.config_file} does not exist, so --resume has no saved settings"
+                           if args.resume else ""))
+    return load_config(args.preset, flags + list(args.overrides), base=read_yaml(saved) if saved else None,
+                       train=train)
 
 
-def cmd_prepare(args):
-    from a2d.data.corpus import locate_corpus
-    from a2d.data.prepare import prepare, summary_lines
-
+# ---------------------------------------------------------------------------------------------- handlers
+# Each takes the parsed arguments and the components its COMMANDS entry names, in that order.
+def cmd_prepare(args, locate_corpus, prepare, summary_lines):
     if args.corpus:
         if args.train_src or args.train_tgt:
             raise UserError("give either --corpus or --train-src/--train-tgt/--valid-src/--valid-tgt, not both")
@@ -56,59 +65,56 @@ def cmd_prepare(args):
     print("\n".join(summary_lines(meta)))
 
 
-def cmd_train(args):
-    from a2d.recipes.train import train
-
-    train(_config(args, train=True), Path(args.data), Path(args.out), resume=args.resume)
+def cmd_train(args, train, load_config):
+    train(_config(args, load_config, train=True), Path(args.data), Path(args.out), resume=args.resume)
 
 
-def cmd_distill(args):
-    from a2d.recipes.distill import distill
-
-    distill(_config(args), Path(args.data), Path(args.out), Path(args.teacher) if args.teacher else None,
+def cmd_distill(args, distill, load_config):
+    distill(_config(args, load_config), Path(args.data), Path(args.out), Path(args.teacher) if args.teacher else None,
             resume=args.resume)
 
 
-def cmd_distill_data(args):
+def cmd_distill_data(args, build_cache, distill_data):
     if args.cache_topk is not None:  # word-level KD: the teacher's top-K log-probabilities, not translations
-        from a2d.recipes.cache_teacher import build_cache
-
         for option, value in (("--beam", args.beam), ("--engine", args.engine), ("--threads", args.threads)):
             if value is not None:
                 raise UserError(f"{option}: not used with --cache-topk (the teacher is teacher-forced on the "
                                 "references)")
-        from a2d.teacher_cache import DEFAULT_MAX_TOKENS, DEFAULT_SHARD_SIZE, DEFAULT_TEMPERATURE
-
         build_cache(Path(args.teacher), Path(args.data), Path(args.out), topk=args.cache_topk,
-                    max_tokens=DEFAULT_MAX_TOKENS if args.max_tokens is None else args.max_tokens,
-                    shard_size=DEFAULT_SHARD_SIZE if args.shard_size is None else args.shard_size,
-                    temperature=DEFAULT_TEMPERATURE if args.kd_temperature is None else args.kd_temperature)
+                    max_tokens=CACHE_MAX_TOKENS if args.max_tokens is None else args.max_tokens,
+                    shard_size=CACHE_SHARD_SIZE if args.shard_size is None else args.shard_size,
+                    temperature=CACHE_TEMPERATURE if args.kd_temperature is None else args.kd_temperature)
         return
-    from a2d.recipes.distill_data import distill_data
-
     for option, value in (("--max-tokens", args.max_tokens), ("--shard-size", args.shard_size),
                           ("--kd-temperature", args.kd_temperature)):
         if value is not None:
             raise UserError(f"{option}: used with --cache-topk only")
-    distill_data(Path(args.teacher), Path(args.data), Path(args.out), beam=5 if args.beam is None else args.beam,
-                 engine=args.engine, threads=args.threads)
+    distill_data(Path(args.teacher), Path(args.data), Path(args.out),
+                 beam=SEQ_KD_BEAM if args.beam is None else args.beam, engine=args.engine, threads=args.threads)
 
 
-def cmd_evaluate(args):
-    from a2d.evaluate import evaluate_model
-
+def cmd_evaluate(args, evaluate_model, describe_shortlist):
     out = Path(args.out) if args.out else None
     result = evaluate_model(Path(args.model), Path(args.data), split=args.split, beam=args.beam, out=out,
                             max_tokens=args.max_tokens, threads=args.threads, shortlist=args.shortlist)
+    note = _shortlist_note(Path(args.model), result["shortlist"], describe_shortlist)
+    if note:
+        print(note)
     lo, hi = result["bleu_ci"]
     print(f"BLEU {result['bleu']:.2f} (95% CI {lo:.2f}-{hi:.2f})  chrF {result['chrf']:.2f}  "
           f"{result['sentences']} sentences, {result['sentences_per_second']:.1f} sent/s")
     print(result["signature"])
-    note = _shortlist_note(Path(args.model), result["shortlist"])
-    if note:
-        print(note)
     if out:
         print(f"wrote {out} and {out.with_suffix('.hyp')}")
+
+
+def _shortlist_note(model: Path, shortlist: str | None, describe_shortlist) -> str | None:
+    """Whether a CTranslate2 export decoded with its shortlist (None for another model, or an export without one)."""
+    if shortlist:
+        return f"shortlist on: {shortlist}"
+    if describe_shortlist(model) is not None:
+        return f"shortlist off: {model} has one; give --shortlist to decode with it"
+    return None
 
 
 def _stdin_lines() -> list[str]:
@@ -122,24 +128,11 @@ def _stdin_lines() -> list[str]:
     return lines
 
 
-def _shortlist_note(model: Path, shortlist: str | None) -> str | None:
-    """Whether a CTranslate2 export decoded with its shortlist (None for another model, or an export without one)."""
-    from a2d.shortlist import describe
-
-    if shortlist:
-        return f"shortlist on: {shortlist}"
-    if describe(model) is not None:
-        return f"shortlist off: {model} has one; give --shortlist to decode with it"
-    return None
-
-
-def cmd_translate(args):
-    from a2d.translator import load_translator
-
+def cmd_translate(args, load_translator, describe_shortlist):
     if args.beam < 1:
         raise UserError(f"--beam {args.beam}: must be at least 1")
     translator = load_translator(Path(args.model), threads=args.threads, shortlist=args.shortlist)
-    note = _shortlist_note(Path(args.model), getattr(translator, "shortlist", None))
+    note = _shortlist_note(Path(args.model), getattr(translator, "shortlist", None), describe_shortlist)
     if note:
         print(f"a2d: {note}", file=sys.stderr)
     lines = _stdin_lines()
@@ -147,62 +140,77 @@ def cmd_translate(args):
         print(hyp)
 
 
-def cmd_export(args):
-    from a2d.export import export
-
+def cmd_export(args, export):
     export(Path(args.model), Path(args.out), quantization=args.quantization)
 
 
-def cmd_shortlist(args):
-    from a2d.shortlist import write_shortlist
-
+def cmd_shortlist(args, write_shortlist):
     write_shortlist(Path(args.data), Path(args.model), top_n=args.top_n, frequent=args.frequent)
 
 
-def cmd_plot(args):
-    from a2d.curves import plot_training_curves
-    from a2d.utils import check_output_file
-
+def cmd_plot(args, plot_training_curves):
     check_output_file(args.out)
     plot_training_curves([Path(r) for r in args.runs], Path(args.out))
     print(f"wrote {args.out}")
 
 
-def cmd_plot_alignment(args):
-    from a2d.analysis import format_summary, plot_alignment
-    from a2d.utils import check_output_file
-
+def cmd_plot_alignment(args, plot_alignment, format_summary):
     check_output_file(args.out)
     summary = plot_alignment(Path(args.run), Path(args.out))
     print(format_summary(summary))
     print(f"wrote {args.out}")
 
 
-def cmd_methods(args):
-    from a2d.methods import METHODS
-
-    width = max(map(len, METHODS))
-    for name, cls in METHODS.items():
+def cmd_methods(args, methods):
+    width = max(map(len, methods))
+    for name, cls in methods.items():
         print(f"{name:<{width}}  {cls.summary}  [{cls.paper}]")
 
 
-def cmd_config(args):
-    from a2d.settings import describe_keys, load_config
-
+def cmd_config(args, load_config, describe_keys):
     if args.keys:
         print(describe_keys())
         return
     cfg = load_config(args.preset, args.overrides)
-    import yaml
-
     print(yaml.safe_dump(cfg.to_dict(), sort_keys=False), end="")
 
 
-def cmd_demo(args):
-    from a2d.recipes.demo import demo
-
+def cmd_demo(args, demo):
     demo(Path(args.out), steps=args.steps, seed=args.seed, train_teacher=args.train_teacher,
          max_train=args.max_train, parallel=False if args.one_at_a_time else None)
+
+
+#: Each command's handler and the components it calls ("module:name", imported when the command runs).
+COMMANDS = {
+    "prepare": (cmd_prepare, "a2d.data.corpus:locate_corpus", "a2d.data.prepare:prepare",
+                "a2d.data.prepare:summary_lines"),
+    "train": (cmd_train, "a2d.recipes.train:train", "a2d.settings:load_config"),
+    "distill": (cmd_distill, "a2d.recipes.distill:distill", "a2d.settings:load_config"),
+    "distill-data": (cmd_distill_data, "a2d.recipes.cache_teacher:build_cache",
+                     "a2d.recipes.distill_data:distill_data"),
+    "evaluate": (cmd_evaluate, "a2d.evaluate:evaluate_model", "a2d.shortlist:describe"),
+    "translate": (cmd_translate, "a2d.translator:load_translator", "a2d.shortlist:describe"),
+    "export": (cmd_export, "a2d.export:export"),
+    "shortlist": (cmd_shortlist, "a2d.shortlist:write_shortlist"),
+    "plot": (cmd_plot, "a2d.curves:plot_training_curves"),
+    "plot-alignment": (cmd_plot_alignment, "a2d.analysis:plot_alignment", "a2d.analysis:format_summary"),
+    "methods": (cmd_methods, "a2d.methods:METHODS"),
+    "config": (cmd_config, "a2d.settings:load_config", "a2d.settings:describe_keys"),
+    "demo": (cmd_demo, "a2d.recipes.demo:demo"),
+    "reproduce": (reproduce.run,),
+}
+
+
+def _load(target: str):
+    """The object ``"module:name"`` names, its module imported now."""
+    module, _, name = target.partition(":")
+    return getattr(importlib.import_module(module), name)
+
+
+def run_command(args) -> None:
+    """Call the handler of ``args.command`` with the arguments and its components."""
+    handler, *targets = COMMANDS[args.command]
+    handler(args, *(_load(t) for t in targets))
 
 
 def _run_args(p: argparse.ArgumentParser, teacher: bool) -> None:
@@ -244,13 +252,7 @@ the usual sequence (a2d COMMAND --help: each command's options and an example):
 first time here? `a2d demo` trains No-KD, KD and A2D students of a stored teacher and scores them (under 10 minutes)."""
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from a2d.recipes.demo import DEFAULT_STEPS
-
-    parser = argparse.ArgumentParser(prog="a2d", description="Align-to-Distill: distil translation Transformers.",
-                                     epilog=USUAL_SEQUENCE, formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
+def _add_prepare(sub) -> None:
     p = sub.add_parser("prepare", **_doc("prepare a parallel corpus: SentencePiece vocabulary and encoded splits",
                                         "a2d prepare --corpus multi30k --src de --tgt en --out data/m30k-de-en",
                                         "a2d prepare --train-src train.de --train-tgt train.en --valid-src valid.de "
@@ -271,21 +273,20 @@ def build_parser() -> argparse.ArgumentParser:
                    help="replace the prepared files of an --out that also holds other files (those are kept)")
     p.add_argument("--tokenizer", metavar="DIR", help="encode with the tokenizer of this model folder (a Hugging Face "
                    "Marian folder, e.g. a downloaded OPUS-MT teacher) instead of training SentencePiece")
-    p.set_defaults(func=cmd_prepare)
 
+
+def _add_training(sub) -> None:
     p = sub.add_parser("train", **_doc("train a model with cross-entropy (a teacher, or a No-KD student)",
                                       "a2d train --data data/m30k-de-en --preset tiny-teacher --out runs/teacher",
                                       "a2d train --data data/m30k-de-en --out runs/teacher --resume"))
     _run_args(p, teacher=False)
-    p.set_defaults(func=cmd_train)
-
     p = sub.add_parser("distill", **_doc("distill a student from a frozen teacher",
                                         "a2d distill --data data/m30k-de-en --teacher runs/teacher --method a2d "
                                         "--preset tiny-student --out runs/a2d"))
     _run_args(p, teacher=True)
-    p.set_defaults(func=cmd_distill)
 
-    from a2d.teacher_cache import DEFAULT_MAX_TOKENS, DEFAULT_SHARD_SIZE
+
+def _add_distill_data(sub) -> None:
     p = sub.add_parser("distill-data", **_doc(
         "sequence-level KD data (the teacher's translations of the training set), or with --cache-topk a cache "
         "of its top-K token probabilities for word-level KD",
@@ -297,7 +298,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--teacher", required=True)
     p.add_argument("--data", required=True)
     p.add_argument("--out", required=True, help="the new data directory (with --cache-topk: the cache folder)")
-    p.add_argument("--beam", type=int, help="beam size of the translations (default 5)")
+    p.add_argument("--beam", type=int, help=f"beam size of the translations (default {SEQ_KD_BEAM})")
     p.add_argument("--engine", help="what decodes the teacher: hf (Hugging Face generate, the default), ct2-float32 "
                    "or ct2-int8 (CTranslate2; a model folder is exported on the fly, an a2d export folder is taken as "
                    "it is and decoded in its own quantization by default)")
@@ -308,13 +309,14 @@ def build_parser() -> argparse.ArgumentParser:
                         "docs/kd-cache.md)")
     p.add_argument("--kd-temperature", type=float, metavar="T",
                    help="with --cache-topk: the temperature of the cached distributions; must be the kd_temperature "
-                        "of the runs that read the cache (default 1)")
+                        f"of the runs that read the cache (default {CACHE_TEMPERATURE:g})")
     p.add_argument("--max-tokens", type=int, help=f"with --cache-topk: padded tokens per teacher batch "
-                                                   f"(default {DEFAULT_MAX_TOKENS})")
+                                                   f"(default {CACHE_MAX_TOKENS})")
     p.add_argument("--shard-size", type=int, help=f"with --cache-topk: examples per shard file "
-                                                   f"(default {DEFAULT_SHARD_SIZE})")
-    p.set_defaults(func=cmd_distill_data)
+                                                   f"(default {CACHE_SHARD_SIZE})")
 
+
+def _add_decoding(sub) -> None:
     p = sub.add_parser("evaluate", **_doc("beam search + sacreBLEU/chrF with a 95%% bootstrap CI",
                                          "a2d evaluate --model runs/a2d --data data/m30k-de-en --split test "
                                          "--out runs/a2d/test.json"))
@@ -324,25 +326,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--beam", type=int, default=5)
     p.add_argument("--out", help="write FILE.json and FILE.hyp")
     _decode_args(p)
-    p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("translate", **_doc("translate stdin to stdout, one sentence per line",
                                           'echo "Ein Hund läuft über die Wiese." | a2d translate --model runs/a2d'))
     p.add_argument("--model", required=True)
     p.add_argument("--beam", type=int, default=5)
     _decode_args(p)
-    p.set_defaults(func=cmd_translate)
 
-    from a2d.export import QUANTIZATIONS
     p = sub.add_parser("export", **_doc("write a CTranslate2 model (ctranslate2's converter), tokenizer beside it",
                                        "a2d export --model runs/a2d --out export/a2d-int8 --quantization int8",
                                        'echo "Ein Hund rennt." | a2d translate --model export/a2d-int8'))
     p.add_argument("--model", required=True, help="a run folder, its best/ or last/, or a Hugging Face Marian folder")
     p.add_argument("--out", required=True, help="the folder to write (must not exist)")
-    p.add_argument("--quantization", default="int8", choices=QUANTIZATIONS)
-    p.set_defaults(func=cmd_export)
+    p.add_argument("--quantization", default=QUANTIZATIONS[0], choices=QUANTIZATIONS)
 
-    from a2d.shortlist import DEFAULT_FREQUENT, DEFAULT_TOP_N
     p = sub.add_parser("shortlist", **_doc(
         "write a lexical shortlist into a CTranslate2 export (its vmap.txt), for faster decoding with --shortlist",
         "a2d shortlist --data data/m30k-de-en --model export/a2d-int8",
@@ -351,75 +348,86 @@ def build_parser() -> argparse.ArgumentParser:
                                                  "split is counted)")
     p.add_argument("--model", required=True, help="an a2d export folder; vmap.txt and a2d_shortlist.json are "
                                                   "written (replaced) there")
-    p.add_argument("--top-n", type=int, default=DEFAULT_TOP_N, metavar="N", help="target pieces per source piece, "
-                   f"by Dice co-occurrence over the training pairs (default {DEFAULT_TOP_N})")
-    p.add_argument("--frequent", type=int, default=DEFAULT_FREQUENT, metavar="K", help="the K most frequent target "
-                   f"pieces, always allowed with the special tokens (default {DEFAULT_FREQUENT})")
-    p.set_defaults(func=cmd_shortlist)
+    p.add_argument("--top-n", type=int, default=SHORTLIST_TOP_N, metavar="N", help="target pieces per source piece, "
+                   f"by Dice co-occurrence over the training pairs (default {SHORTLIST_TOP_N})")
+    p.add_argument("--frequent", type=int, default=SHORTLIST_FREQUENT, metavar="K", help="the K most frequent "
+                   f"target pieces, always allowed with the special tokens (default {SHORTLIST_FREQUENT})")
 
+
+def _add_plots(sub) -> None:
     p = sub.add_parser("plot", **_doc("training/validation curves of one or more runs in one PNG",
                                      "a2d plot runs/teacher runs/a2d --out curves.png"))
     p.add_argument("runs", nargs="+", metavar="RUN")
     p.add_argument("--out", required=True)
-    p.set_defaults(func=cmd_plot)
 
     p = sub.add_parser("plot-alignment", **_doc("heatmaps of the learned AAM weights (the paper's Figure 2)",
                                                "a2d plot-alignment --run runs/a2d --out alignment.png"))
     p.add_argument("--run", required=True)
     p.add_argument("--out", required=True)
-    p.set_defaults(func=cmd_plot_alignment)
 
-    p = sub.add_parser("methods", **_doc("list the distillation methods", "a2d methods"))
-    p.set_defaults(func=cmd_methods)
+
+def _add_others(sub) -> None:
+    sub.add_parser("methods", **_doc("list the distillation methods", "a2d methods"))
 
     p = sub.add_parser("config", **_doc("print a preset resolved with overrides, or every key (--keys)",
                                        "a2d config --preset tiny-student lambda_att=0.5", "a2d config --keys"))
     p.add_argument("--preset")
     p.add_argument("--keys", action="store_true")
     p.add_argument("overrides", nargs="*", metavar="key=value")
-    p.set_defaults(func=cmd_config)
 
     p = sub.add_parser("demo", **_doc("train a No-KD, a KD and an A2D student of a trained Multi30k De-En teacher "
                                      "and score all four (under 10 minutes on 2 cores)", "a2d demo --out demo"))
     p.add_argument("--out", default="demo")
-    p.add_argument("--steps", type=int, default=DEFAULT_STEPS,
-                   help=f"updates per student (default {DEFAULT_STEPS}, about 1.2 epochs)")
+    p.add_argument("--steps", type=int, default=DEMO_STEPS,
+                   help=f"updates per student (default {DEMO_STEPS}, about 1.2 epochs)")
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--train-teacher", action="store_true",
                    help="train a tiny teacher first (5 epochs) instead of using the stored one")
     p.add_argument("--max-train", type=int, help="training pairs to use (default: all 29000)")
     p.add_argument("--one-at-a-time", action="store_true", help="train the students one after the other on all "
                                                                  "cores, not side by side on one core each")
-    p.set_defaults(func=cmd_demo)
 
-    from a2d.experiments import command as reproduce  # light: the grid's work is imported when it runs
     p = sub.add_parser("reproduce", **_doc(
         "train, score and report a grid of teachers and students (benchmarks/grids/)",
         "a2d reproduce benchmarks/grids/tiny-r3.yaml --dry-run",
         "a2d reproduce benchmarks/grids/tiny-r3.yaml --only de-en/a2d-s1"))
     reproduce.add_arguments(p)
-    p.set_defaults(func=reproduce.run)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The parser of every command (light: nothing a command runs is imported here)."""
+    parser = argparse.ArgumentParser(prog="a2d", description="Align-to-Distill: distil translation Transformers.",
+                                     epilog=USUAL_SEQUENCE, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for add in (_add_prepare, _add_training, _add_distill_data, _add_decoding, _add_plots, _add_others):
+        add(sub)
     return parser
 
 
-def _message(e: Exception) -> str:
-    """A component's error in the command line's terms: the option it concerns, the command to run first."""
-    if type(e) in (UserError, ConfigError):
-        return str(e)
-    from a2d.analysis import NotAnAlignmentRun
-    from a2d.methods import NotDistilledData, TeacherRequired, UnknownMethod
+#: How the command line words a component's typed error (:mod:`a2d.errors`): its options, the command to run first.
+_WORDING = {
+    OutputExists: lambda e: (f"--out {e.path}: {e.what}; "
+                             f"{e.remedy('use --resume to continue it', '--overwrite', '--out')}"),
+    CannotCreate: lambda e: f"--out {e.path}: cannot create ({e.reason})",
+    OutputUnwritable: lambda e: f"--out {e}",
+    NothingToResume: lambda e: (f"--resume: {e.path} has no last/ checkpoint to resume from (found "
+                                f"{', '.join(e.found)}); choose another --out"),
+    ResumeMismatch: lambda e: f"--resume {e.path}: {e.describe('--data', 'with another --out')}",
+    UnknownMethod: lambda e: f"--method {e.name}: unknown method (choose from {', '.join(e.choices)})",
+    TeacherRequired: lambda e: f"method {e.method} needs a teacher; give --teacher RUN",
+    NotDistilledData: lambda e: (
+        f"--method {e.method} trains on the teacher's translations, but {e.data_dir or 'the data directory'} is not a "
+        "distilled one (no distilled_from in meta.json): run `a2d distill-data --teacher RUN --data DIR --out DIR2` "
+        "and give --data DIR2"),
+    NotAnAlignmentRun: lambda e: f"{e}; run a2d distill --method a2d to make one",
+}
 
-    if isinstance(e, UnknownMethod):
-        return f"--method {e.name}: unknown method (choose from {', '.join(e.choices)})"
-    if isinstance(e, TeacherRequired):
-        return f"method {e.method} needs a teacher; give --teacher RUN"
-    if isinstance(e, NotDistilledData):
-        where = f"{e.data_dir} is" if e.data_dir is not None else "the data directory is"
-        return (f"--method {e.method} trains on the teacher's translations, but {where} not a distilled one "
-                "(no distilled_from in meta.json): run `a2d distill-data --teacher RUN --data DIR --out DIR2` "
-                "and give --data DIR2")
-    if isinstance(e, NotAnAlignmentRun):
-        return f"{e}; run a2d distill --method a2d to make one"
+
+def _message(e: Exception) -> str:
+    """A component's error in the command line's terms (:data:`_WORDING`); other errors say what they say."""
+    for cls in type(e).__mro__:
+        if cls in _WORDING:
+            return _WORDING[cls](e)
     return str(e)
 
 
@@ -435,7 +443,7 @@ def main(argv: list[str] | None = None) -> int:
     # allocator of a program that calls it alone (a2d.allocator)
     keep_large_allocations()
     try:
-        args.func(args)
+        run_command(args)
     except (UserError, ConfigError) as e:
         print(f"a2d: error: {_message(e)}", file=sys.stderr)
         return 2
@@ -447,4 +455,3 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
-

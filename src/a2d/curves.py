@@ -11,16 +11,13 @@ import json
 import math
 from pathlib import Path
 
+from a2d.rundir import metrics_file
 from a2d.utils import UserError, atomic_savefig
-
-METRICS_FILE = "metrics.jsonl"
 
 
 def read_metrics(path: Path | str) -> list[dict]:
     """The JSON objects of a ``metrics.jsonl`` file (blank lines skipped); a bad line is a UserError naming it."""
-    path = Path(path)
-    if path.is_dir():
-        path = path / METRICS_FILE
+    path = metrics_file(path)
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
@@ -81,7 +78,7 @@ def plot_training_curves(runs: list[Path], out: Path, log_y: bool = False) -> No
     if not runs:
         raise UserError("no runs to plot")
     run_dirs = [r.parent if r.is_file() else r for r in runs]
-    data = [read_metrics(r if r.is_file() else r / METRICS_FILE) for r in runs]
+    data = [read_metrics(r) for r in runs]
 
     fig = Figure(figsize=(12, 4.5))
     FigureCanvasAgg(fig)
@@ -117,4 +114,4 @@ def plot_training_curves(runs: list[Path], out: Path, log_y: bool = False) -> No
     atomic_savefig(fig, out)
 
 
-__all__ = ["read_metrics", "plot_training_curves", "METRICS_FILE"]
+__all__ = ["read_metrics", "plot_training_curves"]

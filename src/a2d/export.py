@@ -30,11 +30,13 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import a2d
+from a2d.defaults import QUANTIZATIONS
+from a2d.errors import OutputExists
 from a2d.models import load_model, resolve_model_dir
+from a2d.rundir import BEST, LAST, RunDir
 from a2d.utils import UserError, atomic_dir, check_writable_parent, sha256_file
 
 EXPORT_FILE = "a2d_export.json"
-QUANTIZATIONS = ("int8", "int8_float32", "int16", "float16", "float32")
 
 
 def is_exported(folder: Path | str) -> bool:
@@ -170,13 +172,13 @@ def export(model_path: Path | str, out: Path | str, quantization: str = "int8", 
 
     out, model_path = Path(out), Path(model_path)
     if out.exists():
-        raise UserError(f"--out {out}: already exists; a2d export does not overwrite (remove it or choose another)")
+        raise OutputExists(out)  # never overwritten
     check_writable_parent(out)
     check_quantization(quantization)
-    if (not (model_path / "config.json").exists() and not (model_path / "best" / "config.json").exists()
-            and (model_path / "last" / "config.json").exists()):
+    run = RunDir(model_path)
+    if not (model_path / "config.json").exists() and not run.has_model(BEST) and run.has_model(LAST):
         raise UserError(f"--model {model_path}: the run has no best/ yet (no validated model: it is still training, or "
-                        f"stopped before its first validation); give --model {model_path / 'last'} to export its "
+                        f"stopped before its first validation); give --model {run.last} to export its "
                         "latest, unvalidated weights")
     model_dir = resolve_model_dir(model_path)
     model, vocab = load_model(model_dir)  # the clear errors for a folder that is not a model (or not Marian)

@@ -18,12 +18,9 @@ from transformers.utils import logging as hf_logging
 
 from a2d.config import Config
 from a2d.data.vocab import BOS, EOS, PAD, Vocabulary
-from a2d.rundir import CONFIG_FILE, METRICS_FILE
+from a2d.rundir import RunDir, model_dir
 from a2d.tokenizer import GENERATION_KEYS
 from a2d.utils import UserError
-
-#: What a run folder holds from its start, before its first checkpoint (:mod:`a2d.rundir`).
-RUN_FILES = (CONFIG_FILE, METRICS_FILE)
 
 hf_logging.set_verbosity_error()
 hf_logging.disable_progress_bar()
@@ -164,20 +161,16 @@ def resolve_model_dir(path: Path | str) -> Path:
     folder that is not a model or holds another model family than Marian."""
     import json
 
-    path = Path(path)
-    if (path / "best" / "config.json").exists():
-        path = path / "best"
-    elif not (path / "config.json").exists() and (path / "last" / "config.json").exists():
-        path = path / "last"
+    path = model_dir(path)
     if (path / "a2d_export.json").is_file():
         if not (path / "model.bin").is_file():
             raise UserError(f"{path}: an incomplete CTranslate2 export (a2d_export.json but no model.bin); export the "
                             "model again with a2d export")
         raise UserError(f"{path}: a CTranslate2 export; this command needs the Hugging Face model folder it was made from")
     if not (path / "config.json").exists():
-        if any((path / name).exists() for name in RUN_FILES):
+        if RunDir(path).began():
             raise UserError(f"{path}: a run with no saved model yet (no best/ or last/: it is before its first "
-                            "checkpoint, or was stopped there); wait for its first checkpoint, or continue it with --resume")
+                            "checkpoint, or was stopped there); wait for its first checkpoint, or resume the run")
         raise UserError(f"{path}: not a model folder (no config.json; give a run folder, its best/ or last/, "
                         "or a Hugging Face Marian folder); run a2d train or a2d distill to make one")
     try:
@@ -214,7 +207,7 @@ def freeze_positions(model: MarianMTModel) -> MarianMTModel:
 
 
 def load_weights(model: MarianMTModel, folder: Path | str) -> MarianMTModel:
-    """Load ``folder/model.safetensors`` into an already built ``model`` of the same shape (used by ``--resume``)."""
+    """Load ``folder/model.safetensors`` into an already built ``model`` of the same shape (used when resuming)."""
     path = Path(folder) / "model.safetensors"
     try:
         state = load_file(path)

@@ -12,6 +12,10 @@ A run folder written by ``a2d train`` or ``a2d distill``::
         trainer/rng.pt         every process's RNG state (data-parallel runs restore each rank's own)
         trainer/*.safetensors  the method's own modules (the AAM), if any
     RUN/method.safetensors     the method's modules of the best student (a2d plot-alignment)
+    RUN/method.json            what they are (the method's describe())
+
+Other modules ask this one where a run's files are (:meth:`RunDir.saved_config`, :func:`model_dir`,
+:func:`method_files`, :func:`metrics_file`, :data:`BEST`/:data:`LAST`, ...) and never spell these names.
 
 Checkpoints are written into a temporary sibling folder and swapped in (:func:`a2d.utils.atomic_dir`); a run
 killed at any point leaves either the old or the new checkpoint. :meth:`RunDir.begin` tidies what a kill
@@ -28,18 +32,24 @@ import shutil
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
-import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
-
 from a2d.config import SHAPE_KEYS, read_yaml, save_config
 from a2d.data.vocab import Vocabulary
+from a2d.errors import CannotCreate, NothingToResume, OutputExists, ResumeMismatch
 from a2d.utils import UserError, atomic_dir, atomic_write_bytes, atomic_write_text, check_writable_dir
 
+# torch and safetensors are imported where a checkpoint is read or written: the command line asks this module
+# where a run's files are before it knows whether it will train.
+
+BEST, LAST = "best", "last"  # the best model on validation, and the latest (with what resuming needs)
 CONFIG_FILE = "config.yaml"
 METRICS_FILE = "metrics.jsonl"
 TRAINER_DIR = "trainer"
 STATE_FILE = "state.json"
+#: The method's modules (the AAM): their name among a checkpoint's ``trainer`` tensors, and their files.
+METHOD_TENSORS = "method"
+METHOD_WEIGHTS = f"{METHOD_TENSORS}.safetensors"
+METHOD_INFO = "method.json"
+_MODEL_CONFIG = "config.json"  # a Hugging Face model folder's
 #: Files a run writes at its top level before its first checkpoint: a run killed then may start over.
 _EARLY_FILES = {CONFIG_FILE, METRICS_FILE}
 
@@ -59,6 +69,8 @@ class TrainState:
 
 def rng_state() -> dict:
     """This process's RNG state (torch, Python's random, CUDA when there is one)."""
+    import torch
+
     state = {"torch": torch.get_rng_state(), "python": random.getstate()}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
@@ -66,6 +78,8 @@ def rng_state() -> dict:
 
 
 def set_rng_state(state: dict) -> None:
+    import torch
+
     torch.set_rng_state(state["torch"])
     random.setstate(state["python"])
     if "cuda" in state and torch.cuda.is_available():
@@ -74,6 +88,8 @@ def set_rng_state(state: dict) -> None:
 
 def _safe_load(path: Path):
     """``torch.load(weights_only=True)`` with a one-line error that never advises unpickling the file."""
+    import torch
+
     if not path.is_file():
         raise UserError(f"{path}: missing; this checkpoint is incomplete")
     try:
@@ -94,8 +110,8 @@ def _read_state(path: Path) -> TrainState:
             raise ValueError("unexpected content")
         return TrainState(**data)
     except (OSError, UnicodeDecodeError, ValueError, TypeError) as e:
-        raise UserError(f"{path}: damaged ({e}); this checkpoint cannot be resumed (start a new run with "
-                        "another --out)") from None
+        raise UserError(f"{path}: damaged ({e}); this checkpoint cannot be resumed (start a new run in "
+                        "another folder)") from None
 
 
 class RunDir:
@@ -105,31 +121,46 @@ class RunDir:
         self.path = Path(path)
         self.config_file = self.path / CONFIG_FILE
         self.metrics_file = self.path / METRICS_FILE
-        self.last = self.path / "last"
-        self.best = self.path / "best"
+        self.last = self.path / LAST
+        self.best = self.path / BEST
         self.trainer_dir = self.last / TRAINER_DIR
         self.state_file = self.trainer_dir / STATE_FILE
 
     def __repr__(self) -> str:
         return f"RunDir({str(self.path)!r})"
 
+    # ------------------------------------------------------------------------------------------ files
+    def saved_config(self) -> Path | None:
+        """The run's ``config.yaml`` (or its ``last/``'s, when the top-level one is lost); None before the run wrote
+        one."""
+        return next((f for f in (self.config_file, self.last / CONFIG_FILE) if f.is_file()), None)
+
+    def has_model(self, which: str) -> bool:
+        """Whether ``best/`` (``which`` = :data:`BEST`) or ``last/`` (:data:`LAST`) holds a saved model."""
+        return (self.path / which / _MODEL_CONFIG).is_file()
+
+    def began(self) -> bool:
+        """Whether the folder holds the files a run writes from its start (``config.yaml``, ``metrics.jsonl``)."""
+        return any((self.path / name).exists() for name in _EARLY_FILES)
+
     # ------------------------------------------------------------------------------------------ status
     def state(self) -> TrainState | None:
         """The saved :class:`TrainState` of ``last/`` (or of a half-swapped one), or None before the first save."""
         path = self.state_file
         if not path.is_file():
-            old = self._swap_leftover("last")
+            old = self._swap_leftover(LAST)
             if old is None:
                 return None
             path = old / TRAINER_DIR / STATE_FILE
         return _read_state(path)
 
-    def status(self) -> str:
-        """``finished``, ``started`` (resumable), ``broken`` (files but no checkpoint) or ``new``."""
+    def status(self, others: tuple[str, ...] = ()) -> str:
+        """``finished``, ``started`` (resumable), ``broken`` (files but no checkpoint) or ``new``; ``others`` are
+        the names of files that whoever runs the run keeps in its folder (they make no run ``broken``)."""
         state = self.state()
         if state is not None:
             return "finished" if state.finished else "started"
-        if self.path.is_dir() and any(p.name != "wall.json" for p in self.path.iterdir()):
+        if self.path.is_dir() and any(p.name not in others for p in self.path.iterdir()):
             return "broken"
         return "new"
 
@@ -150,11 +181,10 @@ class RunDir:
         over, with a note.
         """
         if self.path.exists() and not self.path.is_dir():
-            raise UserError(f"--out {self.path}: exists and is not a folder")
+            raise OutputExists(self.path, "exists and is not a folder")
         if not resume:
             if self.path.exists() and any(self.path.iterdir()):
-                raise UserError(f"--out {self.path}: folder exists and is not empty (use --resume to continue "
-                                "it, or choose another folder)")
+                raise OutputExists(self.path, "folder exists and is not empty", resume=True)
             self._mkdir()
             return False
         if self.path.is_dir():
@@ -172,14 +202,13 @@ class RunDir:
             for name in leftovers:
                 (self.path / name).unlink()
             return False
-        raise UserError(f"--resume: {self.path} has no last/ checkpoint to resume from "
-                        f"(found {', '.join(sorted(leftovers))}); choose another --out")
+        raise NothingToResume(self.path, leftovers)
 
     def _mkdir(self) -> None:
         try:
             self.path.mkdir(parents=True, exist_ok=True)
         except OSError as e:
-            raise UserError(f"--out {self.path}: cannot create ({e.strerror})") from None
+            raise CannotCreate(self.path, e.strerror) from None
         check_writable_dir(self.path)
 
     def _swap_leftover(self, name: str) -> Path | None:
@@ -189,7 +218,7 @@ class RunDir:
 
     def tidy(self, log=print) -> None:
         """Remove the temporary folders and files of interrupted writes; finish a half-done checkpoint swap."""
-        for name in ("last", "best"):
+        for name in (LAST, BEST):
             old = self._swap_leftover(name)
             if old is not None:  # the older checkpoint is complete; the newer one may not be
                 os.replace(old, self.path / name)
@@ -206,25 +235,28 @@ class RunDir:
                 debris.unlink(missing_ok=True)
 
     def check_resumable(self, cfg, vocab) -> None:
-        """Refuse a resume whose settings or data no longer fit the checkpoint, naming what differs."""
-        saved = read_yaml(self.config_file) if self.config_file.is_file() else read_yaml(self.last / CONFIG_FILE)
+        """Refuse a resume whose settings or data no longer fit the checkpoint, naming what differs
+        (:class:`~a2d.errors.ResumeMismatch`)."""
+        config_file = self.saved_config() or self.last / CONFIG_FILE
+        saved = read_yaml(config_file)
         wanted = cfg.to_dict()
-        changed = [f"{k}={wanted[k]!r} (the run has {saved[k]!r})" for k in SHAPE_KEYS
+        changed = [(k, wanted[k], saved[k]) for k in SHAPE_KEYS
                    if k in saved and k in wanted and saved[k] != wanted[k]]  # a method's keys: when both have them
         if changed:
-            raise UserError(f"--resume {self.path}: {', '.join(changed)} differs from {self.config_file}; the "
-                            "checkpoint cannot take it (drop the override, or start a new run with another --out)")
+            raise ResumeMismatch(self.path, config_file, changed=changed)
         if Vocabulary.load(self.last).checksum() != vocab.checksum():
-            raise UserError(f"--resume {self.path}: --data has another vocabulary than the run was trained with "
-                            f"({self.last}); give the run's own data directory")
+            raise ResumeMismatch(self.path, config_file, vocabulary=self.last)
 
     # ------------------------------------------------------------------------------------------ checkpoints
     def save(self, which: str, model, vocab, cfg, trainer: dict | None = None) -> Path:
         """Write ``best/`` or ``last/`` atomically: model (safetensors), vocabulary, ``config.yaml``.
 
         ``trainer`` (``optimizer``, ``scheduler``, ``rng`` (one state per process), ``state``, ``tensors``)
-        goes to ``trainer/`` for ``--resume``.
+        goes to ``trainer/`` for resuming.
         """
+        import torch
+        from safetensors.torch import save_file
+
         path = self.path / which
         with atomic_dir(path) as tmp:
             model.save_pretrained(tmp, safe_serialization=True)
@@ -242,11 +274,11 @@ class RunDir:
         return path
 
     def save_method(self, tensors: dict, info: dict) -> None:
-        """The method's modules of the best student (the AAM), beside ``best/``."""
+        """The method's modules of the best student (the AAM), beside ``best/`` (:func:`method_files`)."""
         from safetensors.torch import save as save_bytes
 
-        atomic_write_bytes(self.path / "method.safetensors", save_bytes(tensors))
-        atomic_write_text(self.path / "method.json", json.dumps(info, indent=2))
+        atomic_write_bytes(self.path / METHOD_WEIGHTS, save_bytes(tensors))
+        atomic_write_text(self.path / METHOD_INFO, json.dumps(info, indent=2))
 
     def load_trainer(self, rank: int = 0, world: int = 1, log=print) -> dict:
         """Read ``last/trainer`` (``weights_only=True``: tensors and plain containers, never arbitrary pickle).
@@ -254,6 +286,9 @@ class RunDir:
         ``rng`` in the result is this process's own state (rank 0's, with a note, when the saved run had
         another number of processes).
         """
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
         folder = self.trainer_dir
         if not self.state_file.is_file():
             raise UserError(f"{self.last}: no resumable checkpoint here (missing {TRAINER_DIR}/{STATE_FILE})")
@@ -281,6 +316,48 @@ class RunDir:
     # ------------------------------------------------------------------------------------------ metrics
     def metrics_log(self, enabled: bool, resume_state: TrainState | None = None) -> "MetricsLog":
         return MetricsLog(self.metrics_file, enabled, resume_state)
+
+
+def model_dir(path: Path | str) -> Path:
+    """The model folder ``path`` names: a run folder gives its ``best/``, or its ``last/`` before a first best; any
+    other folder (``RUN/best``, ``RUN/last``, a Hugging Face folder) is itself."""
+    path, run = Path(path), RunDir(path)
+    if run.has_model(BEST):
+        return run.best
+    if not (path / _MODEL_CONFIG).exists() and run.has_model(LAST):
+        return run.last
+    return path
+
+
+def model_config(folder: Path | str) -> Path:
+    """The run configuration (``config.yaml``) saved in a checkpoint folder: ``best/``, ``last/``, or a copy of one."""
+    return Path(folder) / CONFIG_FILE
+
+
+def is_last(path: Path | str) -> bool:
+    """Whether ``path`` names a run's ``last/`` checkpoint (by its name: the folder may be gone)."""
+    return Path(path).name == LAST
+
+
+def method_files(path: Path | str) -> tuple[Path, Path]:
+    """``(method.json, method.safetensors)``: the method's modules (the AAM) of ``RUN``'s best student, or for
+    ``RUN/last`` those saved with the last checkpoint (in ``last/trainer/``; described by the run's ``method.json``)."""
+    path = Path(path)
+    if is_last(path) and not (path / METHOD_INFO).is_file():
+        return path.parent / METHOD_INFO, path / TRAINER_DIR / METHOD_WEIGHTS
+    return path / METHOD_INFO, path / METHOD_WEIGHTS
+
+
+def run_label(path: Path | str) -> str:
+    """A short name for a run folder or one of its checkpoints: ``RUN`` or ``RUN/last``."""
+    path = Path(path)
+    return f"{path.parent.name}/{path.name}" if is_last(path) else path.name
+
+
+def metrics_file(path: Path | str) -> Path:
+    """The metrics log of the run folder ``path``; a file is itself."""
+    path = Path(path)
+    return path if path.is_file() else RunDir(path).metrics_file
 
 
 class MetricsLog:
@@ -322,4 +399,6 @@ class MetricsLog:
                 f.write(json.dumps(record) + "\n")
 
 
-__all__ = ["RunDir", "TrainState", "MetricsLog", "rng_state", "set_rng_state", "CONFIG_FILE", "METRICS_FILE"]
+__all__ = ["RunDir", "TrainState", "MetricsLog", "rng_state", "set_rng_state", "model_dir", "is_last", "method_files",
+           "run_label", "metrics_file", "model_config", "BEST", "LAST", "CONFIG_FILE", "METRICS_FILE", "METHOD_TENSORS",
+           "METHOD_WEIGHTS", "METHOD_INFO"]

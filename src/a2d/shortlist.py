@@ -36,13 +36,14 @@ import numpy as np
 import a2d
 from a2d.data.prepare import ParallelData
 from a2d.data.vocab import Vocabulary, check_same_vocabulary
+from a2d.defaults import SHORTLIST_FREQUENT, SHORTLIST_TOP_N
 from a2d.export import is_exported
 from a2d.utils import UserError, atomic_write_text, check_writable_dir, read_json, sha256_file
 
 VMAP_FILE = "vmap.txt"
 INFO_FILE = "a2d_shortlist.json"
-DEFAULT_TOP_N = 50
-DEFAULT_FREQUENT = 100
+DEFAULT_TOP_N = SHORTLIST_TOP_N
+DEFAULT_FREQUENT = SHORTLIST_FREQUENT
 MAX_PAIRS = 1 << 24  # (source piece, target piece) pairs counted at once
 COVERAGE_SENTENCES = 1000  # valid sentences the summary's coverage is measured on
 

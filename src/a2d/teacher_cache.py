@@ -55,9 +55,6 @@ KIND = "a2d-teacher-topk"
 FORMAT_VERSION = 2
 #: the tensors of a shard file: ids (P, K), logp (P, K), rest (P,), offsets (n + 1,)
 SHARD_TENSORS = ("ids", "logp", "rest", "offsets")
-DEFAULT_SHARD_SIZE = 5000  # examples per shard
-DEFAULT_MAX_TOKENS = 4096  # padded tokens per teacher batch
-DEFAULT_TEMPERATURE = 1.0  # --kd-temperature, as kd_temperature's default
 
 
 def shard_name(i: int) -> str:

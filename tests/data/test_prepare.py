@@ -181,7 +181,7 @@ def test_overwrite_prepared_dir_but_not_other_dirs(small_inputs, tmp_path):
     other = tmp_path / "notes"
     other.mkdir()
     (other / "todo.txt").write_text("keep me")
-    with pytest.raises(UserError, match=f"^--out {other}: holds files a2d prepare did not write \\(todo.txt\\)"):
+    with pytest.raises(UserError, match=f"^{other}: holds files a2d prepare did not write \\(todo.txt\\)"):
         prepare(other, small_inputs, "de", "en", vocab_size=300, log=_quiet)
     assert [p.name for p in other.iterdir()] == ["todo.txt"]
     empty = tmp_path / "empty"
@@ -288,7 +288,7 @@ def test_a_users_file_in_a_prepared_dir_is_never_deleted(small_inputs, tmp_path)
     prepare(out, small_inputs, "de", "en", vocab_size=300, log=_quiet)
     (out / "notes.txt").write_text("mine")
     before = (out / "train.safetensors").read_bytes()
-    with pytest.raises(UserError, match="notes.txt.*--overwrite"):
+    with pytest.raises(UserError, match="notes.txt.*overwrite=True"):
         prepare(out, small_inputs, "de", "en", vocab_size=300, max_train=100, log=_quiet)
     assert (out / "notes.txt").read_text() == "mine" and (out / "train.safetensors").read_bytes() == before
     meta = prepare(out, small_inputs, "de", "en", vocab_size=300, max_train=100, log=_quiet, overwrite=True)

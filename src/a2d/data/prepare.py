@@ -32,6 +32,7 @@ from safetensors.numpy import load_file, save_file
 import a2d
 from a2d.data.corpus import SPLITS, read_lines, read_parallel
 from a2d.data.vocab import SPM_FILE, Vocabulary, train_sentencepiece
+from a2d.errors import OutputExists
 from a2d.tokenizer import MAX_UNKNOWN_RATE, check_unknown_rate
 from a2d.utils import UserError, atomic_dir, check_writable_dir, check_writable_parent, sha256_file
 
@@ -83,10 +84,10 @@ def prepare(out_dir: Path | str, splits: dict[str, tuple[Path, Path]], src_lang:
     _check_options(out_dir, splits, src_lang, tgt_lang, vocab_size, max_train, max_len)
     foreign = _foreign_files(out_dir)
     if foreign and not overwrite:
-        raise UserError(f"--out {out_dir}: holds files a2d prepare did not write ({', '.join(foreign[:3])}"
-                        f"{', ...' if len(foreign) > 3 else ''}); choose another --out, or give --overwrite to "
-                        "replace the prepared files and keep these")
-    if foreign:  # --overwrite: the prepared files are moved in among the user's
+        raise OutputExists(out_dir, f"holds files a2d prepare did not write ({', '.join(foreign[:3])}"
+                                    f"{', ...' if len(foreign) > 3 else ''})",
+                           overwrite="replace the prepared files and keep these")
+    if foreign:  # overwrite: the prepared files are moved in among the user's
         check_writable_dir(out_dir)
     data = _read_splits(splits, max_train)
     for part in data.values():
@@ -191,7 +192,7 @@ def _check_options(out_dir: Path, splits: dict, src_lang: str, tgt_lang: str, vo
     if max_train is not None and max_train < 1:
         raise UserError(f"--max-train {max_train}: must be at least 1")
     if out_dir.exists() and not out_dir.is_dir():
-        raise UserError(f"--out {out_dir}: exists and is not a directory")
+        raise OutputExists(out_dir, "exists and is not a folder")
     check_writable_parent(out_dir)  # the result is made beside out_dir; nothing is created in it yet
 
 

@@ -18,6 +18,7 @@ from a2d.experiments.grid import BASELINES, TEACHER, Grid
 from a2d.experiments.plan import CELL_FILE, run_metrics
 from a2d.experiments.stores import load_hypotheses, results_paths
 from a2d.methods import METHODS
+from a2d.rundir import method_files
 
 
 def collect(grid: Grid, runs: Path, results: Path, log=print) -> tuple[dict[str, dict], dict]:
@@ -150,8 +151,9 @@ def alignment_figures(grid: Grid, records: dict[str, dict], results: Path, old: 
         if prev and prev.get("cell") == cell and prev.get("seed") == seed and png.is_file() and \
                 prev.get("hyp_sha256") == records[f"{d}/{cell}-s{seed}"]["hyp_sha256"]:
             continue
-        if not (run / "method.json").is_file():
-            log(f"note: {d}: the alignment figure needs {run}/method.json (the run is on another machine?)")
+        info = method_files(run)[0]
+        if not info.is_file():
+            log(f"note: {d}: the alignment figure needs {info} (the run is on another machine?)")
             continue
         summary = plot_alignment(run, png)
         out[d] = {"cell": cell, "seed": seed, "valid_bleu": valid, "png": png.name, "summary": summary["kinds"],

@@ -72,8 +72,9 @@ def kd_cache_dir(grid: Grid, runs: Path, direction: str, topk: int, temperature:
 
 
 def run_status(run: Path) -> str:
-    """``finished``, ``started`` (resumable), ``broken`` (files but no checkpoint: start over) or ``new``."""
-    return RunDir(run).status()
+    """``finished``, ``started`` (resumable), ``broken`` (files but no checkpoint: start over) or ``new``; the
+    job's own ``wall.json`` is no run's file."""
+    return RunDir(run).status(others=(WALL_FILE,))
 
 
 def run_metrics(run: Path) -> dict:
@@ -81,7 +82,7 @@ def run_metrics(run: Path) -> dict:
     term's mean per epoch; and its updates (from the checkpoint)."""
     out = {"valid_best_bleu": None, "valid_best_epoch": None, "valid_epochs": 0, "valid_curve": [], "final_att": None,
            "updates": None, "loss_terms": {}}
-    if not (run / "metrics.jsonl").is_file():
+    if not RunDir(run).metrics_file.is_file():
         return out
     sums: dict[str, dict[int, list[float]]] = {}  # term -> epoch -> [sum, count]
     for rec in read_metrics(run):

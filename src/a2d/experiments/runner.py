@@ -48,7 +48,7 @@ from a2d.recipes.cache_teacher import build_cache
 from a2d.recipes.distill import distill
 from a2d.recipes.distill_data import distill_data
 from a2d.recipes.train import train
-from a2d.rundir import RunDir
+from a2d.rundir import RunDir, model_config
 from a2d.teacher_cache import INDEX_FILE
 from a2d.utils import UserError, atomic_dir, atomic_write_text, sha256_file
 
@@ -150,10 +150,11 @@ def continuable(job: Job, grid: Grid) -> tuple[Path | None, str]:
     if status != "finished":
         return None, f"{source} is " + ("not finished" if status == "started" else "not a finished run")
     want = grid.cell_config(job.cell, job.seed).to_dict()
-    differ = _config_differences(source / "config.yaml", {k: v for k, v in want.items() if k != "max_epochs"})
+    config_file = RunDir(source).config_file
+    differ = _config_differences(config_file, {k: v for k, v in want.items() if k != "max_epochs"})
     if differ:
         return None, f"{source} was trained with {', '.join(differ)}"
-    had = read_yaml(source / "config.yaml").get("max_epochs", want["max_epochs"])
+    had = read_yaml(config_file).get("max_epochs", want["max_epochs"])
     if had > want["max_epochs"]:
         return None, f"{source} was trained for up to {had} epochs, more than this grid's {want['max_epochs']}"
     state = RunDir(source).state()
@@ -165,7 +166,7 @@ def copy_to_continue(source: Path, run: Path, cfg) -> None:
     with atomic_dir(run) as tmp:
         shutil.copytree(source, tmp, dirs_exist_ok=True, ignore=shutil.ignore_patterns(CELL_FILE, "test.json", "test.hyp"))
         RunDir(tmp).reopen()
-        save_config(cfg, tmp / "config.yaml")
+        save_config(cfg, RunDir(tmp).config_file)
 
 
 def train_job(job: Job, grid: Grid, data: Path, teacher_run: Path, seqkd: Path | None, log) -> None:
@@ -336,7 +337,7 @@ def ensure_teacher(grid: Grid, runs: Path, results: Path, job: Job, data: Path, 
             stored = stored_teacher(grid, results, job.direction, record)
             if stored is not None:
                 if grid.continue_from:
-                    _check_same_teacher(grid, stored / "config.yaml", job.id)
+                    _check_same_teacher(grid, model_config(stored), job.id)
                 log(f"== {job.id}: its run is not here; distilling from the stored teacher {stored} "
                     f"(test BLEU {record['bleu']:.2f})")
                 return stored
@@ -358,7 +359,7 @@ def ensure_teacher(grid: Grid, runs: Path, results: Path, job: Job, data: Path, 
                             f"teacher: neither a finished run {job.run} nor a result in "
                             f"{results / f'quality-{grid.continue_from}.json'}; run that grid's teacher first")
     if grid.continue_from and run_status(job.run) == "finished":
-        _check_same_teacher(grid, job.run / "config.yaml", job.id)
+        _check_same_teacher(grid, RunDir(job.run).config_file, job.id)
     train_job(job, grid, data, job.run, None, log)
     if grid.teacher_dtype == "float16" and round_to_fp16(RunDir(job.run).best / WEIGHTS):
         if (job.run / CELL_FILE).is_file():
@@ -444,7 +445,7 @@ def store_students(grid: Grid, jobs: list[Job], results: Path, log) -> None:
     """Keep the best student of every scored job whose run is here (``store_teachers: true``)."""
     for job in jobs:
         record = read_json(job.run / CELL_FILE)
-        if record is not None and (job.run / "best").is_dir():
+        if record is not None and RunDir(job.run).best.is_dir():
             store_student(grid, results, job, record, log)
 
 

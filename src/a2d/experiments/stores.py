@@ -23,6 +23,7 @@ from a2d.experiments.files import read_json, read_written_lines, sha_lines, spli
 from a2d.experiments.grid import Grid
 from a2d.experiments.plan import Job, eval_dir
 from a2d.provenance import now
+from a2d.rundir import RunDir
 from a2d.utils import UserError, atomic_dir, atomic_write_bytes, sha256_file
 
 TEACHER_MANIFEST = "teacher.json"  # in a stored teacher's folder
@@ -135,7 +136,7 @@ def _store_model(out: Path, manifest_name: str, job: Job, record: dict, what: st
     manifest = read_json(out / manifest_name)
     if manifest and manifest.get("hyp_sha256") == record["hyp_sha256"]:
         return out
-    files = sorted(p for p in (job.run / "best").iterdir() if p.is_file())
+    files = sorted(p for p in RunDir(job.run).best.iterdir() if p.is_file())
     with atomic_dir(out) as tmp:
         for f in files:
             if fp16 and f.name == WEIGHTS:

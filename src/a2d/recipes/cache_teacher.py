@@ -30,13 +30,14 @@ import a2d
 from a2d.data.batching import collate, token_batches
 from a2d.data.prepare import ParallelData, load_meta
 from a2d.data.vocab import Vocabulary
+from a2d.defaults import CACHE_MAX_TOKENS, CACHE_SHARD_SIZE, CACHE_TEMPERATURE
+from a2d.errors import OutputExists
 from a2d.losses import IGNORE
 from a2d.methods.kd import WordKDSettings
 from a2d.models import resolve_model_dir
 from a2d.recipes.distill import load_teacher
-from a2d.teacher_cache import (DEFAULT_MAX_TOKENS, DEFAULT_SHARD_SIZE, DEFAULT_TEMPERATURE, FORMAT_VERSION,
-                               INDEX_FILE, KIND, data_identity, describe, ids_dtype, read_index, shard_name,
-                               teacher_identity, write_index)
+from a2d.teacher_cache import (FORMAT_VERSION, INDEX_FILE, KIND, data_identity, describe, ids_dtype, read_index,
+                               shard_name, teacher_identity, write_index)
 from a2d.tokenizer import collate_ids
 from a2d.training import model_inputs, to_device
 from a2d.utils import UserError, atomic_write_bytes
@@ -47,7 +48,8 @@ MIN_TEMPERATURE = next(f.metadata["low"] for f in dataclasses.fields(WordKDSetti
 
 @torch.inference_mode()
 def compute_shard(model, vocab, data, start: int, end: int, topk: int, max_tokens: int,
-                  device: torch.device | str = "cpu", temperature: float = DEFAULT_TEMPERATURE) -> dict[str, torch.Tensor]:
+                  device: torch.device | str = "cpu",
+                  temperature: float = CACHE_TEMPERATURE) -> dict[str, torch.Tensor]:
     """The tensors of the shard holding examples ``[start, end)`` of ``data`` (:mod:`a2d.teacher_cache`'s format).
 
     Per real target position, in fp32: ``t = log_softmax(logits / temperature)``, its top ``topk`` ids and
@@ -82,8 +84,8 @@ def compute_shard(model, vocab, data, start: int, end: int, topk: int, max_token
     return {"ids": ids, "logp": logp, "rest": rest, "offsets": torch.from_numpy(offsets)}
 
 
-def build_cache(teacher: Path, data_dir: Path, out: Path, topk: int, max_tokens: int = DEFAULT_MAX_TOKENS,
-                shard_size: int = DEFAULT_SHARD_SIZE, temperature: float = DEFAULT_TEMPERATURE, log=print) -> dict:
+def build_cache(teacher: Path, data_dir: Path, out: Path, topk: int, max_tokens: int = CACHE_MAX_TOKENS,
+                shard_size: int = CACHE_SHARD_SIZE, temperature: float = CACHE_TEMPERATURE, log=print) -> dict:
     """Write (or finish) the cache ``out``: ``teacher``'s top-``topk`` log-probabilities at ``temperature`` over
     ``data_dir``'s train split.
 
@@ -102,9 +104,9 @@ def build_cache(teacher: Path, data_dir: Path, out: Path, topk: int, max_tokens:
                         "(the kd_temperature of the runs that read the cache)")
     temperature = float(temperature)
     if out.exists() and not out.is_dir():
-        raise UserError(f"--out {out}: exists and is not a folder")
+        raise OutputExists(out, "exists and is not a folder")
     if out.is_dir() and any(out.iterdir()) and not (out / INDEX_FILE).is_file():
-        raise UserError(f"--out {out}: a folder that holds no teacher cache ({INDEX_FILE}); choose another --out")
+        raise OutputExists(out, f"a folder that holds no teacher cache ({INDEX_FILE})")
     load_meta(data_dir)  # a one-line error if --data is not a prepared directory
     vocab = Vocabulary.load(data_dir)
     train = ParallelData.load(data_dir, "train")

@@ -30,10 +30,12 @@ from a2d.analysis import format_summary, plot_alignment
 from a2d.curves import plot_training_curves
 from a2d.data.corpus import cache_dir, locate_corpus
 from a2d.data.prepare import prepare, summary_lines
+from a2d.defaults import DEMO_STEPS
+from a2d.errors import CannotCreate, OutputExists
 from a2d.evaluate import paired_bootstrap
 from a2d.models import count_parameters, load_model
 from a2d.recipes.train import train
-from a2d.rundir import RunDir
+from a2d.rundir import CONFIG_FILE, RunDir
 from a2d.settings import load_config
 from a2d.utils import UserError, atomic_write_text, sha256_file
 
@@ -43,13 +45,11 @@ PACKAGED_TEACHER = Path(__file__).resolve().parents[1] / "assets" / "demo-teache
 TEACHER_URL_VARIABLE = "A2D_DEMO_TEACHER_URL"
 TEACHER_FILES = {  # sha256 of the stored tiny-r3 De->En teacher (benchmarks/results/quality-tiny-r3-teachers/de-en)
     "config.json": "c0b6115a3090b2fd3bc9bc533fc40957ea223c924acbd10ed3e0c1bbe278e111",
-    "config.yaml": "8f3a5872dcf6a5f74b73bd176d46283688cf5357dcb7680b4dda7805d2b7c08e",
+    CONFIG_FILE: "8f3a5872dcf6a5f74b73bd176d46283688cf5357dcb7680b4dda7805d2b7c08e",
     "generation_config.json": "10cfaf3b541a11fd8274a43007c700f54e70b3d41efdf02350cd4725837476bf",
     "model.safetensors": "fa546f1038ab24a9b9e5f6903c766239b46ede41a4ae0676246ee0eb6057f763",
     "sentencepiece.model": "e80d6ddc234dfbce78af482bcfe01dfb1c142ed9f0a1dff3dd71071e813eecb5",
 }
-#: The students' budget: updates of the tiny-student preset (max_tokens 2048; about 1.2 epochs of Multi30k).
-DEFAULT_STEPS = 300
 STUDENT_OVERRIDES = ["warmup_updates=100", "max_epochs=100", "patience=0", "valid_max_sentences=300"]
 #: The students (name, method), in the table's order.
 STUDENTS = [("student-nokd", "none"), ("student-kd", "kd"), ("student-a2d", "a2d")]
@@ -231,7 +231,7 @@ def _run_jobs(jobs: list[_Job], out: Path, slots: int, threads: int, log) -> dic
 def scored_models(out: Path, teacher: Path) -> dict[str, Path]:
     """The model folder scored for each row: the teacher, and each student's ``RUN/last``, the checkpoint of the
     update that spends the budget (validated there; ``best/`` may hold an earlier epoch's end)."""
-    return {"teacher": teacher, **{name: out / name / "last" for name, _ in STUDENTS}}
+    return {"teacher": teacher, **{name: RunDir(out / name).last for name, _ in STUDENTS}}
 
 
 def plan_jobs(out: Path, data: Path, teacher: Path, steps: int, seed: int) -> list[_Job]:
@@ -267,19 +267,19 @@ def _paired_line(test: dict, name: str) -> str:
 
 def _alignment_figure(out: Path, log) -> list[Path]:
     """Figure 2 for the A2D student at the budget's update (the AAM saved with its last/), and its numbers."""
-    summary = plot_alignment(out / "student-a2d" / "last", out / "alignment.png")
+    summary = plot_alignment(RunDir(out / "student-a2d").last, out / "alignment.png")
     log(format_summary(summary))
     return [out / "alignment.png"]
 
 
-def demo(out: Path, steps: int = DEFAULT_STEPS, seed: int = 1, train_teacher: bool = False,
+def demo(out: Path, steps: int = DEMO_STEPS, seed: int = 1, train_teacher: bool = False,
          max_train: int | None = None, parallel: bool | None = None, log=print) -> dict:
     """Run the demo into ``out`` (see the module's docstring); returns the table's rows and the paired tests."""
     out = Path(out)
     if steps < 1:
         raise UserError(f"--steps {steps}: must be at least 1")
     if out.exists() and not out.is_dir():
-        raise UserError(f"--out {out}: exists and is not a folder")
+        raise OutputExists(out, "exists and is not a folder")
     teacher = out / "teacher" if train_teacher else demo_teacher(log)  # fetched before --out is made
     made = [p for p in (out, *out.parents) if not p.exists()]
     try:
@@ -296,7 +296,7 @@ def _demo(out: Path, teacher: Path, steps: int, seed: int, train_teacher: bool, 
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        raise UserError(f"--out {out}: cannot create ({e.strerror})") from None
+        raise CannotCreate(out, e.strerror) from None
     data = out / "data"
     if parallel is None:  # the students (and the decoders) side by side when there are cores for it
         parallel = cores() >= 2

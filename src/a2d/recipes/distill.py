@@ -28,7 +28,7 @@ from a2d.losses import IDS_KEY, IGNORE, label_smoothed_ce
 from a2d.methods import ATTENTIONS, HIDDEN_STATES, KD_TERM, LOGITS, METHODS, DistillMethod, Progress, get_method
 from a2d.models import (build_model, count_parameters, load_model, load_weights, resolve_model_dir,
                         use_attention_maps)
-from a2d.rundir import RunDir, TrainState, rng_state, set_rng_state
+from a2d.rundir import BEST, LAST, METHOD_TENSORS, RunDir, TrainState, rng_state, set_rng_state
 from a2d.teacher_cache import TeacherCache
 from a2d.tokenizer import collate_ids
 from a2d.training import (RunProgress, RunResult, SavePoints, Throughput, budget_spent, check_data_fits, check_finite,
@@ -136,8 +136,8 @@ def distill(cfg: Config, data_dir: Path, out: Path, teacher_path: Path | None, r
     state = TrainState()
     if resumed:
         ckpt = run.load_trainer(accelerator.process_index, accelerator.num_processes, log)
-        if "method" in ckpt["tensors"]:
-            method.load_state_dict(ckpt["tensors"]["method"])
+        if METHOD_TENSORS in ckpt["tensors"]:
+            method.load_state_dict(ckpt["tensors"][METHOD_TENSORS])
         optimizer.load_state_dict(ckpt["optimizer"])
         scheduler.load_state_dict(ckpt["scheduler"])
         state = ckpt["state"]
@@ -164,14 +164,14 @@ def distill(cfg: Config, data_dir: Path, out: Path, teacher_path: Path | None, r
     def save(which: str) -> None:
         method_state = {k: v.detach().cpu().contiguous() for k, v in method.state_dict().items()}
         trainer = None
-        if which == "last":  # every process's RNG state, so that each resumes its own dropout stream
+        if which == LAST:  # every process's RNG state, so that each resumes its own dropout stream
             rngs = gather_object([rng_state()]) if accelerator.num_processes > 1 else [rng_state()]
             trainer = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": rngs,
-                       "state": state, "tensors": {"method": method_state} if method_state else {}}
+                       "state": state, "tensors": {METHOD_TENSORS: method_state} if method_state else {}}
         if not main:
             return
         run.save(which, accelerator.unwrap_model(student), vocab, cfg, trainer=trainer)
-        if which == "best" and method_state:  # the method's modules of the best student, beside it
+        if which == BEST and method_state:  # the method's modules of the best student, beside it
             describe = getattr(method, "describe", None)
             run.save_method(method_state, {"method": cfg.method, **(describe() if describe else {})})
 
@@ -228,7 +228,7 @@ def distill(cfg: Config, data_dir: Path, out: Path, teacher_path: Path | None, r
                                   tokens_per_s=tps, **{f"w_{k}": v for k, v in weights.items() if k != "ce"})
                 save_now, interrupted = savepoints.after_update(state.update)
                 if save_now:
-                    save("last")
+                    save(LAST)
                 if interrupted:
                     bar.close()
                     raise savepoints.interrupted(run, state.update)
@@ -238,20 +238,20 @@ def distill(cfg: Config, data_dir: Path, out: Path, teacher_path: Path | None, r
             epoch_done = state.batch_in_epoch >= len(batches)
             if epoch_done or budget_spent(state, cfg):  # every epoch's end, and the update that spends max_steps
                 if record_validation(accelerator, student, vocab, valid_data, cfg, state, metrics, log, epoch_done):
-                    save("best")
+                    save(BEST)
                 validated = state.update
             if epoch_done:
                 state.epoch += 1
                 state.batch_in_epoch = 0
             stop = should_stop(state, cfg)
             state.finished = stop is not None
-            save("last")
+            save(LAST)
     if validated != state.update and (not state.finished or state.best_bleu < 0):
         # resumed from a last/ written (save_every) at the update that ends the run, before its validation
         if record_validation(accelerator, student, vocab, valid_data, cfg, state, metrics, log, epoch_done=False):
-            save("best")
+            save(BEST)
         state.finished = True
-        save("last")
+        save(LAST)
     accelerator.wait_for_everyone()
     if main:
         log(f"stopped: {stop}; best valid BLEU {state.best_bleu:.2f} at epoch {state.best_epoch}")

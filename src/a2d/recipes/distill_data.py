@@ -41,6 +41,8 @@ import a2d
 from a2d.data.corpus import LINE_BREAK_TABLE, read_lines
 from a2d.data.prepare import META_FILE, ParallelData, Split, encode_split, load_meta, write_split
 from a2d.data.vocab import Vocabulary, check_same_vocabulary
+from a2d.defaults import SEQ_KD_BEAM
+from a2d.errors import OutputExists
 from a2d.export import check_quantization, export, is_exported, read_settings
 from a2d.models import load_model
 from a2d.translator import BatchTranslator, CT2Translator, HFTranslator
@@ -57,7 +59,7 @@ def work_dir_for(out_dir: Path) -> Path:
     return out_dir.parent / f".{out_dir.name}.partial"
 
 
-def distill_data(teacher: Path, data_dir: Path, out_dir: Path, beam: int = 5, max_tokens: int = 6000,
+def distill_data(teacher: Path, data_dir: Path, out_dir: Path, beam: int = SEQ_KD_BEAM, max_tokens: int = 6000,
                  chunk: int = 2000, engine: str | None = None, threads: int | None = None, log=print) -> dict:
     """Write ``out_dir``: the data directory ``data_dir`` with the teacher's translations as train targets.
 
@@ -75,7 +77,7 @@ def distill_data(teacher: Path, data_dir: Path, out_dir: Path, beam: int = 5, ma
     exported = is_exported(teacher)
     engine = _engine(teacher, engine, exported)
     if out_dir.exists():
-        raise UserError(f"{out_dir}: already exists; remove it or choose another --out")
+        raise OutputExists(out_dir)
 
     # ---- the data and the teacher
     meta = load_meta(data_dir)

@@ -23,7 +23,7 @@ from a2d.data.prepare import ParallelData, load_meta
 from a2d.data.vocab import Vocabulary
 from a2d.losses import label_smoothed_ce
 from a2d.models import build_model, count_parameters, load_weights
-from a2d.rundir import RunDir, TrainState, rng_state, set_rng_state
+from a2d.rundir import BEST, LAST, RunDir, TrainState, rng_state, set_rng_state
 from a2d.tokenizer import collate_ids
 from a2d.training import (RunProgress, RunResult, SavePoints, Throughput, budget_spent, check_data_fits, check_finite,
                           inverse_sqrt_schedule, make_accelerator, make_optimizer, micro_batches, model_inputs,
@@ -73,7 +73,7 @@ def train(cfg: Config, data_dir: Path, out: Path, resume: bool = False, log=prin
 
     def save(which: str) -> None:
         trainer = None
-        if which == "last":  # every process's RNG state, so that each resumes its own dropout stream
+        if which == LAST:  # every process's RNG state, so that each resumes its own dropout stream
             rngs = gather_object([rng_state()]) if accelerator.num_processes > 1 else [rng_state()]
             trainer = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                        "rng": rngs, "state": state}
@@ -124,7 +124,7 @@ def train(cfg: Config, data_dir: Path, out: Path, resume: bool = False, log=prin
                                   tokens_per_s=tps)
                 save_now, interrupted = savepoints.after_update(state.update)
                 if save_now:
-                    save("last")
+                    save(LAST)
                 if interrupted:
                     bar.close()
                     raise savepoints.interrupted(run, state.update)
@@ -134,20 +134,20 @@ def train(cfg: Config, data_dir: Path, out: Path, resume: bool = False, log=prin
             epoch_done = state.batch_in_epoch >= len(batches)
             if epoch_done or budget_spent(state, cfg):  # every epoch's end, and the update that spends max_steps
                 if record_validation(accelerator, model, vocab, valid_data, cfg, state, metrics, log, epoch_done):
-                    save("best")
+                    save(BEST)
                 validated = state.update
             if epoch_done:
                 state.epoch += 1
                 state.batch_in_epoch = 0
             stop = should_stop(state, cfg)
             state.finished = stop is not None
-            save("last")
+            save(LAST)
     if validated != state.update and (not state.finished or state.best_bleu < 0):
         # resumed from a last/ written (save_every) at the update that ends the run, before its validation
         if record_validation(accelerator, model, vocab, valid_data, cfg, state, metrics, log, epoch_done=False):
-            save("best")
+            save(BEST)
         state.finished = True
-        save("last")
+        save(LAST)
     accelerator.wait_for_everyone()
     if main:
         log(f"stopped: {stop}; best valid BLEU {state.best_bleu:.2f} at epoch {state.best_epoch}")
