@@ -10,18 +10,8 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 SRC = REPO / "src"
 
-#: Imports of a2d modules placed inside functions that stay for now, by importing module; each with its reason.
-#: Not one hides a cycle (the graph counts them, and has none).
-ALLOWED_IN_FUNCTIONS = {
-    # issue 35 item 5 (the command line only parses; another branch): cli.py imports each command's work when
-    # the command runs, and a2d.experiments.command its grid's, so that `a2d --help` does not load torch
-    "a2d.cli": "issue 35 item 5",
-    "a2d.experiments.command": "issue 35 item 5",
-    # issue 35 item 3 (one run-folder owner; another branch): prepare.py asks models.resolve_model_dir for the
-    # model folder of --tokenizer DIR; importing models at the top would load torch and transformers for every
-    # `a2d prepare`. The model-folder query moves to the run-folder owner there.
-    "a2d.data.prepare": "issue 35 item 3",
-}
+#: Imports of a2d modules placed inside functions that stay, by importing module, each with its reason: none.
+ALLOWED_IN_FUNCTIONS: dict[str, str] = {}
 
 
 def _load_script():

@@ -18,7 +18,7 @@ from a2d.defaults import (CACHE_MAX_TOKENS, CACHE_SHARD_SIZE, CACHE_TEMPERATURE,
                           SHORTLIST_FREQUENT, SHORTLIST_TOP_N)
 from a2d.errors import (CannotCreate, NotAnAlignmentRun, NotDistilledData, NothingToResume, OutputExists,
                         OutputUnwritable, ResumeMismatch, TeacherRequired, UnknownMethod)
-from a2d.experiments import command as reproduce  # light: the grid's work is imported when it runs
+from a2d.experiments import command as reproduce  # light: its arguments; the work is a2d.experiments.runner
 from a2d.rundir import RunDir
 from a2d.utils import UserError, check_output_file
 
@@ -180,6 +180,10 @@ def cmd_demo(args, demo):
          max_train=args.max_train, parallel=False if args.one_at_a_time else None)
 
 
+def cmd_reproduce(args, reproduce_grid):
+    reproduce_grid(args)
+
+
 #: Each command's handler and the components it calls ("module:name", imported when the command runs).
 COMMANDS = {
     "prepare": (cmd_prepare, "a2d.data.corpus:locate_corpus", "a2d.data.prepare:prepare",
@@ -197,7 +201,7 @@ COMMANDS = {
     "methods": (cmd_methods, "a2d.methods:METHODS"),
     "config": (cmd_config, "a2d.settings:load_config", "a2d.settings:describe_keys"),
     "demo": (cmd_demo, "a2d.recipes.demo:demo"),
-    "reproduce": (reproduce.run,),
+    "reproduce": (cmd_reproduce, "a2d.experiments.runner:reproduce"),
 }
 
 

@@ -399,6 +399,32 @@ class MetricsLog:
                 f.write(json.dumps(record) + "\n")
 
 
-__all__ = ["RunDir", "TrainState", "MetricsLog", "rng_state", "set_rng_state", "model_dir", "is_last", "method_files",
+def resolve_model_dir(path: Path | str) -> Path:
+    """The model folder that ``path`` names (``RUN`` gives ``RUN/best``, else ``RUN/last``); a one-line error for a
+    folder that is not a model or holds another model family than Marian."""
+    path = model_dir(path)
+    if (path / "a2d_export.json").is_file():
+        if not (path / "model.bin").is_file():
+            raise UserError(f"{path}: an incomplete CTranslate2 export (a2d_export.json but no model.bin); export the "
+                            "model again with a2d export")
+        raise UserError(f"{path}: a CTranslate2 export; this command needs the Hugging Face model folder it was made from")
+    if not (path / "config.json").exists():
+        if RunDir(path).began():
+            raise UserError(f"{path}: a run with no saved model yet (no best/ or last/: it is before its first "
+                            "checkpoint, or was stopped there); wait for its first checkpoint, or resume the run")
+        raise UserError(f"{path}: not a model folder (no config.json; give a run folder, its best/ or last/, "
+                        "or a Hugging Face Marian folder); run a2d train or a2d distill to make one")
+    try:
+        family = json.loads((path / "config.json").read_text(encoding="utf-8")).get("model_type")
+    except (OSError, ValueError, AttributeError) as e:
+        raise UserError(f"{path / 'config.json'}: not a model config ({e})") from None
+    if family != "marian":
+        raise UserError(f"{path}: a {family or 'unknown'} model; a2d supports Marian models only (MarianMTModel "
+                        "folders: a2d's own, or OPUS-MT's saved with save_pretrained)")
+    return path
+
+
+
+__all__ = ["resolve_model_dir", "RunDir", "TrainState", "MetricsLog", "rng_state", "set_rng_state", "model_dir", "is_last", "method_files",
            "run_label", "metrics_file", "model_config", "BEST", "LAST", "CONFIG_FILE", "METRICS_FILE", "METHOD_TENSORS",
            "METHOD_WEIGHTS", "METHOD_INFO"]

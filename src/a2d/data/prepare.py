@@ -33,6 +33,7 @@ import a2d
 from a2d.data.corpus import SPLITS, read_lines, read_parallel
 from a2d.data.vocab import SPM_FILE, Vocabulary, train_sentencepiece
 from a2d.errors import OutputExists
+from a2d.rundir import resolve_model_dir
 from a2d.tokenizer import MAX_UNKNOWN_RATE, check_unknown_rate
 from a2d.utils import UserError, atomic_dir, check_writable_dir, check_writable_parent, sha256_file
 
@@ -165,8 +166,6 @@ def _load_tokenizer(folder: Path):
     if not folder.is_dir():
         raise UserError(f"--tokenizer {folder}: not a folder (give a model folder with its tokenizer files)")
     if (folder / "config.json").is_file():
-        from a2d.models import resolve_model_dir
-
         resolve_model_dir(folder)  # refuses another model family
     return Vocabulary.load(folder)
 

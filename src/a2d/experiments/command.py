@@ -1,6 +1,6 @@
 """``a2d reproduce GRID`` (and ``benchmarks/quality.py GRID``): its arguments, and what they do.
 
-Light to import (the CLI builds its parser with it); the work is imported when it runs.
+Light to import (the CLI builds its parser with it); what the arguments do is :func:`a2d.experiments.runner.reproduce`.
 """
 from __future__ import annotations
 
@@ -32,24 +32,4 @@ def add_arguments(parser) -> None:
                              "folder holds cell.json is still skipped: remove the run folder to redo it)")
 
 
-def run(args, log=print) -> None:
-    """Do what the arguments of :func:`add_arguments` say."""
-    from a2d.experiments.grid import load_grid
-    from a2d.experiments.report import write_report
-    from a2d.experiments.runner import dry_run, run_grid
-
-    grid = load_grid(args.grid)
-    if args.dry_run:
-        dry_run(grid, args.runs_dir, args.results_dir, args.only, log=log, redo=args.redo)
-    elif args.report_only:
-        json_path, md_path = write_report(grid, args.runs_dir, args.results_dir, log)
-        log(f"wrote {json_path} and {md_path}")
-    else:
-        try:
-            run_grid(grid, args.runs_dir, args.results_dir, args.only, log=log, redo=args.redo)
-        except KeyboardInterrupt:
-            log("interrupted: run the same command again to continue")
-            raise
-
-
-__all__ = ["add_arguments", "run", "DEFAULT_RESULTS", "DEFAULT_RUNS"]
+__all__ = ["add_arguments", "DEFAULT_RESULTS", "DEFAULT_RUNS"]

@@ -36,7 +36,7 @@ from a2d.data.corpus import locate_corpus
 from a2d.data.prepare import prepare, summary_lines
 from a2d.evaluate import evaluate_model
 from a2d.experiments.compare import collect, distilled
-from a2d.experiments.grid import TEACHER, Grid
+from a2d.experiments.grid import TEACHER, Grid, load_grid
 from a2d.experiments.files import read_json, read_written_lines, sha_lines
 from a2d.experiments.plan import (CELL_FILE, WALL_FILE, Job, data_dir, eval_dir, kd_cache_dir, plan, run_metrics,
                                   run_status, seqkd_dir)
@@ -51,6 +51,23 @@ from a2d.recipes.train import train
 from a2d.rundir import RunDir, model_config
 from a2d.teacher_cache import INDEX_FILE
 from a2d.utils import UserError, atomic_dir, atomic_write_text, sha256_file
+
+
+def reproduce(args, log=print) -> None:
+    """What the arguments of ``a2d reproduce`` (:func:`a2d.experiments.command.add_arguments`) say: a dry run, the
+    report only, or the grid's work."""
+    grid = load_grid(args.grid)
+    if args.dry_run:
+        dry_run(grid, args.runs_dir, args.results_dir, args.only, log=log, redo=args.redo)
+    elif args.report_only:
+        json_path, md_path = write_report(grid, args.runs_dir, args.results_dir, log)
+        log(f"wrote {json_path} and {md_path}")
+    else:
+        try:
+            run_grid(grid, args.runs_dir, args.results_dir, args.only, log=log, redo=args.redo)
+        except KeyboardInterrupt:
+            log("interrupted: run the same command again to continue")
+            raise
 
 
 # =============================================================================================== stages
@@ -449,4 +466,4 @@ def store_students(grid: Grid, jobs: list[Job], results: Path, log) -> None:
             store_student(grid, results, job, record, log)
 
 
-__all__ = ["run_grid", "dry_run", "train_job", "evaluate_job", "ensure_teacher", "ensure_data", "store_students"]
+__all__ = ["reproduce", "run_grid", "dry_run", "train_job", "evaluate_job", "ensure_teacher", "ensure_data", "store_students"]
