@@ -211,8 +211,8 @@ class SavePoints:
     handlers (from the main thread only; elsewhere only the timed and counted saves apply) and restores the old
     ones. Under several processes they decide together (an all-reduce per update), since saving gathers from all."""
 
-    def __init__(self, cfg: Config, accelerator: Accelerator):
-        self.cfg, self.accelerator = cfg, accelerator
+    def __init__(self, cfg: Config, accelerator: Accelerator, run):
+        self.cfg, self.accelerator, self.run = cfg, accelerator, run
         self.signal: str | None = None
         self.last_save = time.monotonic()
         self._old: dict = {}
@@ -233,7 +233,18 @@ class SavePoints:
             raise KeyboardInterrupt
         self.signal = signal.Signals(signum).name
 
-    def after_update(self, update: int) -> tuple[bool, bool]:
+    def after_update(self, update: int, save_last, bar) -> None:
+        """After update number ``update``: ``save_last()`` when a save is due; after a signal, close the progress
+        ``bar`` and raise :class:`Interrupted`."""
+        save, stop = self.due(update)
+        if save:
+            save_last()
+        if stop:
+            bar.close()
+            raise Interrupted(f"{self.signal or 'a signal'} at update {update}; {self.run.last} is saved: the same "
+                              "command with --resume continues the run")
+
+    def due(self, update: int) -> tuple[bool, bool]:
         """``(save last/ now, then stop)`` after update number ``update``."""
         cfg = self.cfg
         timed = bool(cfg.save_every_minutes) and time.monotonic() - self.last_save >= 60 * cfg.save_every_minutes
@@ -246,10 +257,6 @@ class SavePoints:
         if save:
             self.last_save = time.monotonic()
         return save, stop
-
-    def interrupted(self, run, update: int) -> Interrupted:
-        return Interrupted(f"{self.signal or 'a signal'} at update {update}; {run.last} is saved: the same command "
-                           "with --resume continues the run")
 
 
 # --------------------------------------------------------------------------------------------- validation

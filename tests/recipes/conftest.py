@@ -25,11 +25,11 @@ def small_data(tmp_path_factory, data_root):
 
 def signal_at(monkeypatch, update: int, signum=signal.SIGINT):
     """Send ``signum`` to this process (through the real handler) as update ``update`` ends."""
-    original = training.SavePoints.after_update
+    original = training.SavePoints.due
 
-    def after_update(self, n):
+    def due(self, n):
         if n == update:
             os.kill(os.getpid(), signum)
         return original(self, n)
 
-    monkeypatch.setattr(training.SavePoints, "after_update", after_update)
+    monkeypatch.setattr(training.SavePoints, "due", due)

@@ -189,13 +189,13 @@ def test_the_command_says_where_it_stopped(small_data, tmp_path, monkeypatch, ca
 
 def test_save_every_minutes_saves_between_epoch_ends():
     cfg = load_config("tiny-student", ["save_every_minutes=0.5"])
-    points = training.SavePoints(cfg, training.make_accelerator(cfg))
-    assert points.after_update(1) == (False, False)
+    points = training.SavePoints(cfg, training.make_accelerator(cfg), None)
+    assert points.due(1) == (False, False)
     points.last_save -= 31
-    assert points.after_update(2) == (True, False) and points.after_update(3) == (False, False)
+    assert points.due(2) == (True, False) and points.due(3) == (False, False)
     with points:
         os.kill(os.getpid(), signal.SIGINT)
-        assert points.after_update(4) == (True, True)
+        assert points.due(4) == (True, True)
         with pytest.raises(KeyboardInterrupt):  # a second signal does not wait for the update to end
             os.kill(os.getpid(), signal.SIGINT)
 

@@ -179,7 +179,7 @@ def distill(cfg: Config, data_dir: Path, out: Path, teacher_path: Path | None, r
     student.train()
     speed = Throughput()
     progress_line = RunProgress(main, log, int(train_data.tgt_lens.sum()) + len(train_data), accelerator.device)
-    savepoints = SavePoints(cfg, accelerator)
+    savepoints = SavePoints(cfg, accelerator, run)
     stop = should_stop(state, cfg)
     validated = None  # the update of this process's last validation
     with savepoints:
@@ -226,12 +226,7 @@ def distill(cfg: Config, data_dir: Path, out: Path, teacher_path: Path | None, r
                     values = {k: v.item() for k, v in terms.items()}
                     metrics.write(type="train", update=state.update, epoch=state.epoch, **values, lr=lr,
                                   tokens_per_s=tps, **{f"w_{k}": v for k, v in weights.items() if k != "ce"})
-                save_now, interrupted = savepoints.after_update(state.update)
-                if save_now:
-                    save(LAST)
-                if interrupted:
-                    bar.close()
-                    raise savepoints.interrupted(run, state.update)
+                savepoints.after_update(state.update, lambda: save(LAST), bar)  # Interrupted after a signal
                 if cfg.max_steps and state.update >= cfg.max_steps:
                     break
             bar.close()

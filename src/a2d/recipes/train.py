@@ -84,7 +84,7 @@ def train(cfg: Config, data_dir: Path, out: Path, resume: bool = False, log=prin
     model.train()
     speed = Throughput()
     progress_line = RunProgress(main, log, int(train_data.tgt_lens.sum()) + len(train_data), accelerator.device)
-    savepoints = SavePoints(cfg, accelerator)
+    savepoints = SavePoints(cfg, accelerator, run)
     stop = should_stop(state, cfg)
     validated = None  # the update of this process's last validation
     with savepoints:
@@ -122,12 +122,7 @@ def train(cfg: Config, data_dir: Path, out: Path, resume: bool = False, log=prin
                     loss = terms["loss"].item()
                     metrics.write(type="train", update=state.update, epoch=state.epoch, loss=loss, ce=loss, lr=lr,
                                   tokens_per_s=tps)
-                save_now, interrupted = savepoints.after_update(state.update)
-                if save_now:
-                    save(LAST)
-                if interrupted:
-                    bar.close()
-                    raise savepoints.interrupted(run, state.update)
+                savepoints.after_update(state.update, lambda: save(LAST), bar)  # Interrupted after a signal
                 if cfg.max_steps and state.update >= cfg.max_steps:
                     break
             bar.close()
