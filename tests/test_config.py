@@ -7,10 +7,11 @@ import pytest
 import yaml
 
 from a2d import cli
-from a2d.config import ConfigError, preset_names, read_yaml, save_config
+from a2d.config import ACTIVATIONS, ConfigError, preset_names, read_yaml, save_config
 from a2d.methods import METHODS
 from a2d.methods.a2d import A2DSettings
 from a2d.methods.kd import WordKD, WordKDSettings
+from a2d.models import build_model
 from a2d.settings import describe_keys, load_config
 
 
@@ -226,3 +227,33 @@ def test_keys_are_listed_by_method():
     assert "(methods tinybert, minilm, alp-kd, pkd, ckd):\n  feature_weight" in text
     assert "\n  beam = " not in text
     assert cli.main(["config", "--keys"]) == 0
+
+
+def test_opus_mt_activations_are_accepted(tmp_path):
+    """OPUS-MT's swish (and the other activations Marian and CTranslate2's converter both know) from a preset
+    YAML or an override; one neither knows is refused, naming the key and the choices."""
+    preset = tmp_path / "opus.yaml"
+    preset.write_text("activation_function: swish\nd_model: 32\nffn_dim: 64\nencoder_attention_heads: 2\n"
+                      "decoder_attention_heads: 2\n")
+    cfg = load_config(f"tiny-student+{preset}")
+    assert cfg.activation_function == "swish"
+    assert build_model(cfg, 100).config.activation_function == "swish"
+    assert load_config("tiny-student", ["activation_function=gelu_new"]).activation_function == "gelu_new"
+    assert {"relu", "gelu", "swish", "silu"} <= set(ACTIVATIONS)
+    with pytest.raises(ConfigError, match="activation_function='tanh': must be one of relu, gelu, swish"):
+        load_config("tiny-student", ["activation_function=tanh"])
+
+
+def test_the_config_knows_which_keys_were_given(tmp_path):
+    """``given``: the keys a preset, a saved config or an override set (a distilled student takes the teacher's
+    max_positions unless it is one of them); not a key of config.yaml."""
+    assert "max_positions" not in load_config("tiny-student").given
+    assert "encoder_layers" in load_config("tiny-student").given  # set by the preset
+    cfg = load_config("tiny-student", ["max_positions=256"])
+    assert "max_positions" in cfg.given and cfg.max_positions == 256
+    assert "given" not in cfg.to_dict() and "max_positions" in cfg.to_dict()
+    assert "max_positions" in load_config(None, base=cfg.to_dict()).given  # a resumed run keeps its own
+    assert "given" not in describe_keys()
+    assert load_config("tiny-student").num_beams == 0 and load_config("tiny-student", ["num_beams=4"]).num_beams == 4
+    with pytest.raises(ConfigError, match="num_beams=-1: must be >= 0"):
+        load_config("tiny-student", ["num_beams=-1"])

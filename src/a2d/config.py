@@ -33,6 +33,10 @@ from a2d.utils import atomic_write_text
 PRESET_DIR = Path(__file__).parent / "configs"
 SAVED = "saved config"  # the source name of a run's config.yaml (the base of a resumed run)
 OVERRIDE = "override"  # the source name of a key=value
+#: FFN activations a model may have: those Hugging Face's Marian and CTranslate2's converter both know.
+ACTIVATIONS = ("relu", "gelu", "swish", "silu", "gelu_new", "gelu_fast", "gelu_pytorch_tanh", "quick_gelu")
+#: The beam a model decodes with when its generation config records none (a2d translate/evaluate's default).
+DEFAULT_BEAM = 5
 
 
 class ConfigError(ValueError):
@@ -76,8 +80,9 @@ class Config:
     dropout: float = _f(0.3, "dropout on residual branches", low=0.0, high=0.99)
     attention_dropout: float = _f(0.0, "dropout on attention probabilities", low=0.0, high=0.99)
     activation_dropout: float = _f(0.0, "dropout after the FFN activation", low=0.0, high=0.99)
-    activation_function: str = _f("relu", "FFN activation", choices=("relu", "gelu"))
-    max_positions: int = _f(256, "longest sequence (subwords) the model accepts", low=8)
+    activation_function: str = _f("relu", "FFN activation (OPUS-MT's is swish)", choices=ACTIVATIONS)
+    max_positions: int = _f(256, "longest sequence (subwords) the model accepts; a2d distill: the teacher's "
+                            "max_position_embeddings unless this is set", low=8)
     init: str = _f("fairseq", "weight initialisation: fairseq (Xavier-uniform linears, q/k/v with gain 1/sqrt(2), "
                    "zero biases, embeddings N(0, d_model^-0.5)) or normal (every linear and embedding "
                    "N(0, d_model^-0.5), Hugging Face's scheme; deep post-norm models learn much more slowly)",
@@ -112,6 +117,9 @@ class Config:
     valid_max_sentences: int = _f(0, "score at most this many validation sentences (0: all)", low=0)
     max_len_a: float = _f(1.2, "decode at most a * source_length + b tokens", low=0.0)
     max_len_b: int = _f(10, "see max_len_a", low=1)
+    num_beams: int = _f(0, "beam size recorded in the model's generation_config.json: what generate() without "
+                        "arguments and a2d translate/evaluate without --beam decode with; 0: the teacher's "
+                        f"num_beams (a2d distill from a folder that records one), else {DEFAULT_BEAM}", low=0)
 
     # --- distillation (a2d distill); each method's own settings: its Settings class (methods/<name>.py) ---
     method: str | None = _f("a2d", "distillation method (see `a2d methods`); a train run has none")
@@ -126,6 +134,9 @@ class Config:
     #: the method's own settings, an instance of its ``Settings`` dataclass (:func:`a2d.settings.load_config`
     #: resolves it); None for a run without a method (``a2d train``)
     settings: object = field(default=None, repr=False)
+    #: the keys set by a saved config, a preset or an override (the rest are defaults), by
+    #: :func:`a2d.settings.load_config`
+    given: frozenset = field(default_factory=frozenset, repr=False, compare=False)
 
     # ------------------------------------------------------------------------------------------
     def __post_init__(self):
@@ -154,19 +165,23 @@ class Config:
         """The keys a run's ``config.yaml`` holds: the common settings, then the method and its own settings
         (none for a train run). Flat, as :func:`a2d.settings.load_config` reads them back."""
         out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
-               if f.name != "settings" and (self.method is not None or f.name not in DISTILL_KEYS)}
+               if f.name not in _INTERNAL and (self.method is not None or f.name not in DISTILL_KEYS)}
         if self.settings is not None:
             out.update(dataclasses.asdict(self.settings))
         return out
 
 
+#: Fields of :class:`Config` that are not settings (no key of their own in ``config.yaml``).
+_INTERNAL = ("method_values", "given")
 #: The settings of ``a2d distill`` itself, which a train run's ``config.yaml`` leaves out.
 DISTILL_KEYS = ("method", "aam_lr", "loss_mixing", "teacher_precision")
 #: Keys of older versions, accepted in saved configs and presets and ignored (``beam``: ``a2d evaluate`` and
 #: ``a2d translate`` take ``--beam``; the config's value was never used).
 RETIRED_KEYS = ("beam",)
+#: Fields of :class:`Config` that are not settings (no key of their own in ``config.yaml``).
+_INTERNAL = ("settings", "given")
 #: The common settings by key (those of :class:`Config`; a method's are its ``Settings``' fields).
-FIELDS: dict[str, dataclasses.Field] = {f.name: f for f in dataclasses.fields(Config) if f.name != "settings"}
+FIELDS: dict[str, dataclasses.Field] = {f.name: f for f in dataclasses.fields(Config) if f.name not in _INTERNAL}
 
 #: Settings that fix the shape of a run's model or method modules: ``--resume`` refuses to change them.
 SHAPE_KEYS = ("encoder_layers", "decoder_layers", "encoder_attention_heads", "decoder_attention_heads", "d_model",
@@ -299,6 +314,6 @@ def describe_fields(fields) -> list[str]:
     return lines
 
 
-__all__ = ["Config", "ConfigError", "Given", "FIELDS", "SHAPE_KEYS", "DISTILL_KEYS", "RETIRED_KEYS", "SAVED",
+__all__ = ["Config", "ConfigError", "ACTIVATIONS", "DEFAULT_BEAM", "Given", "FIELDS", "SHAPE_KEYS", "DISTILL_KEYS", "RETIRED_KEYS", "SAVED",
            "OVERRIDE", "coerce", "read_layers", "save_config", "preset_names", "describe_fields", "read_yaml",
            "setting", "check_value", "check_fields"]

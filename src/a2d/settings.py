@@ -101,7 +101,7 @@ def load_config(preset: str | Path | None = None, overrides: list[str] | tuple =
         else:
             raise ConfigError(f"{g.source}: unknown key {g.key!r} (see `a2d config --keys`)")
     settings = None if method is None else METHODS[method].Settings(**values)
-    return Config(**common, settings=settings)
+    return Config(**common, settings=settings, given=frozenset(g.key for g in given))
 
 
 def describe_keys() -> str:
