@@ -11,6 +11,8 @@ from pathlib import Path
 import pytest
 
 from a2d.cli import main
+from a2d.config import read_yaml
+from a2d.settings import load_config
 from a2d.data.prepare import prepare
 from a2d.data.vocab import Vocabulary
 from a2d.evaluate import evaluate_model, translate
@@ -115,6 +117,38 @@ def test_score_distill_translate(hub, tmp_path, monkeypatch, capsys):
     monkeypatch.setattr("sys.stdin", io.TextIOWrapper(io.BytesIO("Ein Mann.\nZwei Frauen.\n".encode())))
     assert main(["translate", "--model", str(teacher), "--beam", "1"]) == 0
     assert len(capsys.readouterr().out.splitlines()) == 2
+
+
+def test_student_takes_the_teachers_positions_and_beam(hub, tmp_path):
+    """A student of a brought teacher gets the teacher's max_position_embeddings (128 here, not the default 256) and
+    the num_beams its generation config records (4), unless max_positions/num_beams are set; its folder's tokenizer
+    says the student's positions (the teacher's tokenizer_config.json says 512), so a long source truncated by the
+    tokenizer fits; a2d translate decodes with the recorded beam by default."""
+    from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
+
+    from a2d.translator import load_translator
+
+    teacher, data = hub
+    if not teacher.parent.name.startswith("shared-tied"):
+        pytest.skip("one vocabulary layout is enough")
+    assert json.loads((teacher / "tokenizer_config.json").read_text())["model_max_length"] == 512
+    own = [o for o in STUDENT if not o.startswith("max_positions=")] + ["method=kd", "max_steps=1"]
+    distill(load_config("tiny-student", own), data, tmp_path / "taken", teacher, log=quiet)
+    best = tmp_path / "taken" / "best"
+    assert read_yaml(tmp_path / "taken" / "config.yaml")["max_positions"] == 128  # recorded: --resume keeps it
+    generation = json.loads((best / "generation_config.json").read_text())
+    assert (generation["num_beams"], generation["early_stopping"], generation["max_length"]) == (4, True, 128)
+    tok, model = AutoTokenizer.from_pretrained(best), AutoModelForSeq2SeqLM.from_pretrained(best)
+    assert tok.model_max_length == model.config.max_position_embeddings == 128
+    batch = tok([" ".join(corpus_text(20)[0])], return_tensors="pt", truncation=True)
+    assert batch["input_ids"].shape[1] == 128
+    model.generate(**batch, max_new_tokens=2)  # (an IndexError with the teacher's 512)
+    assert load_translator(best).default_beam == 4
+    distill(load_config("tiny-student", own + ["max_positions=96", "num_beams=2"]), data, tmp_path / "told", teacher,
+            log=quiet)
+    told = load_model(tmp_path / "told")[0]
+    assert (told.config.max_position_embeddings, told.generation_config.num_beams) == (96, 2)
+    assert AutoTokenizer.from_pretrained(tmp_path / "told" / "best").model_max_length == 96
 
 
 def test_hub_export_matches_hugging_face(hub, tmp_path):

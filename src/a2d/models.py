@@ -7,6 +7,7 @@ A checkpoint folder is a ``save_pretrained`` folder (``config.json`` + ``model.s
 """
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -16,7 +17,7 @@ from safetensors.torch import load_file
 from transformers import MarianConfig, MarianMTModel
 from transformers.utils import logging as hf_logging
 
-from a2d.config import Config
+from a2d.config import DEFAULT_BEAM, Config
 from a2d.data.vocab import BOS, EOS, PAD, Vocabulary
 from a2d.rundir import resolve_model_dir  # a2d.models.resolve_model_dir, as before
 from a2d.tokenizer import GENERATION_KEYS
@@ -48,13 +49,20 @@ def marian_config(cfg: Config, vocab_size: int, layout: dict | None = None) -> M
 
 def build_model(cfg: Config, vocab_size: int, seed: int | None = None, layout: dict | None = None) -> MarianMTModel:
     """A freshly initialised model of the shape ``cfg`` describes (``layout``: see :func:`marian_config`; its
-    generation settings, e.g. the teacher's ``bad_words_ids``, go to the model's generation config)."""
+    generation settings, e.g. the teacher's ``bad_words_ids``, go to the model's generation config).
+
+    The generation config records how a2d decodes (:mod:`a2d.translator`): ``num_beams`` (``cfg.num_beams``, else
+    :data:`~a2d.config.DEFAULT_BEAM`) with ``early_stopping``, at most ``max_positions`` tokens; so ``generate()``
+    without arguments gives ``a2d translate``'s beam output."""
     if seed is not None:
         torch.manual_seed(seed)
     model = MarianMTModel(marian_config(cfg, vocab_size, layout))
     if cfg.init == "fairseq":
         fairseq_init(model)
     model.generation_config.max_length = cfg.max_positions
+    beams = cfg.num_beams or DEFAULT_BEAM
+    model.generation_config.num_beams = beams
+    model.generation_config.early_stopping = beams > 1  # (a beam-only flag: set with num_beams 1, saving refuses it)
     for key in GENERATION_KEYS:
         if key in (layout or {}):
             setattr(model.generation_config, key, layout[key])
@@ -154,6 +162,19 @@ def _first(items: list[str], sep: str, n: int = 3) -> str:
 
 def _shape(shape) -> str:
     return "x".join(str(int(d)) for d in shape) or "scalar"
+
+
+def recorded_beam(folder: Path | str) -> int | None:
+    """The ``num_beams`` a model folder's ``generation_config.json`` records (None where it records none: an older
+    a2d folder, or one without that file)."""
+    path = Path(folder) / "generation_config.json"
+    try:
+        value = json.loads(path.read_text(encoding="utf-8")).get("num_beams") if path.is_file() else None
+    except (OSError, ValueError, AttributeError) as e:
+        raise UserError(f"{path}: not a generation config ({e})") from None
+    if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+        raise UserError(f"{path}: num_beams={value!r} is not a beam size (an integer >= 1)")
+    return value
 
 
 def check_safetensors(path: Path) -> None:

@@ -4,7 +4,8 @@ A run folder written by ``a2d train`` or ``a2d distill``::
 
     RUN/config.yaml            the resolved configuration (written once every setting has been checked)
     RUN/metrics.jsonl          one JSON object per line: ``train`` every log_every updates, ``valid`` per epoch
-    RUN/best/                  the best model on validation: a Hugging Face folder (safetensors + vocabulary)
+    RUN/best/                  the best model on validation: a Hugging Face folder (safetensors + vocabulary,
+                               README.md: how transformers alone uses it)
     RUN/last/                  the latest model, and in last/trainer/ what --resume needs:
         trainer/state.json     where the run is (:class:`TrainState`)
         trainer/optimizer.pt   optimizer and scheduler state (loaded with weights_only=True)
@@ -35,6 +36,7 @@ from pathlib import Path
 from a2d.config import SHAPE_KEYS, read_yaml, save_config
 from a2d.data.vocab import Vocabulary
 from a2d.errors import CannotCreate, NothingToResume, OutputExists, ResumeMismatch
+from a2d.readme import hf_readme, write_readme
 from a2d.utils import UserError, atomic_dir, atomic_write_bytes, atomic_write_text, check_writable_dir
 
 # torch and safetensors are imported where a checkpoint is read or written: the command line asks this module
@@ -260,7 +262,10 @@ class RunDir:
         path = self.path / which
         with atomic_dir(path) as tmp:
             model.save_pretrained(tmp, safe_serialization=True)
-            vocab.save(tmp, model_folder=True)  # + MarianTokenizer files: AutoTokenizer loads the folder
+            positions = int(model.config.max_position_embeddings)
+            # + MarianTokenizer files: AutoTokenizer loads the folder, and truncates to the model's positions
+            vocab.save(tmp, model_folder=True, max_length=positions)
+            write_readme(tmp, hf_readme(path, model.generation_config.num_beams, positions))
             save_config(cfg, tmp / CONFIG_FILE)
             if trainer is not None:
                 folder = tmp / TRAINER_DIR

@@ -67,6 +67,16 @@ def write_marian_tokenizer(folder: Path | str, spm_path: Path | str, max_length:
     (folder / SPECIAL_TOKENS_MAP).write_text(json.dumps(special, indent=2) + "\n", encoding="utf-8")
 
 
+def set_model_max_length(folder: Path | str, max_length: int) -> None:
+    """Make ``folder``'s ``tokenizer_config.json`` say that its model takes ``max_length`` tokens (``</s>``
+    included): ``tok(texts, truncation=True)`` then cuts a source to what the model's positions hold."""
+    path = Path(folder) / TOKENIZER_CONFIG
+    config = _json_object(path)
+    config.setdefault("tokenizer_class", "MarianTokenizer")
+    config["model_max_length"] = int(max_length)
+    path.write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+
+
 class MarianVocabulary:
     """A Hugging Face Marian tokenizer folder (as downloaded from the hub), behind a2d's tokenizer interface.
 
@@ -167,14 +177,18 @@ class MarianVocabulary:
     def files(self) -> list[Path]:
         return [self.folder / name for name in self.FILES if (self.folder / name).is_file()]
 
-    def save(self, directory: Path | str, model_folder: bool = False) -> None:
+    def save(self, directory: Path | str, model_folder: bool = False, max_length: int | None = None) -> None:
         """Copy the tokenizer's files byte for byte (so the checksum stays); outside a model folder (no
-        ``config.json``) also the model's ids and layout, as ``a2d_tokenizer.json``."""
+        ``config.json``) also the model's ids and layout, as ``a2d_tokenizer.json``. ``max_length``: the positions
+        of the model saved beside it, as ``tokenizer_config.json``'s ``model_max_length`` (the teacher's may be
+        longer)."""
         directory = Path(directory)
         for path in self.files():
             shutil.copyfile(path, directory / path.name)
         if not (directory / "config.json").is_file():
             (directory / LAYOUT_FILE).write_text(json.dumps(self.layout, indent=2) + "\n", encoding="utf-8")
+        if max_length is not None:
+            set_model_max_length(directory, max_length)
 
     @property
     def id_files(self) -> str:
@@ -252,5 +266,6 @@ def check_unknown_rate(src_ids: list[list[int]], tgt_ids: list[list[int]], unk_i
     return rates
 
 
-__all__ = ["MarianVocabulary", "collate_ids", "write_marian_tokenizer", "is_marian_tokenizer_folder", "check_unknown_rate",
-           "unknown_rate", "LAYOUT_KEYS", "GENERATION_KEYS", "MAX_UNKNOWN_RATE"]
+__all__ = ["MarianVocabulary", "collate_ids", "write_marian_tokenizer", "set_model_max_length",
+           "is_marian_tokenizer_folder", "check_unknown_rate", "unknown_rate", "LAYOUT_KEYS", "GENERATION_KEYS",
+           "MAX_UNKNOWN_RATE"]

@@ -110,14 +110,16 @@ class Vocabulary:
     def piece_ids(self, pieces: list[str]) -> list[int]:
         return [self.sp.piece_to_id(p) for p in pieces]
 
-    def save(self, directory: Path | str, model_folder: bool = False) -> None:
+    def save(self, directory: Path | str, model_folder: bool = False, max_length: int | None = None) -> None:
         """Copy ``sentencepiece.model`` into ``directory``; for a model folder (``model_folder``) also the
-        MarianTokenizer files, so that ``AutoTokenizer.from_pretrained(directory)`` loads it."""
+        MarianTokenizer files, so that ``AutoTokenizer.from_pretrained(directory)`` loads it (``max_length``: the
+        model's positions, the tokenizer's ``model_max_length``)."""
         target = Path(directory) / SPM_FILE
         if not target.exists() or not target.samefile(self.path):
             shutil.copyfile(self.path, target)
         if model_folder:
-            write_marian_tokenizer(directory, self.path)
+            positions = {} if max_length is None else {"max_length": max_length}
+            write_marian_tokenizer(directory, self.path, **positions)
 
     def checksum(self) -> str:
         return sha256_file(self.path)

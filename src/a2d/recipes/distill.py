@@ -13,6 +13,7 @@ The student in ``RUN/best`` is a plain model; the method's modules are saved bes
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import sys
 from pathlib import Path
 
@@ -26,8 +27,8 @@ from a2d.data.prepare import ParallelData, load_meta
 from a2d.data.vocab import Vocabulary, check_same_vocabulary
 from a2d.losses import IDS_KEY, IGNORE, label_smoothed_ce
 from a2d.methods import ATTENTIONS, HIDDEN_STATES, KD_TERM, LOGITS, METHODS, DistillMethod, Progress, get_method
-from a2d.models import (build_model, count_parameters, load_model, load_weights, resolve_model_dir,
-                        use_attention_maps)
+from a2d.models import (build_model, count_parameters, load_model, load_weights, recorded_beam,
+                        resolve_model_dir, use_attention_maps)
 from a2d.rundir import BEST, LAST, METHOD_TENSORS, RunDir, TrainState, rng_state, set_rng_state
 from a2d.teacher_cache import TeacherCache
 from a2d.tokenizer import collate_ids
@@ -61,6 +62,22 @@ def open_kd_cache(method: DistillMethod, data_dir: Path, data, vocab, teacher_pa
     cache.check_temperature(method.settings.kd_temperature, teacher_path, data_dir)
     cache.check(data_dir, data, vocab, resolve_model_dir(teacher_path), teacher=str(teacher_path))
     return cache
+
+
+def take_from_teacher(cfg: Config, teacher, folder: Path, log=None) -> Config:
+    """``cfg`` with what a student keeps from its teacher unless told otherwise: the teacher's positions
+    (``max_position_embeddings``, where ``max_positions`` is not set) and beam (the ``num_beams`` its
+    ``generation_config.json`` records, where ``num_beams`` is 0); ``log`` says what was taken."""
+    taken = {}
+    if "max_positions" not in cfg.given:
+        taken["max_positions"] = int(teacher.config.max_position_embeddings)
+    beam = recorded_beam(folder) if not cfg.num_beams else None
+    if beam is not None:
+        taken["num_beams"] = beam
+    taken = {k: v for k, v in taken.items() if getattr(cfg, k) != v}
+    if taken and log is not None:
+        log(f"student: {', '.join(f'{k}={v}' for k, v in taken.items())}, the teacher's (set them to change)")
+    return dataclasses.replace(cfg, **taken) if taken else cfg
 
 
 def distill_step(student, teacher, method, batch: dict, cfg: Config, progress: Progress,
@@ -107,6 +124,8 @@ def distill(cfg: Config, data_dir: Path, out: Path, teacher_path: Path | None, r
     vocab = Vocabulary.load(data_dir)
     train_data, valid_data = ParallelData.load(data_dir, "train"), ParallelData.load(data_dir, "valid")
     teacher = load_teacher(Path(teacher_path), vocab, data_dir) if teacher_path else None
+    if teacher is not None:
+        cfg = take_from_teacher(cfg, teacher, resolve_model_dir(teacher_path), log if main else None)
     positions = {"max_positions": cfg.max_positions}
     if teacher is not None:
         positions["the teacher's max_position_embeddings"] = int(teacher.config.max_position_embeddings)
@@ -253,4 +272,4 @@ def distill(cfg: Config, data_dir: Path, out: Path, teacher_path: Path | None, r
     return RunResult(state, accelerator.unwrap_model(student), stop)
 
 
-__all__ = ["distill", "distill_step", "load_teacher", "open_kd_cache"]
+__all__ = ["distill", "distill_step", "load_teacher", "open_kd_cache", "take_from_teacher"]
