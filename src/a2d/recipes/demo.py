@@ -43,12 +43,19 @@ from a2d.utils import UserError, atomic_write_text, sha256_file
 PACKAGED_TEACHER = Path(__file__).resolve().parents[1] / "assets" / "demo-teacher"
 #: Where a copy of the teacher folder can be downloaded from when the installation lacks it (files checked below).
 TEACHER_URL_VARIABLE = "A2D_DEMO_TEACHER_URL"
-TEACHER_FILES = {  # sha256 of the stored tiny-r3 De->En teacher (benchmarks/results/quality-tiny-r3-teachers/de-en)
+TEACHER_FILES = {  # sha256 of the stored tiny-r3 De->En teacher (benchmarks/results/quality-tiny-r3-teachers/de-en):
+    # the model, a2d's decoding (generation_config.json), and its tokenizer both as a2d reads it
+    # (sentencepiece.model) and as AutoTokenizer does (the Marian files), so the folder also works without a2d
     "config.json": "c0b6115a3090b2fd3bc9bc533fc40957ea223c924acbd10ed3e0c1bbe278e111",
     CONFIG_FILE: "8f3a5872dcf6a5f74b73bd176d46283688cf5357dcb7680b4dda7805d2b7c08e",
-    "generation_config.json": "10cfaf3b541a11fd8274a43007c700f54e70b3d41efdf02350cd4725837476bf",
+    "generation_config.json": "178e7b9019b4deda11c25e5d50e6d1dfa525f8c6429c9f62c5f380d154b9287e",
     "model.safetensors": "fa546f1038ab24a9b9e5f6903c766239b46ede41a4ae0676246ee0eb6057f763",
     "sentencepiece.model": "e80d6ddc234dfbce78af482bcfe01dfb1c142ed9f0a1dff3dd71071e813eecb5",
+    "source.spm": "e80d6ddc234dfbce78af482bcfe01dfb1c142ed9f0a1dff3dd71071e813eecb5",
+    "target.spm": "e80d6ddc234dfbce78af482bcfe01dfb1c142ed9f0a1dff3dd71071e813eecb5",
+    "vocab.json": "92bee01a0740daa0bb8a3ae1f3f92f84761e9845b3643e252100c2d51c28e2f0",
+    "tokenizer_config.json": "1f35ac8c5d6054f619bfeee2e86a4223b62ee1134fe87587901fbdd54ba0c2d2",
+    "special_tokens_map.json": "9e176c25dc83a6684d616a84a05e6a32c2c5f526c876924ff1f526579f86094e",
 }
 STUDENT_OVERRIDES = ["warmup_updates=100", "max_epochs=100", "patience=0", "valid_max_sentences=300"]
 #: The students (name, method), in the table's order.
