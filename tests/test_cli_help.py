@@ -83,3 +83,16 @@ def test_parsing_loads_no_torch():
     proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, cwd=root)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize("name", ["distill", "distill-data"])
+def test_teacher_help_names_hugging_face_folders(name):
+    text = " ".join(SUBCOMMANDS[name].format_help().split())
+    assert "--teacher TEACHER the teacher: a run folder (or its best/), or a Hugging Face Marian folder" in text
+    assert "OPUS-MT" in text
+
+
+@pytest.mark.parametrize("name", ["translate", "evaluate"])
+def test_the_default_beam_is_the_models(name):
+    text = " ".join(SUBCOMMANDS[name].format_help().split())
+    assert "--beam BEAM beam size (default: the num_beams the model's folder records, else 5)" in text

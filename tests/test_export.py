@@ -1,7 +1,7 @@
 """Hugging Face-standard model folders and ``a2d export`` (CTranslate2): parity with ``a2d translate``.
 
-Uses the stored tiny-r3 De-En teacher (benchmarks/results/quality-tiny-r3-teachers/de-en, an old folder with
-only ``sentencepiece.model``) and tiny random models; nothing is downloaded.
+Uses the stored tiny-r3 De-En teacher (benchmarks/results/quality-tiny-r3-teachers/de-en, with a2d's
+``sentencepiece.model`` and the Marian tokenizer files made from it) and tiny random models; nothing is downloaded.
 """
 from __future__ import annotations
 
@@ -67,19 +67,69 @@ def test_run_folder_is_a_hugging_face_folder(tmp_path, test_text):
     assert [tok(s, add_special_tokens=False)["input_ids"] for s in sources] == vocab.encode_batch(sources)
 
 
-def test_trained_model_generates_as_a2d_translate(tmp_path, test_text):
-    """The stored teacher with the tokenizer files a2d now writes: plain batched generate() = a2d translate."""
-    from a2d.tokenizer import write_marian_tokenizer
-
-    folder = tmp_path / "teacher"
-    shutil.copytree(STORED, folder)
-    write_marian_tokenizer(folder, folder / "sentencepiece.model")
-    tok, hf = _hf(folder)
+def test_trained_model_generates_as_a2d_translate(test_text):
+    """The stored teacher, as it is shipped: plain batched generate() = a2d translate, greedy and (no decoding
+    arguments) beam."""
+    tok, hf = _hf(STORED)
     sources = test_text[0][:40]
+    batch = tok(sources, return_tensors="pt", padding=True, truncation=True)
     with torch.no_grad():
-        out = hf.generate(**tok(sources, return_tensors="pt", padding=True), num_beams=1)
-    model, vocab = load_model(STORED)  # the old folder (only sentencepiece.model) still loads
-    assert tok.batch_decode(out, skip_special_tokens=True) == translate(model, vocab, sources, beam=1)
+        greedy, beam = hf.generate(**batch, num_beams=1), hf.generate(**batch)
+    model, vocab = load_model(STORED)
+    assert tok.batch_decode(greedy, skip_special_tokens=True) == translate(model, vocab, sources, beam=1)
+    assert tok.batch_decode(beam, skip_special_tokens=True) == translate(model, vocab, sources, beam=5)
+
+
+@pytest.mark.parametrize("direction", ["de-en", "en-de"])
+def test_stored_teachers_load_bare(direction):
+    """The stored tiny-r3 teachers (the demo's among them) load with AutoTokenizer alone, encode as a2d does, cut
+    to the model's positions, and record a2d's beam; the demo's checked file list has the tokenizer's files (a
+    downloaded teacher loads bare too), and pyproject's package data takes every file of the folder."""
+    from a2d.recipes.demo import TEACHER_FILES
+    from a2d.tokenizer import MarianVocabulary
+
+    folder = STORED.parent / direction
+    tok = _hf(folder)[0]
+    vocab = Vocabulary.load(folder)
+    text = "Ein Mann fährt mit dem Fahrrad über eine Brücke." if direction == "de-en" else "A man rides a bike."
+    assert tok(text)["input_ids"] == vocab.encode(text) + [vocab.eos_id]
+    config = json.loads((folder / "config.json").read_text())
+    assert tok.model_max_length == config["max_position_embeddings"] == 256
+    assert len(tok(text * 100, truncation=True)["input_ids"]) == 256
+    generation = json.loads((folder / "generation_config.json").read_text())
+    assert (generation["num_beams"], generation["early_stopping"], generation["max_length"]) == (5, True, 256)
+    listed = set(TEACHER_FILES)
+    assert set(MarianVocabulary.FILES) - {"target_vocab.json"} <= listed <= {p.name for p in folder.iterdir()}
+    manifest = json.loads((folder / "teacher.json").read_text())
+    assert set(manifest["files"]) == set(TEACHER_FILES)
+    pyproject = (STORED.parents[3] / "pyproject.toml").read_text()
+    assert '"assets/demo-teacher/*"' in pyproject
+
+
+def test_run_folder_records_how_a2d_decodes(tmp_path):
+    """A run's best/ records a2d's decoding: num_beams (the config's), early_stopping, the positions as max_length
+    and as the tokenizer's model_max_length (a long source truncated by the tokenizer then fits the model), a
+    README.md that names the folder, its beam and positions; a2d translate's default beam is the folder's."""
+    from a2d.translator import load_translator
+
+    vocab = Vocabulary.load(STORED)
+    cfg = load_config("tiny-student", ["d_model=32", "ffn_dim=64", "encoder_layers=1", "decoder_layers=1",
+                                       "max_positions=40", "num_beams=3"])
+    RunDir(tmp_path / "run").save("best", build_model(cfg, len(vocab), seed=3), vocab, cfg)
+    best = tmp_path / "run" / "best"
+    generation = json.loads((best / "generation_config.json").read_text())
+    assert (generation["num_beams"], generation["early_stopping"], generation["max_length"]) == (3, True, 40)
+    tok, hf = _hf(best)
+    assert tok.model_max_length == 40
+    batch = tok(["Ein Hund rennt über die Wiese. " * 30], return_tensors="pt", truncation=True)
+    assert batch["input_ids"].shape[1] == 40
+    with torch.no_grad():
+        hf.generate(**batch, num_beams=1, max_new_tokens=2)  # (an IndexError when the tokenizer said 512)
+    readme = (best / "README.md").read_text()
+    assert f'AutoTokenizer.from_pretrained("{best.as_posix()}")' in readme and "beam 3" in readme and "40" in readme
+    assert load_translator(tmp_path / "run").default_beam == 3
+    default = load_config("tiny-student", ["d_model=32", "ffn_dim=64"])
+    assert build_model(default, len(vocab)).generation_config.num_beams == 5  # num_beams=0: a2d's default
 
 
 def test_float32_export_matches_hugging_face(exports, test_text):
@@ -113,6 +163,48 @@ def test_two_vocabulary_export_matches_hugging_face(tmp_path):
     ct2 = CT2Translator(tmp_path / "ct2")
     assert ct2.translate(sources, beam=1) == hyps
     assert ct2.translate(sources[:12], beam=4) == translate(model, vocab, sources[:12], beam=4)
+
+
+def test_export_decodes_as_a2d_with_plain_ctranslate2(tmp_path):
+    """What a plain ctranslate2.Translator needs is in the model: it closes the source with </s> itself
+    (add_source_eos) and never generates the ids the generation config bars (here a <pad> made the likeliest token
+    of all: without its output bias every hypothesis would be <pad>s); the export says its beam and positions, and
+    its README.md uses the folder's files with them."""
+    from transformers import MarianMTModel
+
+    from a2d.export import export
+    from a2d.translator import CT2Translator
+
+    teacher = hub_folder(tmp_path / "teacher", init_std=0.5)  # records num_beams 4, <pad> barred, 128 positions
+    model = MarianMTModel.from_pretrained(teacher)
+    pad = model.config.pad_token_id
+    with torch.no_grad():
+        model.final_logits_bias[0, pad] = 50.0
+    model.save_pretrained(teacher, safe_serialization=True)
+    export(teacher, tmp_path / "ct2", quantization="float32", log=lambda *a: None)
+    ct2 = tmp_path / "ct2"
+    assert json.loads((ct2 / "config.json").read_text())["add_source_eos"] is True
+    settings = json.loads((ct2 / "a2d_export.json").read_text())
+    assert (settings["format"], settings["beam"], settings["max_position_embeddings"]) == (2, 4, 128)
+    assert json.loads((ct2 / "tokenizer_config.json").read_text())["model_max_length"] == 128
+    ours = CT2Translator(ct2)
+    assert ours.default_beam == 4
+    sources = corpus_text(16)[0]
+    sources.append(" ".join(sources))  # more pieces than the model's positions: cut by both
+    model, vocab = load_model(teacher)
+    assert ours.translate(sources, beam=1) == translate(model, vocab, sources, beam=1)
+    # a random model runs to the length limit: give a2d the one plain CTranslate2 gets (126: HF's forced </s>)
+    length = {"max_len_a": 0.0, "max_len_b": 127}
+    for beam in (1, 4):
+        plain = ours.translator.translate_batch([vocab.pieces(vocab.encode(s)) for s in sources], beam_size=beam,
+                                                max_input_length=128, max_decoding_length=126)
+        assert not any("<pad>" in r.hypotheses[0] for r in plain)
+        hyps = ours.translate(sources, beam=beam, **length)
+        assert [ours.detokenize(vocab.piece_ids(r.hypotheses[0])) for r in plain] == hyps
+    readme = (ct2 / "README.md").read_text()
+    for needed in (f'ctranslate2.Translator("{ct2.as_posix()}")', f'{ct2.as_posix()}/source.spm"', "beam_size=4",
+                   "max_input_length=128", "max_decoding_length=127", "`<pad>`", '!= "<unk>"'):
+        assert needed in readme, needed
 
 
 def test_int8_export_within_tolerance(exports, test_text):

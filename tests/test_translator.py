@@ -72,6 +72,64 @@ def test_the_shared_loop_cuts_batches_and_restores_the_order(folders):
         echo.translate(sources, beam=0)
 
 
+def test_cutting_a_source_is_said_in_one_line(folders, capsys):
+    """A source longer than the model's positions is cut (to the positions less one, then </s>), and the call says
+    so on standard error in one line: how many lines, to how many pieces; a call that cuts nothing says nothing."""
+    vocab = Vocabulary.load(folders[0])
+    echo = Echo(vocab, limit=6)
+    sources = ["Ein Hund.", "Zwei Männer spielen Fußball auf einem Feld.", "", "Eine Frau kocht heute Abend Suppe."]
+    echo.translate(sources)
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and echo.truncated == 2
+    assert err.startswith("a2d: 2 of 3 input lines have more pieces than echo takes; cut to their first 6 ")
+    echo.translate(sources[:1])
+    assert capsys.readouterr().err == "" and echo.truncated == 0
+
+
+def test_the_default_beam_is_the_folders(folders, tmp_path, capsys, monkeypatch):
+    """A folder that records num_beams (the hub model: 4) is decoded with it when no --beam is given, by either
+    engine and by a2d translate and evaluate; an old folder that records none gets 5."""
+    import io
+    import json
+
+    from a2d.cli import main
+
+    model, ct2_folder, data = folders
+    assert load_translator(model).default_beam == load_translator(ct2_folder).default_beam == 4
+    assert evaluate_model(ct2_folder, data, split="valid", progress=False)["beam"] == 4
+    sources = corpus_text(6)[0]
+    monkeypatch.setattr("sys.stdin", io.TextIOWrapper(io.BytesIO("\n".join(sources).encode() + b"\n")))
+    assert main(["translate", "--model", str(ct2_folder)]) == 0
+    assert capsys.readouterr().out.splitlines() == load_translator(ct2_folder).translate(sources, beam=4)
+    settings = json.loads((ct2_folder / "a2d_export.json").read_text())
+    old = tmp_path / "old-ct2"
+    old.mkdir()
+    for path in ct2_folder.iterdir():
+        (old / path.name).write_bytes(path.read_bytes())
+    del settings["beam"]
+    (old / "a2d_export.json").write_text(json.dumps(settings))
+    assert load_translator(old).default_beam == 5
+
+
+def test_an_export_of_the_first_format_still_decodes_alike(folders, tmp_path):
+    """An export from before add_source_eos (a2d closes each source with </s> itself) gives the same output."""
+    import json
+
+    _, ct2_folder, _ = folders
+    old = tmp_path / "old"
+    old.mkdir()
+    for path in ct2_folder.iterdir():
+        (old / path.name).write_bytes(path.read_bytes())
+    config = json.loads((old / "config.json").read_text())
+    config["add_source_eos"] = False
+    (old / "config.json").write_text(json.dumps(config))
+    sources = corpus_text(12)[0]
+    first, second = CT2Translator(old), CT2Translator(ct2_folder)
+    assert (first.adds_eos, second.adds_eos) == (False, True)
+    for beam in (1, 3):
+        assert first.translate(sources, beam=beam) == second.translate(sources, beam=beam)
+
+
 def test_load_translator_chooses_the_engine_and_both_decode_alike(folders):
     model, ct2_folder, _ = folders
     hf, ct2 = load_translator(model), load_translator(ct2_folder, threads=1)
@@ -171,6 +229,6 @@ def test_steps_are_the_ids_the_engine_generated(trained):
                 raw = hf.model.generate(input_ids=torch.tensor([encoded]), max_new_tokens=200, num_beams=beam,
                                         do_sample=False, **({"early_stopping": True} if beam > 1 else {}))
             assert raw[0, 0].item() == hf.model.config.decoder_start_token_id and raw[0, 1:].tolist() == ids
-            pieces = ct2.translator.translate_batch([ct2.vocab.pieces(encoded)], beam_size=beam,
+            pieces = ct2.translator.translate_batch([ct2.vocab.pieces(encoded[:-1])], beam_size=beam,  # adds </s>
                                                     return_end_token=True)[0].hypotheses[0]
             assert pieces[-1] == "</s>" and ct2.vocab.piece_ids(pieces) == ids

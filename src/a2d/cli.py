@@ -129,14 +129,15 @@ def _stdin_lines() -> list[str]:
 
 
 def cmd_translate(args, load_translator, describe_shortlist):
-    if args.beam < 1:
+    if args.beam is not None and args.beam < 1:
         raise UserError(f"--beam {args.beam}: must be at least 1")
     translator = load_translator(Path(args.model), threads=args.threads, shortlist=args.shortlist)
     note = _shortlist_note(Path(args.model), getattr(translator, "shortlist", None), describe_shortlist)
     if note:
         print(f"a2d: {note}", file=sys.stderr)
     lines = _stdin_lines()
-    for hyp in translator.translate(lines, beam=args.beam, max_tokens=args.max_tokens):
+    beam = translator.default_beam if args.beam is None else args.beam
+    for hyp in translator.translate(lines, beam=beam, max_tokens=args.max_tokens):
         print(hyp)
 
 
@@ -220,7 +221,7 @@ def run_command(args) -> None:
 def _run_args(p: argparse.ArgumentParser, teacher: bool) -> None:
     p.add_argument("--data", required=True, help="a prepared data directory (a2d prepare)")
     if teacher:
-        p.add_argument("--teacher", help="the teacher's run folder (or its best/)")
+        p.add_argument("--teacher", help=TEACHER_HELP)
         p.add_argument("--method", help="distillation method (a2d methods); default: the config's, a2d")
     p.add_argument("--preset", help="preset name or YAML file (" + ", ".join(preset_names()) + ")")
     p.add_argument("--out", required=True, help="run folder to write")
@@ -229,6 +230,11 @@ def _run_args(p: argparse.ArgumentParser, teacher: bool) -> None:
     p.add_argument("--seed", type=int)
     p.add_argument("--resume", action="store_true", help="continue RUN/last with its optimizer, schedule and RNG")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides (a2d config --keys)")
+
+
+TEACHER_HELP = ("the teacher: a run folder (or its best/), or a Hugging Face Marian folder (e.g. an OPUS-MT model "
+                "saved with save_pretrained; docs/ship.md)")
+BEAM_HELP = "beam size (default: the num_beams the model's folder records, else 5)"
 
 
 def _decode_args(p: argparse.ArgumentParser) -> None:
@@ -299,7 +305,7 @@ def _add_distill_data(sub) -> None:
         "a2d distill-data --teacher runs/teacher --data data/m30k-de-en --out cache/top8 --cache-topk 8",
         "a2d distill --data data/m30k-de-en --teacher runs/teacher --method kd --preset tiny-student "
         "--out runs/kd-top8 kd_cache=cache/top8"))
-    p.add_argument("--teacher", required=True)
+    p.add_argument("--teacher", required=True, help=TEACHER_HELP + "; or its a2d export folder (CTranslate2)")
     p.add_argument("--data", required=True)
     p.add_argument("--out", required=True, help="the new data directory (with --cache-topk: the cache folder)")
     p.add_argument("--beam", type=int, help=f"beam size of the translations (default {SEQ_KD_BEAM})")
@@ -327,14 +333,14 @@ def _add_decoding(sub) -> None:
     p.add_argument("--model", required=True)
     p.add_argument("--data", required=True)
     p.add_argument("--split", default="test")
-    p.add_argument("--beam", type=int, default=5)
+    p.add_argument("--beam", type=int, help=BEAM_HELP)
     p.add_argument("--out", help="write FILE.json and FILE.hyp")
     _decode_args(p)
 
     p = sub.add_parser("translate", **_doc("translate stdin to stdout, one sentence per line",
                                           'echo "Ein Hund läuft über die Wiese." | a2d translate --model runs/a2d'))
     p.add_argument("--model", required=True)
-    p.add_argument("--beam", type=int, default=5)
+    p.add_argument("--beam", type=int, help=BEAM_HELP)
     _decode_args(p)
 
     p = sub.add_parser("export", **_doc("write a CTranslate2 model (ctranslate2's converter), tokenizer beside it",

@@ -16,6 +16,7 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
+from a2d.config import DEFAULT_BEAM
 from a2d.data.corpus import read_lines
 from a2d.data.prepare import load_meta
 from a2d.data.vocab import Vocabulary, check_same_vocabulary
@@ -180,8 +181,8 @@ def _read_lines(path: Path) -> list[str]:
     return read_lines(path)
 
 
-def evaluate_model(model: Translator | Path | str, data_dir: Path | str, split: str = "test", beam: int = 5,
-                   out: Path | str | None = None, max_len_a: float = 1.2, max_len_b: int = 10,
+def evaluate_model(model: Translator | Path | str, data_dir: Path | str, split: str = "test",
+                   beam: int | None = None, out: Path | str | None = None, max_len_a: float = 1.2, max_len_b: int = 10,
                    progress: bool = True, max_tokens: int = 6000, threads: int = 1, shortlist: bool = False) -> dict:
     """Translate ``DATA_DIR/{split}.{src}`` with ``model`` and score it against ``{split}.{tgt}``.
 
@@ -189,9 +190,11 @@ def evaluate_model(model: Translator | Path | str, data_dir: Path | str, split: 
     :func:`~a2d.translator.load_translator` (``threads``: CTranslate2's; ``shortlist``: with the export's vocabulary
     map) once the data is found. With ``out`` the result is written there as JSON and the hypotheses, one per line,
     to ``out.with_suffix(".hyp")``. Returns the result dict (the :func:`score` keys plus model, data, split, beam,
-    decode_seconds, sentences_per_second, device, shortlist: the map's description, None without one).
+    decode_seconds, sentences_per_second, device, shortlist: the map's description, None without one; truncated: the
+    sources cut to the model's positions). ``beam=None``: the translator's ``default_beam`` (the one its folder
+    records).
     """
-    if beam < 1:
+    if beam is not None and beam < 1:
         raise UserError(f"--beam {beam}: must be at least 1")
     if out is not None:
         check_output_file(out)
@@ -212,6 +215,8 @@ def evaluate_model(model: Translator | Path | str, data_dir: Path | str, split: 
     else:
         translator = model
     check_same_vocabulary(translator.vocab, data_vocab, translator.name, data_dir)
+    if beam is None:
+        beam = getattr(translator, "default_beam", DEFAULT_BEAM)
     start = time.perf_counter()
     hypotheses = translator.translate(sources, beam=beam, max_len_a=max_len_a, max_len_b=max_len_b,
                                       max_tokens=max_tokens, progress=progress)
@@ -222,6 +227,7 @@ def evaluate_model(model: Translator | Path | str, data_dir: Path | str, split: 
         "max_len_a": max_len_a, "max_len_b": max_len_b, "decode_seconds": round(seconds, 3),
         "sentences_per_second": round(len(sources) / seconds, 2) if seconds > 0 else None,
         "device": translator.device, "shortlist": getattr(translator, "shortlist", None),
+        "truncated": getattr(translator, "truncated", 0),
     })
     if out is not None:
         out = Path(out)

@@ -1,16 +1,19 @@
 """``a2d export``: a model folder to a CTranslate2 model, with the ``ctranslate2`` package's own converter.
 
 The conversion is ``ctranslate2.converters.TransformersConverter`` (its Marian/BART weight mapping, its
-quantization). One behaviour is switched for Marian models: its stock Marian loader assumes OPUS-MT's
-layout (``<pad>`` is the last id and the decoder starts from a zero vector in its place) and drops that last
-row. a2d's models start the decoder from ``<s>`` (id 2) and keep ``<pad>`` at id 0, so the export uses
-the same package's BART mapping for Marian's layers (``_MarianAsHuggingFace``): the decoder starts
-from the embedding of ``decoder_start_token_id`` and every id is kept, which is what Hugging Face's
-``generate`` computes for any Marian folder, a2d's or the hub's; and each side gets its own number of
-attention heads (the stock mapping gives the decoder the encoder's). Ids a hub model never generates
-(``bad_words_ids`` in its generation config, OPUS-MT's ``<pad>``) are suppressed when translating
-(:class:`a2d.translator.CT2Translator`). A folder with two vocabularies (``target_vocab.json``, as some OPUS-MT
-models) gets CTranslate2's source and target vocabularies from ``vocab.json`` and ``target_vocab.json``.
+quantization). One behaviour is switched for Marian models: its stock Marian loader assumes OPUS-MT's layout
+(``<pad>`` is the last id and the decoder starts from a zero vector in its place) and drops that last row. a2d's
+models start the decoder from ``<s>`` (id 2) and keep ``<pad>`` at id 0, so the export uses the same package's BART
+mapping for Marian's layers (``_MarianAsHuggingFace``): the decoder starts from the embedding of
+``decoder_start_token_id`` and every id is kept, which is what Hugging Face's ``generate`` computes for any Marian
+folder, a2d's or the hub's; and each side gets its own number of attention heads (the stock mapping gives the
+decoder the encoder's). The model works with a plain ``ctranslate2.Translator`` as ``a2d translate`` does: its
+``config.json`` says ``add_source_eos`` (CTranslate2 closes the source with ``</s>``), and ids the model never
+generates (``bad_words_ids`` in its generation config, OPUS-MT's ``<pad>``) get an output bias of
+:data:`SUPPRESSED_BIAS` (CTranslate2 has no model setting for suppressed tokens, only the ``suppress_sequences``
+argument). The beam and the positions have no place in a CTranslate2 model: ``README.md`` gives them as the
+arguments of ``translate_batch``. A folder with two vocabularies (``target_vocab.json``, as some OPUS-MT models)
+gets CTranslate2's source and target vocabularies from ``vocab.json`` and ``target_vocab.json``.
 
 An exported folder::
 
@@ -18,6 +21,7 @@ An exported folder::
                                                      target_vocabulary.json for two vocabularies)
     source.spm, target.spm, vocab.json, ...          the tokenizer (and sentencepiece.model for a2d's own)
     a2d_export.json                                  what it was made from, quantization, decoding settings
+    README.md                                        the lines of Python that use it without a2d
 """
 from __future__ import annotations
 
@@ -29,14 +33,21 @@ import warnings
 from datetime import datetime, timezone
 from pathlib import Path
 
+import torch
+
 import a2d
+from a2d.config import DEFAULT_BEAM
 from a2d.defaults import QUANTIZATIONS
 from a2d.errors import OutputExists
-from a2d.models import load_model, resolve_model_dir
+from a2d.models import load_model, recorded_beam, resolve_model_dir
+from a2d.readme import ct2_readme, write_readme
 from a2d.rundir import BEST, LAST, RunDir
 from a2d.utils import UserError, atomic_dir, check_writable_parent, sha256_file
 
 EXPORT_FILE = "a2d_export.json"
+#: The output bias of an id the model never generates: its probability is exactly 0 after the softmax in float32
+#: and float16 (as CTranslate2's ``suppress_sequences`` makes it) while the number stays finite in every dtype.
+SUPPRESSED_BIAS = -1e4
 
 
 def is_exported(folder: Path | str) -> bool:
@@ -101,13 +112,16 @@ def _loader_class():
             self.set_decoder(spec.decoder, model.model.decoder)
             self.set_linear(spec.decoder.projection, model.lm_head)
             bias = getattr(model, "final_logits_bias", None)
-            if bias is not None and bias.nonzero().numel() != 0:
-                spec.decoder.projection.bias = bias.squeeze()
+            bias = bias.detach().squeeze(0).clone() if bias is not None else torch.zeros(model.lm_head.out_features)
+            bias[suppressed_ids(model)] = SUPPRESSED_BIAS  # never generated, without suppress_sequences
+            if bias.nonzero().numel() != 0:
+                spec.decoder.projection.bias = bias
             return spec
 
         def set_config(self, config, model, tokenizer):
             ct2t.BartLoader.set_config(self, config, model, tokenizer)
             config.bos_token = tokenizer.bos_token or config.decoder_start_token
+            config.add_source_eos = True  # Marian's encoder reads the source closed with </s>
 
         def set_decoder(self, spec, decoder):
             ct2t.BartLoader.set_decoder(self, spec, decoder)
@@ -120,7 +134,8 @@ def _loader_class():
                 raise ValueError(f"the output layer has {model.lm_head.weight.shape[0]} rows and the decoder's "
                                  f"embedding {rows}; CTranslate2 needs one target vocabulary for both")
             target = tokenizer.target_encoder if tokenizer.separate_vocabs else tokenizer.get_vocab()
-            return _tokens(tokenizer.get_vocab(), model.model.encoder.embed_tokens.weight.shape[0]), _tokens(target, rows)
+            source_rows = model.model.encoder.embed_tokens.weight.shape[0]
+            return _tokens(tokenizer.get_vocab(), source_rows), _tokens(target, rows)
 
         def set_vocabulary(self, spec, tokens):
             source, target = tokens
@@ -128,6 +143,11 @@ def _loader_class():
             spec.register_target_vocabulary(target)  # one list for both when they are equal: shared_vocabulary.json
 
     return _MarianAsHuggingFace
+
+
+def suppressed_ids(model) -> list[int]:
+    """The ids ``model``'s generation config bars (one-token ``bad_words_ids``: OPUS-MT's ``<pad>``)."""
+    return sorted({ids[0] for ids in (model.generation_config.bad_words_ids or []) if len(ids) == 1})
 
 
 def _tokens(vocab: dict[str, int], rows: int) -> list[str]:
@@ -182,14 +202,17 @@ def export(model_path: Path | str, out: Path | str, quantization: str = "int8", 
                         "latest, unvalidated weights")
     model_dir = resolve_model_dir(model_path)
     model, vocab = load_model(model_dir)  # the clear errors for a folder that is not a model (or not Marian)
-    bad_words = [ids for ids in (model.generation_config.bad_words_ids or []) if len(ids) == 1]
+    positions = int(model.config.max_position_embeddings)
     settings = {
-        "format": 1,
+        "format": 2,
         "quantization": quantization,
         "source": str(model_dir.resolve()),
         "source_sha256": sha256_file(model_dir / "model.safetensors"),
-        "max_position_embeddings": int(model.config.max_position_embeddings),
-        "suppress_tokens": sorted({vocab.target_pieces(ids)[0] for ids in bad_words}),
+        "max_position_embeddings": positions,
+        # format 2: CTranslate2 closes the source with </s> (config.json's add_source_eos) and the output layer's
+        # bias bars these pieces; a2d passes them to suppress_sequences too, as for a format 1 export
+        "suppress_tokens": vocab.target_pieces(suppressed_ids(model)),
+        "beam": recorded_beam(model_dir) or DEFAULT_BEAM,
         # Hugging Face ends a hypothesis that reaches the length limit with a forced </s>, one token early
         "forced_eos": model.generation_config.forced_eos_token_id is not None,
         "ctranslate2_version": ctranslate2.__version__,
@@ -206,10 +229,12 @@ def export(model_path: Path | str, out: Path | str, quantization: str = "int8", 
                     TransformersConverter(str(stage)).convert(str(tmp), quantization=quantization, force=True)
             except (ValueError, RuntimeError, NotImplementedError, KeyError) as e:
                 raise UserError(f"{model_dir}: CTranslate2 cannot convert it ({str(e).splitlines()[0]})") from None
-            vocab.save(tmp, model_folder=True)
+            vocab.save(tmp, model_folder=True, max_length=positions)
             if vocab.layout:  # a brought tokenizer: the model's ids, as config.json is CTranslate2's now
                 (tmp / "a2d_tokenizer.json").write_text(json.dumps(vocab.layout, indent=2) + "\n", encoding="utf-8")
             (tmp / EXPORT_FILE).write_text(json.dumps(settings, indent=2) + "\n", encoding="utf-8")
+            write_readme(tmp, ct2_readme(out, settings["beam"], positions, quantization, vocab.target_pieces(
+                [vocab.unk_id])[0], settings["suppress_tokens"]))
     size = sum(p.stat().st_size for p in out.iterdir() if p.is_file())
     log(f"wrote {out}: CTranslate2 {quantization} model, {size / 2**20:.1f} MiB")
     return settings

@@ -5,7 +5,8 @@
 * :class:`CT2Translator`: a CTranslate2 folder written by ``a2d export``, decoded with ``translate_batch``.
 
 Both decode the same way because they share :meth:`BatchTranslator.translate`: each source is encoded with the
-model's tokenizer, cut to the model's positions and closed with ``</s>``; blank sources give ``""`` without
+model's tokenizer, cut to the model's positions (saying so on standard error, one line per call) and closed
+with ``</s>``; blank sources give ``""`` without
 being decoded; the rest are sorted longest first and batched so that ``batch size * longest <= max_tokens``;
 a batch may generate ``int(max_len_a * longest + max_len_b)`` new tokens (at most the model's positions);
 beam search, or greedy with ``beam=1``; the hypotheses come back in the input order, detokenised on one line.
@@ -19,19 +20,21 @@ decoder steps (``</s>`` is held back until then), so that random or weak models 
 from __future__ import annotations
 
 import contextlib
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Protocol
 
 import torch
 
+from a2d.config import DEFAULT_BEAM
 from a2d.data.batching import fill_batches
 from a2d.data.vocab import Vocabulary
 from a2d.export import is_exported, read_settings, require_ctranslate2
-from a2d.models import load_model
+from a2d.models import load_model, recorded_beam, resolve_model_dir
 from a2d.shortlist import VMAP_FILE
 from a2d.shortlist import describe as describe_shortlist
-from a2d.utils import UserError
+from a2d.utils import UserError, read_json
 
 
 class Translator(Protocol):
@@ -40,6 +43,7 @@ class Translator(Protocol):
     vocab: Vocabulary  # the tokenizer of its ids (checked against a data directory's)
     name: str  # what it was loaded from, for messages and reports
     device: str  # where it runs: "cpu" or "cuda"
+    default_beam: int  # the beam its folder records: a2d translate/evaluate's when given no --beam
 
     def translate(self, sources: Sequence[str], beam: int = 5, max_len_a: float = 1.2, max_len_b: int = 10,
                   max_tokens: int = 6000, progress: bool = False) -> list[str]:
@@ -55,6 +59,16 @@ class BatchTranslator:
     name: str
     device: str
     limit: int
+    #: the beam a folder records (its generation config's ``num_beams``, an export's ``beam``): what
+    #: ``a2d translate`` and ``a2d evaluate`` decode with when given no ``--beam``
+    default_beam: int = DEFAULT_BEAM
+    #: how many sources the last :meth:`translate_ids` call cut to the model's positions
+    truncated: int = 0
+
+    @staticmethod
+    def notice(message: str) -> None:
+        """Tell the user something about the decoding that is not an error (one line, on standard error)."""
+        print(message, file=sys.stderr)
 
     def generate(self, batch: list[list[int]], beam: int, max_new: int, force: bool = False) -> list[list[int]]:
         """The ids each source of ``batch`` (ids closed with ``</s>``) is translated to: the tokens generated, one
@@ -89,8 +103,12 @@ class BatchTranslator:
                             f"{self.name} has, less one)")
         sources = list(sources)
         outputs: list[list[int]] = [[] for _ in sources]
-        encoded = {i: self.vocab.encode(text)[:self.limit] + [self.vocab.eos_id]
-                   for i, text in enumerate(sources) if text is not None and text.strip()}
+        encoded = {i: self.vocab.encode(text) for i, text in enumerate(sources) if text is not None and text.strip()}
+        self.truncated = sum(len(ids) > self.limit for ids in encoded.values())
+        if self.truncated:
+            self.notice(f"a2d: {self.truncated} of {len(encoded)} input lines have more pieces than {self.name} "
+                        f"takes; cut to their first {self.limit} (and </s>: the model's {self.limit + 1} positions)")
+        encoded = {i: ids[:self.limit] + [self.vocab.eos_id] for i, ids in encoded.items()}
         order = sorted(encoded, key=lambda i: (-len(encoded[i]), i))
         batches = fill_batches(order, {i: len(encoded[i]) for i in order}, max(1, int(max_tokens)))
         if not batches:
@@ -129,17 +147,18 @@ class HFTranslator(BatchTranslator):
     """A Hugging Face ``MarianMTModel`` and its tokenizer; decodes on the device the model is on, in eval mode
     (a model in training mode is put back in it afterwards)."""
 
-    def __init__(self, model, vocab: Vocabulary, name: str = "the model"):
+    def __init__(self, model, vocab: Vocabulary, name: str = "the model", default_beam: int | None = None):
         self.model, self.vocab, self.name = model, vocab, name
         self.limit = max(1, int(model.config.max_position_embeddings) - 1)
+        self.default_beam = default_beam or DEFAULT_BEAM
 
     @classmethod
     def load(cls, path: Path | str, device: str | None = None) -> "HFTranslator":
         """The model folder ``path`` names (:func:`a2d.models.load_model`), on ``device`` (default: the GPU if
-        there is one)."""
+        there is one); its default beam is the ``num_beams`` its generation config records."""
         model, vocab = load_model(path)
         model.to(torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu")))
-        return cls(model, vocab, name=str(path))
+        return cls(model, vocab, name=str(path), default_beam=recorded_beam(resolve_model_dir(path)))
 
     @property
     def device(self) -> str:
@@ -162,7 +181,7 @@ class HFTranslator(BatchTranslator):
         for row, ids in enumerate(batch):
             input_ids[row, :len(ids)] = torch.tensor(ids, dtype=torch.long)
             attention_mask[row, :len(ids)] = 1
-        search = {"num_beams": beam, "early_stopping": True} if beam > 1 else {"num_beams": 1}
+        search = {"num_beams": beam, "early_stopping": beam > 1}  # (greedy: the folder's early_stopping unused)
         if force:
             search["min_new_tokens"] = max_new
         device = next(self.model.parameters()).device
@@ -206,12 +225,16 @@ class CT2Translator(BatchTranslator):
         self.limit = max(1, int(settings.get("max_position_embeddings", 512)) - 1)
         self.suppress = [[t] for t in settings.get("suppress_tokens", [])] or None
         self.forced_eos = int(bool(settings.get("forced_eos")))
+        self.default_beam = int(settings.get("beam") or DEFAULT_BEAM)
+        # an export of format 2 closes the source with </s> itself (config.json's add_source_eos)
+        self.adds_eos = bool(read_json(self.folder / "config.json", default={}).get("add_source_eos"))
 
     def generate(self, batch: list[list[int]], beam: int, max_new: int, force: bool = False) -> list[list[int]]:
         length = ({"min_decoding_length": max_new, "max_decoding_length": max_new} if force
                   else {"min_decoding_length": 0, "max_decoding_length": max(1, max_new - self.forced_eos)})
+        sources = [self.vocab.pieces(ids[:-1] if self.adds_eos else ids) for ids in batch]  # ids end with </s>
         results = self.translator.translate_batch(
-            [self.vocab.pieces(ids) for ids in batch], beam_size=beam, length_penalty=1.0, max_batch_size=0,
+            sources, beam_size=beam, length_penalty=1.0, max_batch_size=0, max_input_length=self.limit + 1,
             suppress_sequences=self.suppress, return_scores=False, return_end_token=True,
             use_vmap=self.shortlist is not None, **length)
         return [self.vocab.piece_ids(result.hypotheses[0]) for result in results]
