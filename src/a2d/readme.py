@@ -7,6 +7,7 @@ itself: its path as it was written, its file names, its beam and its positions.
 """
 from __future__ import annotations
 
+import textwrap
 from pathlib import Path
 
 import a2d
@@ -24,6 +25,12 @@ def hf_readme(path: Path | str, beam: int, positions: int) -> str:
     """The README of a Hugging Face model folder written to ``path``, decoding with ``beam``, ``positions`` long."""
     path = Path(path).as_posix()
     search = f"beam {beam} with early stopping" if beam > 1 else "greedy"
+    notes = _paragraph(
+        f"`generate()` without arguments decodes as `a2d translate` does (`generation_config.json`): {search}; "
+        f"`generate(**batch, num_beams=1)` is `a2d translate --beam 1`. `truncation=True` cuts a source to the "
+        f"model's {positions} positions (`</s>` included; `model_max_length`), as `a2d translate` does. One "
+        f"difference remains: a2d stops a translation at {LENGTH_RULE} tokens, `generate()` at `max_length` "
+        f"({positions}, the start token included).")
     return f"""# {Path(path).name}: a translation model (a Hugging Face Marian folder)
 
 Written by a2d {a2d.__version__} (align-to-distill). `transformers` and `sentencepiece` alone use it:
@@ -36,10 +43,7 @@ batch = tokenizer(["{SAMPLE}"], return_tensors="pt", padding=True, truncation=Tr
 print(tokenizer.batch_decode(model.generate(**batch), skip_special_tokens=True))
 ```
 
-`generate()` without arguments decodes as `a2d translate` does (`generation_config.json`): {search};
-`generate(**batch, num_beams=1)` is `a2d translate --beam 1`. `truncation=True` cuts a source to the
-model's {positions} positions (`</s>` included; `model_max_length`), as `a2d translate` does. One difference
-remains: a2d stops a translation at {LENGTH_RULE} tokens, `generate()` at {positions}.
+{notes}
 """
 
 
@@ -49,9 +53,16 @@ def ct2_readme(path: Path | str, beam: int, positions: int, quantization: str, u
     models; ``unk``: the unknown piece (a2d drops it from the output), ``suppressed``: pieces never generated."""
     path = Path(path).as_posix()
     steps = f", max_decoding_length={positions - 1}" if positions - 1 < CT2_MAX_DECODING else ""
-    never = (f"never generates {', '.join(f'`{p}`' for p in suppressed)} (a bias of its output layer)"
-             if suppressed else "needs no suppressed tokens")
+    never = (f" and never generates {', '.join(f'`{p}`' for p in suppressed)} (a bias of its output layer)"
+             if suppressed else "")
     within = " and `max_decoding_length` keeps the output within them" if steps else ""
+    notes = _paragraph(
+        f"This gives `a2d translate`'s output. The model appends `</s>` to the source itself (`add_source_eos` in "
+        f"`config.json`){never}. Two settings have no place in a CTranslate2 model, so they are arguments: "
+        f"`beam_size={beam}` is a2d's beam (CTranslate2's default is 2; `beam_size=1` is `a2d translate --beam 1`), "
+        f"and `max_input_length={positions}` cuts a longer source to the model's {positions} positions, `</s>` kept, "
+        f"as a2d does (without it such a source fails){within}. a2d drops `{unk}` from the output, as "
+        f"`skip_special_tokens` does. One difference remains: a2d stops a translation at {LENGTH_RULE} tokens.")
     return f"""# {Path(path).name}: a CTranslate2 {quantization} translation model
 
 Written by `a2d export` (a2d {a2d.__version__}, align-to-distill). `ctranslate2` and `sentencepiece` alone use it:
@@ -66,14 +77,12 @@ out = translator.translate_batch([pieces], beam_size={beam}, max_input_length={p
 print(target.decode([piece for piece in out[0].hypotheses[0] if piece != "{unk}"]))
 ```
 
-This gives `a2d translate`'s output. The model appends `</s>` to the source itself (`add_source_eos` in
-`config.json`) and {never}. Two settings have no place in a CTranslate2 model, so they are arguments:
-`beam_size={beam}` is a2d's beam (CTranslate2's default is 2; `beam_size=1` is `a2d translate --beam 1`), and
-`max_input_length={positions}` cuts a longer source to the model's {positions} positions, `</s>` kept, as a2d does
-(without it such a source fails){within}. a2d
-drops `{unk}` from the output, as `skip_special_tokens` does. One difference remains: a2d stops a translation at
-{LENGTH_RULE} tokens.
+{notes}
 """
+
+
+def _paragraph(text: str) -> str:
+    return textwrap.fill(text, width=115, break_long_words=False, break_on_hyphens=False)
 
 
 def write_readme(folder: Path | str, text: str) -> None:
