@@ -22,7 +22,7 @@ from a2d.data.batching import collate, token_batches
 from a2d.data.vocab import Vocabulary
 from a2d.evaluate import score, translate
 from a2d.losses import label_smoothed_ce
-from a2d.rundir import TrainState
+from a2d.rundir import BEST, LAST, TrainState
 from a2d.tokenizer import collate_ids
 from a2d.utils import UserError
 
@@ -335,6 +335,37 @@ def record_validation(accelerator: Accelerator, model, vocab: Vocabulary, valid,
         log(f"{where}: update {state.update}, valid loss {result['valid_loss']:.3f}, "
             f"valid BLEU {result['valid_bleu']:.2f}" + (" (best)" if improved else ""))
     return improved
+
+
+def end_of_pass(accelerator: Accelerator, model, vocab: Vocabulary, valid, cfg: Config, state: TrainState, metrics,
+                log, save, epoch_done: bool) -> tuple[str | None, int | None]:
+    """What follows a pass over an epoch's batches, whole (``epoch_done``) or cut short by ``max_steps``: validate (at
+    an epoch's end, and at the update that spends ``max_steps``) and ``save(BEST)`` on a new best, go to the next
+    epoch, decide whether to stop, ``save(LAST)``. Returns why the run stops (None: it goes on) and the update it
+    validated (None: none)."""
+    validated = None
+    if epoch_done or budget_spent(state, cfg):
+        if record_validation(accelerator, model, vocab, valid, cfg, state, metrics, log, epoch_done):
+            save(BEST)
+        validated = state.update
+    if epoch_done:
+        state.epoch += 1
+        state.batch_in_epoch = 0
+    stop = should_stop(state, cfg)
+    state.finished = stop is not None
+    save(LAST)
+    return stop, validated
+
+
+def validate_the_end(accelerator: Accelerator, model, vocab: Vocabulary, valid, cfg: Config, state: TrainState,
+                     metrics, log, save, validated: int | None) -> None:
+    """A run resumed from a ``last/`` written (``save_every``) at the update that ends it, before its validation:
+    validate it now, so that ``best/`` holds validated weights, and mark it finished."""
+    if validated != state.update and (not state.finished or state.best_bleu < 0):
+        if record_validation(accelerator, model, vocab, valid, cfg, state, metrics, log, epoch_done=False):
+            save(BEST)
+        state.finished = True
+        save(LAST)
 
 
 def should_stop(state: TrainState, cfg: Config) -> str | None:

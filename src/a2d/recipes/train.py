@@ -23,11 +23,11 @@ from a2d.data.prepare import ParallelData, load_meta
 from a2d.data.vocab import Vocabulary
 from a2d.losses import label_smoothed_ce
 from a2d.models import build_model, count_parameters, load_weights
-from a2d.rundir import BEST, LAST, RunDir, TrainState, rng_state, set_rng_state
+from a2d.rundir import LAST, RunDir, TrainState, rng_state, set_rng_state
 from a2d.tokenizer import collate_ids
-from a2d.training import (RunProgress, RunResult, SavePoints, Throughput, budget_spent, check_data_fits, check_finite,
+from a2d.training import (RunProgress, RunResult, SavePoints, Throughput, check_data_fits, check_finite, end_of_pass,
                           inverse_sqrt_schedule, make_accelerator, make_optimizer, micro_batches, model_inputs,
-                          record_validation, should_stop, start_run, to_device)
+                          should_stop, start_run, to_device, validate_the_end)
 
 
 def train_step(model, batch: dict, cfg: Config, autocast=contextlib.nullcontext) -> dict[str, torch.Tensor]:
@@ -126,23 +126,11 @@ def train(cfg: Config, data_dir: Path, out: Path, resume: bool = False, log=prin
                 if cfg.max_steps and state.update >= cfg.max_steps:
                     break
             bar.close()
-            epoch_done = state.batch_in_epoch >= len(batches)
-            if epoch_done or budget_spent(state, cfg):  # every epoch's end, and the update that spends max_steps
-                if record_validation(accelerator, model, vocab, valid_data, cfg, state, metrics, log, epoch_done):
-                    save(BEST)
-                validated = state.update
-            if epoch_done:
-                state.epoch += 1
-                state.batch_in_epoch = 0
-            stop = should_stop(state, cfg)
-            state.finished = stop is not None
-            save(LAST)
-    if validated != state.update and (not state.finished or state.best_bleu < 0):
-        # resumed from a last/ written (save_every) at the update that ends the run, before its validation
-        if record_validation(accelerator, model, vocab, valid_data, cfg, state, metrics, log, epoch_done=False):
-            save(BEST)
-        state.finished = True
-        save(LAST)
+            # validation at the epoch's end (or at max_steps), best/, the next epoch, whether to stop, last/
+            stop, checked = end_of_pass(accelerator, model, vocab, valid_data, cfg, state, metrics, log, save,
+                                        epoch_done=state.batch_in_epoch >= len(batches))
+            validated = validated if checked is None else checked
+    validate_the_end(accelerator, model, vocab, valid_data, cfg, state, metrics, log, save, validated)
     accelerator.wait_for_everyone()
     if main:
         log(f"stopped: {stop}; best valid BLEU {state.best_bleu:.2f} at epoch {state.best_epoch}")
