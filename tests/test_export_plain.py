@@ -16,12 +16,12 @@ from pathlib import Path
 
 import pytest
 
-from a2d.config import load_config
 from a2d.data.corpus import locate_corpus, read_parallel
 from a2d.export import export
 from a2d.models import load_model
 from a2d.readme import SAMPLE
 from a2d.rundir import RunDir
+from a2d.settings import load_config
 from a2d.translator import load_translator
 
 pytestmark = pytest.mark.usefixtures("one_thread")
