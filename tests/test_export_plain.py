@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from a2d.config import read_yaml
 from a2d.data.corpus import locate_corpus, read_parallel
 from a2d.export import export
 from a2d.models import load_model
@@ -50,7 +51,7 @@ def shipped(tmp_path_factory, data_root):
     Multi30k test sentences and one of more pieces than the model's 256 positions."""
     root = tmp_path_factory.mktemp("plain")
     model, vocab = load_model(STORED)
-    RunDir(root / "run").save("best", model, vocab, load_config(STORED / "config.yaml"))
+    RunDir(root / "run").save("best", model, vocab, load_config(None, base=read_yaml(STORED / "config.yaml")))
     for quantization in ("float32", "int8"):
         export(root / "run" / "best", root / quantization, quantization=quantization, log=quiet)
     test = read_parallel(*locate_corpus("multi30k", "de", "en")["test"])[0]

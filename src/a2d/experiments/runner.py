@@ -166,9 +166,13 @@ def continuable(job: Job, grid: Grid) -> tuple[Path | None, str]:
     status = run_status(source)
     if status != "finished":
         return None, f"{source} is " + ("not finished" if status == "started" else "not a finished run")
-    want = grid.cell_config(job.cell, job.seed).to_dict()
+    cfg = grid.cell_config(job.cell, job.seed)
+    want = cfg.to_dict()
+    # what a2d distill takes from the teacher where the cell leaves it unset (the same teacher: the same values)
+    taken = ({"max_positions"} if "max_positions" not in cfg.given else set()) | ({"num_beams"} if not cfg.num_beams
+                                                                                  else set())
     config_file = RunDir(source).config_file
-    differ = _config_differences(config_file, {k: v for k, v in want.items() if k != "max_epochs"})
+    differ = _config_differences(config_file, {k: v for k, v in want.items() if k != "max_epochs" and k not in taken})
     if differ:
         return None, f"{source} was trained with {', '.join(differ)}"
     had = read_yaml(config_file).get("max_epochs", want["max_epochs"])
