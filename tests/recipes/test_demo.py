@@ -165,6 +165,9 @@ def test_the_output_says_plainly_when_a2d_is_not_ahead_of_kd():
     behind = demo_module.comparison_lines({"a2d_vs_nokd": _test(2.0, 0.001), "a2d_vs_kd": _test(-0.8, 0.03)})
     assert "A2D is not ahead of KD; KD is significantly ahead" in behind[1]
     assert behind[2].startswith("A2D is not ahead of plain word-level KD in this run")
+    tiny = demo_module.comparison_lines({"a2d_vs_nokd": _test(0.004, 0.001), "a2d_vs_kd": _test(-0.003, 0.005)})
+    assert tiny[0].endswith("+0.00 BLEU, paired bootstrap p = 0.001 (no difference from No-KD at this precision).")
+    assert "(no difference from KD at this precision)" in tiny[1] and len(tiny) == 3
 
 
 def test_two_cores_run_the_three_students_at_once_one_thread_each(monkeypatch):

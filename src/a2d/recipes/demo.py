@@ -264,7 +264,9 @@ def comparison_lines(tests: dict[str, dict]) -> list[str]:
 
 def _paired_line(test: dict, name: str) -> str:
     significant = test["p_value"] < 0.05
-    if test["delta"] > 0:
+    if round(test["delta"], 2) == 0:  # what the line shows: no difference to speak of, whatever the p-value
+        verdict = f"no difference from {name} at this precision"
+    elif test["delta"] > 0:
         verdict = f"A2D is ahead of {name}" + (", significantly" if significant else ", but not significantly")
     else:
         verdict = f"A2D is not ahead of {name}" + (f"; {name} is significantly ahead" if significant else "")
