@@ -257,3 +257,14 @@ def test_the_config_knows_which_keys_were_given(tmp_path):
     assert load_config("tiny-student").num_beams == 0 and load_config("tiny-student", ["num_beams=4"]).num_beams == 4
     with pytest.raises(ConfigError, match="num_beams=-1: must be >= 0"):
         load_config("tiny-student", ["num_beams=-1"])
+
+
+@pytest.mark.parametrize("key, guess", [("activation", "activation_function"), ("d_modl", "d_model"),
+                                        ("lamda_att", "lambda_att")])
+def test_an_unknown_key_names_the_one_probably_meant(tmp_path, key, guess):
+    preset = tmp_path / "opus.yaml"
+    preset.write_text(f"{key}: 1\n")
+    with pytest.raises(ConfigError, match=f"unknown key '{key}'; did you mean {guess}\\?"):
+        load_config(f"tiny-student+{preset}")
+    with pytest.raises(ConfigError, match="unknown key 'nothing_like_it' \\(see"):
+        load_config("tiny-student", ["nothing_like_it=1"])

@@ -14,12 +14,24 @@ section ``NAME: {key: value}`` holds settings of method NAME, applied to runs of
 from __future__ import annotations
 
 import dataclasses
+import difflib
 from pathlib import Path
 
 from a2d.config import DISTILL_KEYS, FIELDS, Config, ConfigError, Given, coerce, describe_fields, read_layers
 from a2d.methods import METHODS, MethodSettings
 
 TRAIN = "a2d train"  # what the errors call a run without a method
+
+
+#: Keys that other tools' configs use for a setting of ours (Marian's YAML: ``activation``).
+ALIASES = {"activation": "activation_function"}
+
+
+def _did_you_mean(key: str) -> str:
+    """``; did you mean X?`` for a key that is another tool's name for X or a near-miss of a key, else nothing."""
+    known = list(FIELDS) + sorted({f.name for cls in METHODS.values() for f in dataclasses.fields(cls.Settings)})
+    guess = ALIASES.get(key) or next(iter(difflib.get_close_matches(key, known, n=1, cutoff=0.75)), None)
+    return f"; did you mean {guess}?" if guess else ""
 
 
 def owners(key: str) -> list[str]:
@@ -99,7 +111,7 @@ def load_config(preset: str | Path | None = None, overrides: list[str] | tuple =
         elif owners(g.key):
             raise _not_owned(g, method)
         else:
-            raise ConfigError(f"{g.source}: unknown key {g.key!r} (see `a2d config --keys`)")
+            raise ConfigError(f"{g.source}: unknown key {g.key!r}{_did_you_mean(g.key)} (see `a2d config --keys`)")
     settings = None if method is None else METHODS[method].Settings(**values)
     return Config(**common, settings=settings, given=frozenset(g.key for g in given))
 
