@@ -70,7 +70,7 @@ from pathlib import Path
 from a2d.config import ConfigError, read_yaml
 from a2d.data.corpus import CORPORA
 from a2d.losses import ATT_KINDS
-from a2d.methods import METHODS, UnknownMethod, get_method
+from a2d.methods import CACHE_READERS, UnknownMethod, get_method
 from a2d.settings import load_config
 from a2d.utils import UserError
 
@@ -373,7 +373,7 @@ def _add_cells(grid: Grid) -> None:
             label = (method.label or method.name) + ("" if cname == (method.baseline or method.name) else f" [{cname}]")
         if spec.kd_cache_topk is not None and not method.reads_kd_cache:
             raise UserError(f"{where}: {cname}: kd_cache_topk: method {spec.method} does not read a teacher cache "
-                            f"(those that do: {', '.join(_cache_readers())})")
+                            f"(those that do: {', '.join(CACHE_READERS)})")
         if any(o.split("=", 1)[0].strip() == "kd_cache" for o in grid.student_overrides + spec.overrides):
             raise UserError(f"{where}: {cname}: overrides: kd_cache: the runner builds the cache; use kd_cache_topk: K")
         grid.cells[cname] = Cell(cname, spec.method, spec.preset or grid.student_preset,
@@ -391,10 +391,6 @@ def _add_cells(grid: Grid) -> None:
         elif chosen not in grid.cells:
             raise UserError(f"{grid.path}: baselines: {role}: no cell {chosen!r} in methods")
         setattr(grid.baselines, role, chosen)
-
-
-def _cache_readers() -> list[str]:
-    return [name for name in METHODS if get_method(name).reads_kd_cache]
 
 
 def _add_ablations(grid: Grid) -> None:

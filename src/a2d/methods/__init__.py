@@ -34,6 +34,10 @@ METHODS: dict[str, type[DistillMethod]] = {
 }
 
 
+#: The methods whose KD term can read a teacher cache (``kd_cache=``), by name.
+CACHE_READERS: tuple[str, ...] = tuple(name for name, cls in METHODS.items() if cls.reads_kd_cache)
+
+
 def get_method(name: str) -> type[DistillMethod]:
     """The method class registered as ``name``; :class:`UnknownMethod` if there is none."""
     if name not in METHODS:
@@ -41,5 +45,5 @@ def get_method(name: str) -> type[DistillMethod]:
     return METHODS[name]
 
 
-__all__ = ["METHODS", "DistillMethod", "MethodSettings", "Progress", "get_method", "ATTENTIONS", "HIDDEN_STATES",
+__all__ = ["METHODS", "CACHE_READERS", "DistillMethod", "MethodSettings", "Progress", "get_method", "ATTENTIONS", "HIDDEN_STATES",
            "LOGITS", "KD_TERM", "NotDistilledData", "TeacherRequired", "UnknownMethod"]

@@ -26,7 +26,8 @@ from a2d.data.batching import collate, shard_batches, token_batches
 from a2d.data.prepare import ParallelData, load_meta
 from a2d.data.vocab import Vocabulary, check_same_vocabulary
 from a2d.losses import IDS_KEY, IGNORE, label_smoothed_ce
-from a2d.methods import ATTENTIONS, HIDDEN_STATES, KD_TERM, LOGITS, METHODS, DistillMethod, Progress, get_method
+from a2d.methods import (ATTENTIONS, CACHE_READERS, HIDDEN_STATES, KD_TERM, LOGITS, DistillMethod, Progress,
+                         get_method)
 from a2d.models import (build_model, count_parameters, load_model, load_weights, recorded_beam,
                         resolve_model_dir, use_attention_maps)
 from a2d.rundir import BEST, LAST, METHOD_TENSORS, RunDir, TrainState, rng_state, set_rng_state
@@ -54,8 +55,8 @@ def open_kd_cache(method: DistillMethod, data_dir: Path, data, vocab, teacher_pa
     if not path:
         return None
     if not method.reads_kd_cache:
-        readers = ", ".join(name for name, cls in METHODS.items() if cls.reads_kd_cache)
-        raise UserError(f"kd_cache={path}: method {method.name} does not read a teacher cache ({readers} do)")
+        raise UserError(f"kd_cache={path}: method {method.name} does not read a teacher cache "
+                        f"({', '.join(CACHE_READERS)} do)")
     if teacher_path is None:
         raise UserError(f"kd_cache={path}: give --teacher too (the cache is checked against it)")
     cache = TeacherCache(path)
