@@ -65,13 +65,25 @@ def cmd_prepare(args, locate_corpus, prepare, summary_lines):
     print("\n".join(summary_lines(meta)))
 
 
-def cmd_train(args, train, load_config):
-    train(_config(args, load_config, train=True), Path(args.data), Path(args.out), resume=args.resume)
+def cmd_prepare_task(args, prepare_sources):
+    files = {s: Path(f) for s, f in (("train", args.train), ("valid", args.valid), ("test", args.test)) if f}
+    if files and not (args.train and args.valid):
+        raise UserError("give --train and --valid text files (and --test if you have one)")
+    prepare_sources(Path(args.out), args.task, family=args.family, glue=args.glue, glue_name=args.glue_task,
+                    standin=args.standin, files=files or None, tokenizer=args.tokenizer, vocab_size=args.vocab_size,
+                    max_len=args.max_len, max_train=args.max_train, seed=args.seed)
+    print(f"wrote {args.out}")
 
 
-def cmd_distill(args, distill, load_config):
-    distill(_config(args, load_config), Path(args.data), Path(args.out), Path(args.teacher) if args.teacher else None,
-            resume=args.resume)
+def cmd_train(args, train, fit_task, data_task, load_config):
+    recipe = train if data_task(Path(args.data)) == "translation" else fit_task  # a2d prepare-task's folders
+    recipe(_config(args, load_config, train=True), Path(args.data), Path(args.out), resume=args.resume)
+
+
+def cmd_distill(args, distill, fit_task, data_task, load_config):
+    recipe = distill if data_task(Path(args.data)) == "translation" else fit_task
+    recipe(_config(args, load_config), Path(args.data), Path(args.out), Path(args.teacher) if args.teacher else None,
+           resume=args.resume)
 
 
 def cmd_distill_data(args, build_cache, distill_data):
@@ -93,8 +105,15 @@ def cmd_distill_data(args, build_cache, distill_data):
                  beam=SEQ_KD_BEAM if args.beam is None else args.beam, engine=args.engine, threads=args.threads)
 
 
-def cmd_evaluate(args, evaluate_model, describe_shortlist):
+def cmd_evaluate(args, evaluate_model, describe_shortlist, evaluate_task, data_task):
     out = Path(args.out) if args.out else None
+    if data_task(Path(args.data)) != "translation":  # a classifier or a language model (a2d prepare-task)
+        result = evaluate_task(Path(args.model), Path(args.data), split=args.split, out=out)
+        shown = {k: v for k, v in result.items() if k in ("accuracy", "f1", "mcc", "loss", "perplexity")}
+        print("  ".join(f"{k} {v:.2f}" for k, v in shown.items()) + f"  {result['examples']} examples ({args.split})")
+        if out:
+            print(f"wrote {out}")
+        return
     result = evaluate_model(Path(args.model), Path(args.data), split=args.split, beam=args.beam, out=out,
                             max_tokens=args.max_tokens, threads=args.threads, shortlist=args.shortlist)
     note = _shortlist_note(Path(args.model), result["shortlist"], describe_shortlist)
@@ -189,11 +208,15 @@ def cmd_reproduce(args, reproduce_grid):
 COMMANDS = {
     "prepare": (cmd_prepare, "a2d.data.corpus:locate_corpus", "a2d.data.prepare:prepare",
                 "a2d.data.prepare:summary_lines"),
-    "train": (cmd_train, "a2d.recipes.train:train", "a2d.settings:load_config"),
-    "distill": (cmd_distill, "a2d.recipes.distill:distill", "a2d.settings:load_config"),
+    "prepare-task": (cmd_prepare_task, "a2d.data.tasks:prepare_sources"),
+    "train": (cmd_train, "a2d.recipes.train:train", "a2d.recipes.task:fit_task", "a2d.data.tasks:data_task",
+              "a2d.settings:load_config"),
+    "distill": (cmd_distill, "a2d.recipes.distill:distill", "a2d.recipes.task:fit_task", "a2d.data.tasks:data_task",
+                "a2d.settings:load_config"),
     "distill-data": (cmd_distill_data, "a2d.recipes.cache_teacher:build_cache",
                      "a2d.recipes.distill_data:distill_data"),
-    "evaluate": (cmd_evaluate, "a2d.evaluate:evaluate_model", "a2d.shortlist:describe"),
+    "evaluate": (cmd_evaluate, "a2d.evaluate:evaluate_model", "a2d.shortlist:describe", "a2d.recipes.task:evaluate_task",
+                 "a2d.data.tasks:data_task"),
     "translate": (cmd_translate, "a2d.translator:load_translator", "a2d.shortlist:describe"),
     "export": (cmd_export, "a2d.export:export"),
     "shortlist": (cmd_shortlist, "a2d.shortlist:write_shortlist"),
@@ -283,6 +306,33 @@ def _add_prepare(sub) -> None:
                    help="replace the prepared files of an --out that also holds other files (those are kept)")
     p.add_argument("--tokenizer", metavar="DIR", help="encode with the tokenizer of this model folder (a Hugging Face "
                    "Marian folder, e.g. a downloaded OPUS-MT teacher) instead of training SentencePiece")
+
+
+def _add_prepare_task(sub) -> None:
+    p = sub.add_parser("prepare-task", **_doc(
+        "prepare data for another model family: sentence(-pair) classification (BERT) or language modelling (GPT-2, "
+        "Llama)",
+        "a2d prepare-task classification --glue glue_data/SST-2 --out data/sst2",
+        "a2d prepare-task classification --standin multi30k-pairs --out data/m30k-pairs",
+        "a2d prepare-task lm --standin multi30k-en --out data/m30k-lm",
+        "a2d prepare-task lm --train train.txt --valid valid.txt --family llama --out data/mine"))
+    p.add_argument("task", choices=("classification", "lm"))
+    p.add_argument("--glue", metavar="DIR", help="a GLUE task folder as GLUE distributes it (train.tsv, dev.tsv)")
+    p.add_argument("--glue-task", help="its GLUE task (sst2, cola, mrpc, qqp, qnli, rte, wnli, mnli); default: from "
+                   "the folder's name")
+    p.add_argument("--standin", help="multi30k-pairs (classification: is the English sentence the German one's "
+                   "translation? hard negatives) or multi30k-en (lm: Multi30k's English side)")
+    p.add_argument("--train", help="training text, one sentence or document per line (lm)")
+    p.add_argument("--valid", help="validation text (lm)")
+    p.add_argument("--test", help="test text (lm)")
+    p.add_argument("--family", help="bert (classification); gpt2 or llama (lm); default: bert / gpt2")
+    p.add_argument("--tokenizer", metavar="DIR", help="encode with this folder's tokenizer (a teacher you bring) "
+                   "instead of training one on the training split")
+    p.add_argument("--vocab-size", type=int, default=8000, help="vocabulary of a tokenizer trained here (default 8000)")
+    p.add_argument("--max-len", type=int, default=128, help="cut examples to this many tokens (default 128)")
+    p.add_argument("--max-train", type=int, help="use only the first N training examples")
+    p.add_argument("--seed", type=int, default=1, help="the stand-in's draw of negatives (default 1)")
+    p.add_argument("--out", required=True)
 
 
 def _add_training(sub) -> None:
@@ -409,7 +459,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="a2d", description="Align-to-Distill: distil translation Transformers.",
                                      epilog=USUAL_SEQUENCE, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for add in (_add_prepare, _add_training, _add_distill_data, _add_decoding, _add_plots, _add_others):
+    for add in (_add_prepare, _add_prepare_task, _add_training, _add_distill_data, _add_decoding, _add_plots, _add_others):
         add(sub)
     return parser
 

@@ -246,12 +246,13 @@ class RunDir:
                    if k in saved and k in wanted and saved[k] != wanted[k]]  # a method's keys: when both have them
         if changed:
             raise ResumeMismatch(self.path, config_file, changed=changed)
-        if Vocabulary.load(self.last).checksum() != vocab.checksum():
+        if type(vocab).load(self.last).checksum() != vocab.checksum():  # a Vocabulary, or a family's tokenizer
             raise ResumeMismatch(self.path, config_file, vocabulary=self.last)
 
     # ------------------------------------------------------------------------------------------ checkpoints
-    def save(self, which: str, model, vocab, cfg, trainer: dict | None = None) -> Path:
-        """Write ``best/`` or ``last/`` atomically: model (safetensors), vocabulary, ``config.yaml``.
+    def save(self, which: str, model, vocab, cfg, trainer: dict | None = None, readme: str | None = None) -> Path:
+        """Write ``best/`` or ``last/`` atomically: model (safetensors), vocabulary, ``config.yaml``, README.md
+        (``readme``, else the translation model's: how transformers alone uses it).
 
         ``trainer`` (``optimizer``, ``scheduler``, ``rng`` (one state per process), ``state``, ``tensors``)
         goes to ``trainer/`` for resuming.
@@ -265,7 +266,8 @@ class RunDir:
             positions = int(model.config.max_position_embeddings)
             # + MarianTokenizer files: AutoTokenizer loads the folder, and truncates to the model's positions
             vocab.save(tmp, model_folder=True, max_length=positions)
-            write_readme(tmp, hf_readme(path, model.generation_config.num_beams, positions))
+            write_readme(tmp, readme if readme is not None else hf_readme(path, model.generation_config.num_beams,
+                                                                           positions))
             save_config(cfg, tmp / CONFIG_FILE)
             if trainer is not None:
                 folder = tmp / TRAINER_DIR
@@ -404,9 +406,10 @@ class MetricsLog:
                 f.write(json.dumps(record) + "\n")
 
 
-def resolve_model_dir(path: Path | str) -> Path:
+def resolve_model_dir(path: Path | str, model_types: tuple[str, ...] = ("marian",)) -> Path:
     """The model folder that ``path`` names (``RUN`` gives ``RUN/best``, else ``RUN/last``); a one-line error for a
-    folder that is not a model or holds another model family than Marian."""
+    folder that is not a model or holds another model than ``model_types`` (``config.json``'s ``model_type``:
+    Marian for the translation commands)."""
     path = model_dir(path)
     if (path / "a2d_export.json").is_file():
         if not (path / "model.bin").is_file():
@@ -423,7 +426,9 @@ def resolve_model_dir(path: Path | str) -> Path:
         family = json.loads((path / "config.json").read_text(encoding="utf-8")).get("model_type")
     except (OSError, ValueError, AttributeError) as e:
         raise UserError(f"{path / 'config.json'}: not a model config ({e})") from None
-    if family != "marian":
+    if family not in model_types and model_types != ("marian",):
+        raise UserError(f"{path}: a {family or 'unknown'} model; this task takes {' or '.join(model_types)} models")
+    if family not in model_types:
         raise UserError(f"{path}: a {family or 'unknown'} model; a2d supports Marian models only (MarianMTModel "
                         "folders: a2d's own, or OPUS-MT's saved with save_pretrained)")
     return path

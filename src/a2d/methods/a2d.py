@@ -18,23 +18,15 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
-from transformers import MarianConfig
 
 from a2d.alignment import AAM_MODES, AttentionAlignment
 from a2d.attention import GRANULARITIES, KINDS, collect_attention
 from a2d.config import setting
+from a2d.families import check_kinds
 from a2d.losses import (ATT_KINDS, DECAY_UNITS, KL_NORMS, attention_kl_per_query, attention_kl_reference,
                         kd_loss, kind_weights, lambda_schedule)
 from a2d.methods.base import ATTENTIONS, KD_TERM, LOGITS, DistillMethod, Progress
 from a2d.methods.kd import WordKDSettings
-
-# (layers field, heads field) of a MarianConfig for each kind.
-_SHAPE_FIELDS = {
-    "enc_self": ("encoder_layers", "encoder_attention_heads"),
-    "dec_self": ("decoder_layers", "decoder_attention_heads"),
-    "dec_cross": ("decoder_layers", "decoder_attention_heads"),
-}
-
 
 @dataclass
 class A2DSettings(WordKDSettings):
@@ -54,11 +46,6 @@ class A2DSettings(WordKDSettings):
                        choices=AAM_MODES)
 
 
-def _layers_heads(config: MarianConfig, kind: str) -> tuple[int, int]:
-    layers_field, heads_field = _SHAPE_FIELDS[kind]
-    return int(getattr(config, layers_field)), int(getattr(config, heads_field))
-
-
 class AlignToDistill(DistillMethod):
     """A2D. Terms: ``att`` (L_att, eq. 11), ``att_<kind>`` (per-kind losses, logging only, weight 0),
     ``kd`` (word-level KD). Trainable parts: ``aam`` (an ``nn.ModuleDict`` kind -> AttentionAlignment)."""
@@ -72,19 +59,23 @@ class AlignToDistill(DistillMethod):
     forced_granularity: str | None = None
     Settings = A2DSettings
     reads_kd_cache = True  # its KD term; the attention maps still come from the live teacher
+    families = None  # every family: the kinds it has (encoder-only: enc_self; decoder-only: dec_self)
 
-    def __init__(self, settings: A2DSettings, student_config: MarianConfig, teacher_config: MarianConfig | None):
+    def __init__(self, settings: A2DSettings, student_config, teacher_config):
         super().__init__(settings, student_config, teacher_config)
         opts = self.settings  # checked against A2DSettings' choices
         self.granularity = self.forced_granularity or opts.att_granularity
         self.kind_weights = kind_weights(opts.att_kinds)  # eq. 11 / Table 5
+        if opts.att_kinds == "all" and len(self.student_shape.kinds) == 1:  # one kind: L_att is its loss
+            self.kind_weights = {self.student_shape.kinds[0]: 1.0}
+        check_kinds(self.name, self.kind_weights, self.student_shape)
         self.kinds = tuple(k for k in KINDS if k in self.kind_weights)
         self.aam_mode = opts.aam
         self.shapes: dict[str, dict] = {}
         modules = {}
         for kind in self.kinds:
-            s_layers, s_heads = _layers_heads(student_config, kind)
-            t_layers, t_heads = _layers_heads(teacher_config, kind)
+            s_layers, s_heads = self.student_shape.layers_heads(kind)
+            t_layers, t_heads = self.teacher_shape.layers_heads(kind)
             per_layer = 1 if self.granularity == "layer" else None
             n_student = s_layers * (per_layer or s_heads)
             n_teacher = t_layers * (per_layer or t_heads)

@@ -20,11 +20,11 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
-from transformers import MarianConfig
 from transformers.modeling_outputs import Seq2SeqLMOutput
 
 from a2d.config import check_fields
 from a2d.errors import TeacherRequired
+from a2d.families import Shape, shape_of
 from a2d.utils import UserError
 
 # What a method may ask for from the teacher's and the student's forward passes.
@@ -66,8 +66,12 @@ class DistillMethod(nn.Module):
     baseline: str | None = None  # the paired tests' baseline it is by default: "nokd" (no distillation) or "kd"
     alignment: bool = False  # learns attention alignments that `a2d plot-alignment` draws (method.json)
     Settings: type[MethodSettings] = MethodSettings  # its own knobs (keys of the run's config)
+    #: the model families (a2d.families) it distils; None: every family (what it reads, every family has)
+    families: tuple[str, ...] | None = ("marian",)
 
-    def __init__(self, settings: MethodSettings, student_config: MarianConfig, teacher_config: MarianConfig | None):
+    def __init__(self, settings: MethodSettings, student_config, teacher_config):
+        """``student_config``/``teacher_config``: the models' Hugging Face configs (or their
+        :class:`~a2d.families.Shape`); the method reads them as ``self.student_shape``/``self.teacher_shape``."""
         super().__init__()
         if type(settings) is not self.Settings:  # another method's settings: keys this one would not read
             raise TypeError(f"method {self.name} is built with its own settings, {self.Settings.__name__}, "
@@ -75,9 +79,20 @@ class DistillMethod(nn.Module):
         self.settings = settings
         if self.needs_teacher and teacher_config is None:
             raise TeacherRequired(self.name)
-        if ATTENTIONS in self.needs and float(getattr(student_config, "attention_dropout", 0.0) or 0.0) > 0:
+        self.student_shape: Shape | None = shape_of(student_config) if student_config is not None else None
+        self.teacher_shape: Shape | None = shape_of(teacher_config) if teacher_config is not None else None
+        if self.student_shape is None:  # a method that reads no model (seq-kd's tests build it so)
+            return
+        family = self.student_shape.family
+        if self.families is not None and family not in self.families:
+            raise UserError(f"method {self.name} distils {' and '.join(self.families)} models, not {family} "
+                            "(see a2d methods)")
+        if self.teacher_shape is not None and self.teacher_shape.family != family:
+            raise UserError(f"the teacher is a {self.teacher_shape.family} model and the student a {family} model: "
+                            "a2d distils within one model family")
+        if ATTENTIONS in self.needs and self.student_shape.attention_dropout > 0:
             # transformers returns attention probabilities after dropout: rows would no longer sum to 1
-            raise UserError(f"attention_dropout={student_config.attention_dropout}: method {self.name} learns "
+            raise UserError(f"attention_dropout={self.student_shape.attention_dropout}: method {self.name} learns "
                             "from the student's attention maps, which would be taken after dropout (rows no "
                             "longer distributions); set attention_dropout=0")
 

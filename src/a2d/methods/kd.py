@@ -47,6 +47,7 @@ class WordKD(DistillMethod):
     paper = "Hinton et al. 2015, Distilling the Knowledge in a Neural Network"
     needs = frozenset({LOGITS})
     Settings = WordKDSettings
+    families = None  # logits are all it reads
     reads_kd_cache = True  # kd_cache=CACHE: the batch carries the teacher's top-K and the teacher does not run
 
     def loss_terms(self, batch, student, teacher, progress: Progress):

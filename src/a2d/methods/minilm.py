@@ -38,16 +38,15 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers import MarianConfig
 
 from a2d.attention import stack_attention
 from a2d.losses import attention_kl_per_query, word_kd
 from a2d.methods.base import ATTENTIONS, HIDDEN_STATES, KD_TERM, LOGITS, DistillMethod, Progress
-from a2d.methods.features import SIDES, FeatureSettings, hidden_states, token_masks
+from a2d.families import FAMILIES, SELF_KIND
+from a2d.methods.features import FeatureSettings, hidden_states, token_masks
 from a2d.methods.tinybert import check_equal_heads
 
-# The self-attention kind and the Hugging Face attention field of each stack.
-_SIDE_KIND = {"encoder": "enc_self", "decoder": "dec_self"}
+# The Hugging Face attention field of each stack.
 _SIDE_FIELD = {"encoder": "encoder_attentions", "decoder": "decoder_attentions"}
 _NOT_ATTACHED = ("minilm: call method.attach(student, teacher) before loss_terms (value relations are recomputed "
                  "with the models' last-layer v_proj)")
@@ -73,12 +72,6 @@ def value_relation(values: torch.Tensor, heads: int, key_mask: torch.Tensor) -> 
     return torch.softmax(scores, dim=-1) * allowed
 
 
-def _last_value_proj(model, side: str) -> nn.Linear:
-    model = getattr(model, "module", model)  # DDP / accelerate wrapper
-    stack = model.get_encoder() if side == "encoder" else model.get_decoder()
-    return stack.layers[-1].self_attn.v_proj
-
-
 class MiniLM(DistillMethod):
     """MiniLM. Terms: ``at`` (L_AT), ``vr`` (L_VR), ``at_<side>`` / ``vr_<side>`` (logging only, weight 0),
     ``kd`` (word-level KD). No trainable parts; needs :meth:`attach` before use."""
@@ -90,11 +83,13 @@ class MiniLM(DistillMethod):
              "of Pre-Trained Transformers")
     needs = frozenset({LOGITS, ATTENTIONS, HIDDEN_STATES})
     Settings = FeatureSettings
+    families = None  # the self-attention stacks the model has (a BERT classifier: its encoder)
 
-    def __init__(self, settings: FeatureSettings, student_config: MarianConfig, teacher_config: MarianConfig | None):
+    def __init__(self, settings: FeatureSettings, student_config, teacher_config):
         super().__init__(settings, student_config, teacher_config)
-        check_equal_heads(self.name, student_config, teacher_config)
-        self.heads = {side: int(getattr(student_config, f"{side}_attention_heads")) for side in SIDES}
+        check_equal_heads(self.name, self.student_shape, self.teacher_shape)
+        self.sides = self.student_shape.sides
+        self.heads = {side: int(getattr(self.student_shape, f"{side}_attention_heads")) for side in self.sides}
         self._value_proj: dict[str, dict[str, nn.Linear]] | None = None  # plain dict: not submodules
 
     def attach(self, student, teacher) -> None:
@@ -103,7 +98,8 @@ class MiniLM(DistillMethod):
         Stored in a plain dict, so they are neither parameters of the method (the optimizer and the
         saved method state never see them twice) nor moved by ``method.to``.
         """
-        self._value_proj = {role: {side: _last_value_proj(model, side) for side in SIDES}
+        family = FAMILIES[self.student_shape.family]
+        self._value_proj = {role: {side: family.value_projection(model, side) for side in self.sides}
                             for role, model in (("student", student), ("teacher", teacher))}
 
     def _values(self, role: str, side: str, output, mask: torch.Tensor) -> torch.Tensor:
@@ -115,7 +111,7 @@ class MiniLM(DistillMethod):
 
     def _maps(self, output, batch, side: str):
         """The last layer's self-attention maps of one stack, with their masks (an AttentionMaps)."""
-        kind, field = _SIDE_KIND[side], _SIDE_FIELD[side]
+        kind, field = SELF_KIND[side], _SIDE_FIELD[side]
         per_layer = getattr(output, field, None)
         if not per_layer:
             raise ValueError(f"the model output has no {field}: run the forward pass with output_attentions=True "
@@ -147,7 +143,7 @@ class MiniLM(DistillMethod):
             raise ValueError(f"method {self.name} needs the teacher's forward pass")
         if self._value_proj is None:
             raise RuntimeError(_NOT_ATTACHED)
-        per_side = {side: self.side_losses(batch, student, teacher, side) for side in SIDES}
+        per_side = {side: self.side_losses(batch, student, teacher, side) for side in self.sides}
         terms = {"at": sum(at for at, _ in per_side.values()), "vr": sum(vr for _, vr in per_side.values())}
         for side, (at, vr) in per_side.items():
             terms[f"at_{side}"], terms[f"vr_{side}"] = at.detach(), vr.detach()
@@ -157,12 +153,12 @@ class MiniLM(DistillMethod):
     def weights(self, progress: Progress) -> dict[str, float]:
         feature = float(self.settings.feature_weight)
         w = {"at": feature, "vr": feature, KD_TERM: float(self.settings.mu_kd)}
-        for side in SIDES:
+        for side in self.sides:
             w[f"at_{side}"] = w[f"vr_{side}"] = 0.0
         return w
 
     def describe(self) -> dict:
-        return {"method": self.name, "kinds": list(_SIDE_KIND.values()), "layers": "last", "heads": dict(self.heads)}
+        return {"method": self.name, "kinds": [SELF_KIND[s] for s in self.sides], "layers": "last", "heads": dict(self.heads)}
 
 
 __all__ = ["MiniLM", "value_relation"]

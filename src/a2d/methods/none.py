@@ -12,6 +12,7 @@ class NoKD(DistillMethod):
     paper = "(baseline without distillation)"
     needs = frozenset()
     needs_teacher = False
+    families = None
 
     def loss_terms(self, batch, student, teacher, progress):
         return {}

@@ -27,7 +27,6 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from transformers import MarianConfig
 
 from a2d.config import setting
 from a2d.methods.features import FeatureSettings, HiddenStateKD, projection, real_tokens, uniform_layer_map
@@ -81,12 +80,14 @@ class PatientKD(HiddenStateKD):
     term = "pt"
     Settings = PKDSettings
 
-    def __init__(self, settings: PKDSettings, student_config: MarianConfig, teacher_config: MarianConfig | None):
+    families = ("marian", "bert")  # the encoder's hidden states
+
+    def __init__(self, settings: PKDSettings, student_config, teacher_config):
         super().__init__(settings, student_config, teacher_config)
+        student, teacher = self.student_shape, self.teacher_shape
         self.mapping = self.settings.pkd_mapping
-        self.layer_map = pkd_layer_map(int(student_config.encoder_layers), int(teacher_config.encoder_layers),
-                                       self.mapping)
-        self.proj = projection(int(student_config.d_model), int(teacher_config.d_model), identity_if_equal=False)
+        self.layer_map = pkd_layer_map(student.encoder_layers, teacher.encoder_layers, self.mapping)
+        self.proj = projection(student.d_model, teacher.d_model, identity_if_equal=False)
 
     def feature_loss(self, s_states, t_states, mask: torch.Tensor) -> torch.Tensor:
         """L_PT, summed over the mapped layers."""

@@ -38,12 +38,12 @@ from __future__ import annotations
 
 import torch
 from torch import nn
-from transformers import MarianConfig
 
 from a2d.attention import stack_attention
+from a2d.families import Shape
 from a2d.losses import kind_weights, word_kd
 from a2d.methods.base import ATTENTIONS, HIDDEN_STATES, KD_TERM, LOGITS, DistillMethod, Progress
-from a2d.methods.features import (SIDES, FeatureSettings, hidden_states, projection, real_tokens, token_masks,
+from a2d.methods.features import (FeatureSettings, hidden_states, projection, real_tokens, token_masks,
                                   token_mse, uniform_layer_map)
 from a2d.utils import UserError
 
@@ -57,11 +57,11 @@ def tinybert_layer_map(n_student: int, n_teacher: int) -> list[tuple[int, int]]:
     return uniform_layer_map(n_student, n_teacher)
 
 
-def check_equal_heads(name: str, student_config: MarianConfig, teacher_config: MarianConfig) -> None:
-    """One-line :class:`UserError` when encoder or decoder head counts differ between the models."""
-    for side in SIDES:
-        s = int(getattr(student_config, f"{side}_attention_heads"))
-        t = int(getattr(teacher_config, f"{side}_attention_heads"))
+def check_equal_heads(name: str, student: Shape, teacher: Shape) -> None:
+    """One-line :class:`UserError` when encoder or decoder head counts differ between the models' shapes."""
+    for side in student.sides:
+        s = int(getattr(student, f"{side}_attention_heads"))
+        t = int(getattr(teacher, f"{side}_attention_heads"))
         if s != t:
             where = "" if side == "encoder" else " (decoder)"
             raise UserError(f"{name} needs equal attention heads: student {s}, teacher {t}{where}")
@@ -101,21 +101,26 @@ class TinyBERT(DistillMethod):
     needs = frozenset({LOGITS, ATTENTIONS, HIDDEN_STATES})
     log_floor = 1e-6
     Settings = FeatureSettings
+    families = None  # the stacks and kinds the model has (a BERT classifier: its encoder)
 
-    def __init__(self, settings: FeatureSettings, student_config: MarianConfig, teacher_config: MarianConfig | None):
+    def __init__(self, settings: FeatureSettings, student_config, teacher_config):
         super().__init__(settings, student_config, teacher_config)
-        check_equal_heads(self.name, student_config, teacher_config)
-        self.layer_maps = {side: tinybert_layer_map(int(getattr(student_config, f"{side}_layers")),
-                                                    int(getattr(teacher_config, f"{side}_layers")))
-                           for side in SIDES}
-        self.kind_weights = kind_weights("all")  # eq. 11 of the A2D paper
-        d_s, d_t = int(student_config.d_model), int(teacher_config.d_model)
-        self.proj = nn.ModuleDict({key: projection(d_s, d_t) for key in ("emb", *SIDES)})
+        student, teacher = self.student_shape, self.teacher_shape
+        check_equal_heads(self.name, student, teacher)
+        self.sides = student.sides
+        self.layer_maps = {side: tinybert_layer_map(int(getattr(student, f"{side}_layers")),
+                                                    int(getattr(teacher, f"{side}_layers")))
+                           for side in self.sides}
+        # eq. 11 of the A2D paper; a model with one kind: its loss
+        self.kind_weights = kind_weights("all") if len(student.kinds) > 1 else {student.kinds[0]: 1.0}
+        d_s, d_t = student.d_model, teacher.d_model
+        self.proj = nn.ModuleDict({key: projection(d_s, d_t) for key in ("emb", *self.sides)})
 
     def attention_losses(self, batch, student, teacher) -> dict[str, torch.Tensor]:
         """``{kind: L_attn summed over the mapped layers}`` for enc_self, dec_self, dec_cross."""
         losses = {}
-        for kind, side in _KIND_SIDE.items():
+        for kind in self.kind_weights:
+            side = _KIND_SIDE[kind]
             pairs = self.layer_maps[side]
             s_all, t_all = getattr(student, _KIND_FIELD[kind], None), getattr(teacher, _KIND_FIELD[kind], None)
             if not s_all or not t_all:
@@ -134,7 +139,7 @@ class TinyBERT(DistillMethod):
     def hidden_losses(self, batch, student, teacher) -> dict[str, torch.Tensor]:
         """``{side: L_embd + L_hidn summed over the mapped layers}`` for encoder, decoder."""
         masks, losses = token_masks(batch), {}
-        for side in SIDES:
+        for side in self.sides:
             s_states, t_states = hidden_states(student, side), hidden_states(teacher, side)
             loss = None
             for i, j in [(0, 0), *self.layer_maps[side]]:
@@ -159,8 +164,8 @@ class TinyBERT(DistillMethod):
     def weights(self, progress: Progress) -> dict[str, float]:
         feature = float(self.settings.feature_weight)
         w = {"att": feature, "hid": feature, KD_TERM: float(self.settings.mu_kd)}
-        w.update({f"att_{k}": 0.0 for k in _KIND_SIDE})
-        w.update({f"hid_{side}": 0.0 for side in SIDES})
+        w.update({f"att_{k}": 0.0 for k in self.kind_weights})
+        w.update({f"hid_{side}": 0.0 for side in self.sides})
         return w
 
     def describe(self) -> dict:

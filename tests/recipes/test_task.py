@@ -1,0 +1,125 @@
+"""The classifier and language-model families end to end through the command line: prepare-task, train, distill
+(teacher and student of other layers, heads and width), resume, evaluate, plot-alignment; the folders load with
+transformers alone and give the scores a2d reports."""
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
+
+from a2d.cli import main
+from a2d.data.corpus import locate_corpus, read_lines
+from a2d.data.tasks import multi30k_pairs
+
+TINY = ["d_model=32", "ffn_dim=64", "encoder_attention_heads=2", "decoder_attention_heads=2", "log_every=5",
+        "warmup_updates=10", "max_tokens=1024"]
+STUDENT = ["d_model=16", "ffn_dim=32", "encoder_attention_heads=4", "decoder_attention_heads=4", "log_every=5",
+           "warmup_updates=10", "max_tokens=1024"]
+
+
+def run(*argv):
+    assert main([str(a) for a in argv]) == 0
+
+
+@pytest.fixture(scope="module")
+def glue_mrpc(tmp_path_factory, data_root):
+    """A GLUE MRPC-layout folder holding 300 / 100 Multi30k pairs (the stand-in's examples)."""
+    folder = tmp_path_factory.mktemp("glue") / "MRPC"
+    folder.mkdir()
+    splits = multi30k_pairs(locate_corpus("multi30k", "de", "en"), seed=1, max_train=300)
+    for name, split in (("train.tsv", "train"), ("dev.tsv", "valid")):
+        rows = ["Quality\t#1 ID\t#2 ID\t#1 String\t#2 String"]
+        rows += [f"{ex.label}\t{i}\t{i}\t{ex.text_a}\t{ex.text_b}" for i, ex in enumerate(splits[split][:300])]
+        (folder / name).write_text("\n".join(rows) + "\n", encoding="utf-8")
+    return folder
+
+
+def test_classifier_train_distill_resume_evaluate(tmp_path, glue_mrpc):
+    data, teacher = tmp_path / "data", tmp_path / "teacher"
+    run("prepare-task", "classification", "--glue", glue_mrpc, "--vocab-size", 400, "--max-len", 64, "--out", data)
+    meta = json.loads((data / "meta.json").read_text())
+    assert (meta["task"], meta["family"], meta["metric"], meta["source"]["glue"]) == ("classification", "bert", "f1", "mrpc")
+    run("train", "--data", data, "--preset", "classifier-teacher", "--out", teacher, "max_epochs=1",
+        "encoder_layers=3", *TINY)
+    # A2D, teacher 3 layers x 2 heads, d32 -> student 2 layers x 4 heads, d16; in one go, and stopped then resumed
+    straight, resumed = tmp_path / "a2d", tmp_path / "a2d-resumed"
+    common = ["--data", data, "--teacher", teacher, "--method", "a2d", "--preset", "classifier-student",
+              "encoder_layers=2", "lambda_att=0.5", *STUDENT]
+    run("distill", *common, "--out", straight, "max_epochs=2")
+    run("distill", *common, "--out", resumed, "max_epochs=1")
+    run("distill", *common, "--out", resumed, "max_epochs=2", "--resume")
+    a, b = load_file(straight / "last" / "model.safetensors"), load_file(resumed / "last" / "model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    method = json.loads((straight / "method.json").read_text())
+    assert method["kinds"]["enc_self"]["n_student"] == 8 and method["kinds"]["enc_self"]["n_teacher"] == 6
+    valid = [json.loads(line) for line in (straight / "metrics.jsonl").read_text().splitlines()
+             if json.loads(line)["type"] == "valid"]
+    assert len(valid) == 2 and {"valid_accuracy", "valid_f1", "valid_mcc"} <= set(valid[0])
+    train = [json.loads(line) for line in (straight / "metrics.jsonl").read_text().splitlines()
+             if json.loads(line)["type"] == "train"]
+    assert {"att", "att_enc_self", "kd", "ce"} <= set(train[0])
+    # evaluate, and the same predictions from transformers alone on the dev TSV's text
+    run("evaluate", "--model", straight, "--data", data, "--split", "valid", "--out", tmp_path / "valid.json")
+    result = json.loads((tmp_path / "valid.json").read_text())
+    tok = AutoTokenizer.from_pretrained(straight / "best")
+    model = AutoModelForSequenceClassification.from_pretrained(straight / "best").eval()
+    rows = [line.split("\t") for line in read_lines(glue_mrpc / "dev.tsv")[1:]]
+    with torch.no_grad():
+        predictions = [int(model(**tok(r[3], r[4], truncation=True, return_tensors="pt")).logits.argmax(-1))
+                       for r in rows]
+    assert predictions == result["rows"]["prediction"]
+    correct = sum(p == int(r[0]) for p, r in zip(predictions, rows))
+    assert result["accuracy"] == pytest.approx(100 * correct / len(rows))
+    run("plot-alignment", "--run", straight, "--out", tmp_path / "aam.png")
+    assert (tmp_path / "aam.png").stat().st_size > 1000
+
+
+def test_classifier_refusals_are_one_line(tmp_path, glue_mrpc, capsys):
+    data = tmp_path / "data"
+    run("prepare-task", "classification", "--glue", glue_mrpc, "--vocab-size", 400, "--max-len", 64, "--out", data)
+    run("train", "--data", data, "--preset", "classifier-teacher", "--out", tmp_path / "t", "max_steps=2",
+        "encoder_layers=1", *TINY)
+    capsys.readouterr()
+    for argv, message in [
+        (["--method", "a2d", "att_kinds=dec-self"], "method a2d needs dec_self attention, which a bert model lacks"),
+        (["--method", "ckd"], "method ckd distils marian models, not bert"),
+    ]:
+        assert main(["distill", "--data", str(data), "--teacher", str(tmp_path / "t"), "--preset",
+                     "classifier-student", "--out", str(tmp_path / "s"), *argv, *STUDENT]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.count("\n") == 0 and message in err
+        assert not (tmp_path / "s").exists()
+
+
+def test_language_model_train_distill_generate(tmp_path, data_root):
+    en = read_lines(locate_corpus("multi30k", "de", "en")["train"][1])
+    (tmp_path / "train.txt").write_text("\n".join(en[:400]) + "\n", encoding="utf-8")
+    (tmp_path / "valid.txt").write_text("\n".join(en[400:500]) + "\n", encoding="utf-8")
+    data, teacher, student = tmp_path / "data", tmp_path / "teacher", tmp_path / "a2d"
+    run("prepare-task", "lm", "--train", tmp_path / "train.txt", "--valid", tmp_path / "valid.txt",
+        "--vocab-size", 400, "--max-len", 48, "--out", data)
+    run("train", "--data", data, "--preset", "lm-teacher", "--out", teacher, "max_epochs=2", "decoder_layers=3",
+        *TINY)
+    run("distill", "--data", data, "--teacher", teacher, "--method", "a2d", "--preset", "lm-student", "--out",
+        student, "max_epochs=1", "decoder_layers=1", *STUDENT)
+    method = json.loads((student / "method.json").read_text())
+    assert list(method["kinds"]) == ["dec_self"] and method["kinds"]["dec_self"]["n_teacher"] == 6
+    run("evaluate", "--model", student, "--data", data, "--split", "valid", "--out", tmp_path / "valid.json")
+    result = json.loads((tmp_path / "valid.json").read_text())
+    # the perplexity from transformers' own loss, sentence by sentence
+    tok = AutoTokenizer.from_pretrained(student / "best")
+    model = AutoModelForCausalLM.from_pretrained(student / "best").eval()
+    nll, tokens = 0.0, 0
+    with torch.no_grad():
+        for line in en[400:500]:
+            ids = torch.tensor([[tok.eos_token_id, *tok(line)["input_ids"][:46], tok.eos_token_id]])
+            nll += float(model(input_ids=ids, labels=ids).loss) * (ids.shape[1] - 1)
+            tokens += ids.shape[1] - 1
+    assert result["perplexity"] == pytest.approx(math.exp(nll / tokens), rel=1e-4)
+    out = model.generate(**tok(tok.bos_token + "A man", return_tensors="pt"), max_new_tokens=5, do_sample=False,
+                         pad_token_id=tok.pad_token_id)
+    assert out.shape[1] > len(tok(tok.bos_token + "A man")["input_ids"])
