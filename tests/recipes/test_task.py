@@ -123,3 +123,36 @@ def test_language_model_train_distill_generate(tmp_path, data_root):
     out = model.generate(**tok(tok.bos_token + "A man", return_tensors="pt"), max_new_tokens=5, do_sample=False,
                          pad_token_id=tok.pad_token_id)
     assert out.shape[1] > len(tok(tok.bos_token + "A man")["input_ids"])
+
+
+def test_a_bert_teacher_you_bring(tmp_path, glue_mrpc, capsys):
+    """A fine-tuned BERT folder in the hub's layout (random weights, a WordPiece tokenizer): the data is prepared with
+    its tokenizer, and the student takes its positions."""
+    from transformers import BertConfig, BertForSequenceClassification
+
+    from a2d.data.tasks import train_tokenizer
+
+    rows = [line.split("\t") for line in read_lines(glue_mrpc / "train.tsv")[1:]]
+    tok = train_tokenizer("bert", [t for r in rows for t in (r[3], r[4])], 300, 72)
+
+    def bring(folder, labels):
+        torch.manual_seed(0)
+        config = BertConfig(vocab_size=len(tok), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                            intermediate_size=64, max_position_embeddings=72, num_labels=labels,
+                            attention_probs_dropout_prob=0.0)
+        BertForSequenceClassification(config).save_pretrained(folder)
+        tok.save_pretrained(folder)
+        return folder
+
+    teacher = bring(tmp_path / "bert-mrpc", 2)
+    data = tmp_path / "data"
+    run("prepare-task", "classification", "--glue", glue_mrpc, "--tokenizer", teacher, "--max-len", 64, "--out", data)
+    run("distill", "--data", data, "--teacher", teacher, "--method", "a2d", "--preset", "glue-student",
+        "--out", tmp_path / "s", "max_steps=3", "encoder_layers=1", *STUDENT)
+    config = json.loads((tmp_path / "s" / "best" / "config.json").read_text())
+    assert config["max_position_embeddings"] == 72 and config["model_type"] == "bert"
+    three = bring(tmp_path / "bert-mnli", 3)
+    capsys.readouterr()
+    assert main(["distill", "--data", str(data), "--teacher", str(three), "--method", "kd", "--preset",
+                 "glue-student", "--out", str(tmp_path / "s3"), *STUDENT]) == 2
+    assert "3 classes, the data has 2 (0, 1)" in capsys.readouterr().err

@@ -14,6 +14,7 @@ early stopping on ``patience``.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import math
 import sys
@@ -228,6 +229,12 @@ def fit_task(cfg: Config, data_dir: Path, out: Path, teacher_path: Path | None =
                             "with the teacher's tokenizer)")
         teacher.eval()
         teacher.requires_grad_(False)
+        labels = len(meta.get("label_names") or [])
+        if task == "classification" and int(teacher.config.num_labels) != labels:
+            raise UserError(f"teacher {teacher_path}: {teacher.config.num_labels} classes, the data has {labels} "
+                            f"({', '.join(meta['label_names'])})")
+        if "max_positions" not in cfg.given:  # the student reads what the teacher reads, unless told otherwise
+            cfg = dataclasses.replace(cfg, max_positions=int(teacher.config.max_position_embeddings))
     student = build_student(cfg, family, tokens.tokenizer, meta)
     method: DistillMethod | None = None
     if cfg.method is not None:
