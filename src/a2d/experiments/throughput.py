@@ -20,11 +20,13 @@ from __future__ import annotations
 
 import contextlib
 import statistics
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from tqdm.auto import tqdm
 
 from a2d.allocator import keep_large_allocations
 from a2d.data.batching import collate, token_batches
@@ -158,10 +160,14 @@ def measure(variants: list[Variant], batches: list[dict], warmup: int, rounds: i
     """Time every variant over ``batches`` (after ``warmup`` untimed batches), ``rounds`` times, interleaved;
     with the allocator settings the recipes run with (``make_accelerator``: :mod:`a2d.allocator`)."""
     keep_large_allocations()
+    timed = batches[warmup:]
+    # one bar over every batch each variant runs; moved between timed passes, never inside one
+    bar = tqdm(total=len(variants) * (min(warmup, len(batches)) + rounds * len(timed)), unit="batch",
+               desc="throughput", leave=False, mininterval=1.0 if sys.stderr.isatty() else 30.0)
     for v in variants:
         for i, batch in enumerate(batches[:warmup]):
             v.run(batch, i)
-    timed = batches[warmup:]
+            bar.update(1)
     for r in range(rounds):
         for v in variants if r % 2 == 0 else reversed(variants):  # alternate the order between rounds
             _sync(device)
@@ -172,7 +178,9 @@ def measure(variants: list[Variant], batches: list[dict], warmup: int, rounds: i
             _sync(device)
             v.seconds.append(time.perf_counter() - start)
             v.peak_bytes = max(v.peak_bytes, _peak_read(device))
+            bar.update(len(timed))
         log(f"round {r + 1}/{rounds}: " + ", ".join(f"{v.name} {v.seconds[-1]:.2f} s" for v in variants))
+    bar.close()
 
 
 def rows(variants: list[Variant], tokens: int) -> list[dict]:
