@@ -6,7 +6,9 @@ Parsing loads nothing heavy (no torch, no transformers): each command's componen
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib
+import shlex
 import sys
 from pathlib import Path
 
@@ -16,7 +18,7 @@ from a2d.allocator import keep_large_allocations
 from a2d.config import ConfigError, preset_names, read_yaml
 from a2d.defaults import (CACHE_MAX_TOKENS, CACHE_SHARD_SIZE, CACHE_TEMPERATURE, DEMO_STEPS, QUANTIZATIONS, SEQ_KD_BEAM,
                           SHORTLIST_FREQUENT, SHORTLIST_TOP_N)
-from a2d.errors import (CannotCreate, NotAnAlignmentRun, NotDistilledData, NothingToResume, OutputExists,
+from a2d.errors import (BadValue, CannotCreate, NotAnAlignmentRun, NotDistilledData, NothingToResume, OutputExists,
                         OutputUnwritable, ResumeMismatch, TeacherRequired, UnknownMethod)
 from a2d.experiments import command as reproduce  # light: its arguments; the work is a2d.experiments.runner
 from a2d.rundir import RunDir
@@ -464,6 +466,31 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+#: The option of a component's parameter (:class:`a2d.errors.BadValue`) where it is not ``--`` and its name with
+#: ``-`` for ``_``.
+_FLAGS = {"data_dir": "--data", "out_dir": "--out", "model_path": "--model", "teacher_path": "--teacher",
+          "src_lang": "--src", "tgt_lang": "--tgt", "topk": "--cache-topk", "temperature": "--kd-temperature"}
+
+
+@functools.cache
+def _options() -> frozenset[str]:
+    """Every command's options (``--data``, ...)."""
+    commands = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction)).choices
+    return frozenset(flag for p in commands.values() for flag in p._option_string_actions if flag.startswith("--"))
+
+
+def _flag(option: str, *value) -> str:
+    """A component's parameter as the command line writes it: its option, then the value (none for a switch); a
+    parameter that is no option (a config key) as an override, ``key=value``."""
+    flag = _FLAGS.get(option, "--" + option.replace("_", "-"))
+    if flag not in _options():
+        return option if not value else f"{option}={value[0]}"
+    if not value or value[0] is True:
+        return flag
+    shown = f"{value[0]:g}" if isinstance(value[0], float) else str(value[0])
+    return f"{flag} {shlex.quote(shown)}"
+
+
 #: How the command line words a component's typed error (:mod:`a2d.errors`): its options, the command to run first.
 _WORDING = {
     OutputExists: lambda e: (f"--out {e.path}: {e.what}; "
@@ -480,6 +507,7 @@ _WORDING = {
         "distilled one (no distilled_from in meta.json): run `a2d distill-data --teacher RUN --data DIR --out DIR2` "
         "and give --data DIR2"),
     NotAnAlignmentRun: lambda e: f"{e}; run a2d distill --method a2d to make one",
+    BadValue: lambda e: e.describe(_flag, " "),
 }
 
 

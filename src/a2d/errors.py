@@ -7,7 +7,8 @@ imports no other a2d module.
 """
 from __future__ import annotations
 
-from pathlib import Path
+import re
+from pathlib import Path, PurePath
 
 
 class UserError(Exception):
@@ -117,5 +118,47 @@ class NotDistilledData(UserError):
                          "(no distilled_from in meta.json; the distill-data recipe writes one)")
 
 
+class BadValue(UserError):
+    """The value a parameter was given is refused; ``problem`` says why.
+
+    ``option`` is the parameter's name as a Python caller spells it (``"beam"``, ``"data_dir"``; where that name says
+    little, what the value is: ``"corpus"`` for :func:`a2d.data.corpus.locate_corpus`'s ``name``), ``value`` its value
+    (None: not given); or ``option`` is a tuple of names refused together, and ``value`` the tuple of their values.
+    ``problem`` may name other parameters as ``{name}`` (a hint: ``"raise {max_tokens}"``), with a value where
+    ``values`` holds one (``{max_len}`` with ``max_len=249``). :meth:`describe` words every parameter; the neutral
+    text writes them as a call does, ``name=value``; the command line as its options (:func:`a2d.cli._message`).
+    """
+
+    def __init__(self, option: str | tuple, value, problem: str, /, **values):
+        self.option, self.value, self.problem, self.values = option, value, problem, values
+        super().__init__(self.describe(_keyword))
+
+    @property
+    def options(self) -> tuple[str, ...]:
+        """The refused parameters' names."""
+        return self.option if isinstance(self.option, tuple) else (self.option,)
+
+    def describe(self, name, sep: str = ", ") -> str:
+        """The message, each parameter worded by ``name(option)`` or, with its value, ``name(option, value)``; the
+        refused ones joined by ``sep``."""
+        given = self.value if isinstance(self.option, tuple) else (self.value,)
+        head = sep.join(name(o) if v is None else name(o, v) for o, v in zip(self.options, given))
+        problem = _PARAMETER.sub(lambda m: name(m[1], self.values[m[1]]) if m[1] in self.values else name(m[1]),
+                                 self.problem)
+        return f"{head}: {problem}"
+
+
+#: A parameter named in a :class:`BadValue`'s problem: ``{name}``.
+_PARAMETER = re.compile(r"\{([a-z_][a-z0-9_]*)\}")
+
+
+def _keyword(option: str, *value) -> str:
+    """A parameter as a Python call writes it: ``name``, or ``name=value`` (a path as its text, quoted)."""
+    if not value:
+        return option
+    shown = str(value[0]) if isinstance(value[0], PurePath) else value[0]
+    return f"{option}={shown!r}"
+
+
 __all__ = ["UserError", "OutputUnwritable", "OutputExists", "CannotCreate", "NothingToResume", "ResumeMismatch",
-           "NotAnAlignmentRun", "UnknownMethod", "TeacherRequired", "NotDistilledData"]
+           "NotAnAlignmentRun", "UnknownMethod", "TeacherRequired", "NotDistilledData", "BadValue"]
