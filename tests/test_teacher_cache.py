@@ -10,11 +10,13 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
+from a2d.cli import _message
 from a2d.data.batching import collate, token_batches
 from a2d.data.corpus import locate_corpus
 from a2d.data.prepare import ParallelData, prepare
 from a2d.data.vocab import Vocabulary
 from a2d.losses import IDS_KEY, LOGP_KEY, REST_KEY, cached_word_kd, kd_loss, word_kd
+from a2d.errors import BadValue
 from a2d.models import build_model, load_model
 from a2d.recipes import cache_teacher
 from a2d.recipes.cache_teacher import build_cache
@@ -224,8 +226,11 @@ def test_an_interrupted_build_resumes_to_the_same_files(tiny_data, teacher, full
     lines = []
     build_cache(teacher, tiny_data, part, topk=16, shard_size=50, log=lines.append)
     assert calls == [] and "already complete" in lines[-1] and "MB" in lines[-1]
-    with pytest.raises(UserError, match="--cache-topk"):
+    with pytest.raises(BadValue, match="a cache of another topk; rerun with the same teacher, data_dir, topk and "
+                                       "temperature") as refused:
         build_cache(teacher, tiny_data, part, topk=8, shard_size=50, log=quiet)
+    assert _message(refused.value) == (f"--out {part}: a cache of another --cache-topk; rerun with the same --teacher, "
+                                       "--data, --cache-topk and --kd-temperature, or choose another --out")
 
 
 def test_a_cache_of_another_teacher_or_other_data_is_refused(tiny_data, teacher, full_cache, tmp_path):
@@ -255,7 +260,7 @@ def test_a_cache_of_another_teacher_or_other_data_is_refused(tiny_data, teacher,
     with pytest.raises(UserError, match="another tokenizer"):
         cache.check(third, ParallelData.load(third, "train"), Vocabulary.load(third), teacher)
     # the build refuses bad options and a folder that is not a cache
-    with pytest.raises(UserError, match="--cache-topk 0"):
+    with pytest.raises(UserError, match="topk=0: must be at least 1"):
         build_cache(teacher, tiny_data, tmp_path / "c", topk=0, log=quiet)
     with pytest.raises(UserError, match="larger than the vocabulary"):
         build_cache(teacher, tiny_data, tmp_path / "c", topk=len(vocab) + 1, log=quiet)
@@ -361,14 +366,14 @@ def test_a_cache_built_at_another_temperature_is_refused(tiny_data, teacher, ful
                     log=quiet)
         message = str(refused.value)
         assert len(message.splitlines()) == 1, message
-        assert f"built at --kd-temperature {built:g}" in message and f"kd_temperature is {run:g}" in message
+        assert f"built at temperature {built:g}" in message and f"kd_temperature is {run:g}" in message
         assert f"a2d distill-data --teacher {teacher} --data {tiny_data}" in message
         assert f"--kd-temperature {run:g}" in message.split("a2d distill-data")[1]
         assert not out.exists()
     TeacherCache(full_caches(2.0)).check_temperature(2.0)  # the matching run is accepted
     # a build at another temperature does not continue a cache: it is refused and nothing changes
     before = {p.name: p.read_bytes() for p in full_caches(2.0).iterdir()}
-    with pytest.raises(UserError, match="--kd-temperature"):
+    with pytest.raises(UserError, match="a cache of another temperature"):
         build_cache(teacher, tiny_data, full_caches(2.0), topk=len(Vocabulary.load(tiny_data)), shard_size=100,
                     temperature=1.0, log=quiet)
     assert {p.name: p.read_bytes() for p in full_caches(2.0).iterdir()} == before
@@ -403,7 +408,7 @@ def test_an_old_format_cache_is_refused(tiny_data, teacher, full_cache, tmp_path
     with pytest.raises(UserError) as refused:
         TeacherCache(old)
     message = str(refused.value)
-    assert len(message.splitlines()) == 1 and "format 1" in message and "rebuild it with a2d distill-data" in message
+    assert len(message.splitlines()) == 1 and "format 1" in message and "rebuild it with `a2d distill-data" in message
     with pytest.raises(UserError, match="format 1"):
         distill(distill_cfg("kd", f"kd_cache={old}"), tiny_data, tmp_path / "run", teacher, log=quiet)
     assert not (tmp_path / "run").exists()

@@ -157,7 +157,7 @@ def test_evaluate_takes_a_translator(folders):
 def test_a_folder_that_is_not_an_export(folders, tmp_path):
     with pytest.raises(UserError, match="not an a2d export"):
         CT2Translator(folders[0])
-    with pytest.raises(UserError, match="--threads 0"):
+    with pytest.raises(UserError, match="^threads=0: must be at least 1$"):
         CT2Translator(folders[1], threads=0)
 
 
@@ -205,7 +205,7 @@ def test_force_length_gives_exactly_that_many_decoder_steps(which, request):
 def test_force_length_is_refused_outside_the_models_positions(folders):
     hf = load_translator(folders[0])
     for bad in (0, hf.limit + 1):
-        with pytest.raises(UserError, match=f"--force-length {bad}: must be between 1 and {hf.limit}") as err:
+        with pytest.raises(UserError, match=f"force_length={bad}: must be between 1 and {hf.limit}") as err:
             hf.translate_ids(["Ein Hund."], force_length=bad)
         assert "\n" not in str(err.value)
 

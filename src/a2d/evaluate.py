@@ -20,6 +20,7 @@ from a2d.config import DEFAULT_BEAM
 from a2d.data.corpus import read_lines
 from a2d.data.prepare import load_meta
 from a2d.data.vocab import Vocabulary, check_same_vocabulary
+from a2d.errors import BadValue
 from a2d.translator import HFTranslator, Translator, load_translator
 from a2d.utils import UserError, atomic_write_text, check_output_file
 
@@ -195,7 +196,7 @@ def evaluate_model(model: Translator | Path | str, data_dir: Path | str, split: 
     records).
     """
     if beam is not None and beam < 1:
-        raise UserError(f"--beam {beam}: must be at least 1")
+        raise BadValue("beam", beam, "must be at least 1")
     if out is not None:
         check_output_file(out)
         check_output_file(Path(out).with_suffix(".hyp"))
@@ -208,13 +209,14 @@ def evaluate_model(model: Translator | Path | str, data_dir: Path | str, split: 
     if len(sources) != len(references):
         raise UserError(f"{src_path} has {len(sources)} lines but {ref_path} has {len(references)}")
 
-    if isinstance(model, (str, os.PathLike)):
-        translator = load_translator(model, threads=threads, shortlist=shortlist)
+    folder = Path(model) if isinstance(model, (str, os.PathLike)) else None
+    if folder is not None:
+        translator = load_translator(folder, threads=threads, shortlist=shortlist)
     elif shortlist:
         raise ValueError("shortlist=True is for a folder; give a translator made with its shortlist instead")
     else:
         translator = model
-    check_same_vocabulary(translator.vocab, data_vocab, translator.name, data_dir)
+    check_same_vocabulary(translator.vocab, data_vocab, "model", folder, data_dir)
     if beam is None:
         beam = getattr(translator, "default_beam", DEFAULT_BEAM)
     start = time.perf_counter()

@@ -38,7 +38,7 @@ import torch
 import a2d
 from a2d.config import DEFAULT_BEAM
 from a2d.defaults import QUANTIZATIONS
-from a2d.errors import OutputExists
+from a2d.errors import BadValue, OutputExists
 from a2d.models import load_model, recorded_beam, resolve_model_dir
 from a2d.readme import ct2_readme, write_readme
 from a2d.rundir import BEST, LAST, RunDir
@@ -83,11 +83,11 @@ def check_quantization(quantization: str, device: str = "cpu") -> None:
     ctranslate2 = require_ctranslate2()
 
     if quantization not in QUANTIZATIONS:
-        raise UserError(f"--quantization {quantization}: choose from {', '.join(QUANTIZATIONS)}")
+        raise BadValue("quantization", quantization, f"choose from {', '.join(QUANTIZATIONS)}")
     supported = sorted(ctranslate2.get_supported_compute_types(device))
     if quantization not in supported:
-        raise UserError(f"--quantization {quantization}: this machine's CTranslate2 ({device}) cannot run it "
-                        f"(it supports {', '.join(supported)})")
+        raise BadValue("quantization", quantization, f"this machine's CTranslate2 ({device}) cannot run it (it "
+                       f"supports {', '.join(supported)})")
 
 
 def _loader_class():
@@ -197,9 +197,9 @@ def export(model_path: Path | str, out: Path | str, quantization: str = "int8", 
     check_quantization(quantization)
     run = RunDir(model_path)
     if not (model_path / "config.json").exists() and not run.has_model(BEST) and run.has_model(LAST):
-        raise UserError(f"--model {model_path}: the run has no best/ yet (no validated model: it is still training, or "
-                        f"stopped before its first validation); give --model {run.last} to export its "
-                        "latest, unvalidated weights")
+        raise BadValue("model_path", model_path, "the run has no best/ yet (no validated model: it is still training, "
+                       "or stopped before its first validation); give {model_path} to export its latest, "
+                       "unvalidated weights", model_path=run.last)
     model_dir = resolve_model_dir(model_path)
     model, vocab = load_model(model_dir)  # the clear errors for a folder that is not a model (or not Marian)
     positions = int(model.config.max_position_embeddings)

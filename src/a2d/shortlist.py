@@ -37,6 +37,7 @@ import a2d
 from a2d.data.prepare import ParallelData
 from a2d.data.vocab import Vocabulary, check_same_vocabulary
 from a2d.defaults import SHORTLIST_FREQUENT, SHORTLIST_TOP_N
+from a2d.errors import BadValue, OutputUnwritable
 from a2d.export import is_exported
 from a2d.utils import UserError, atomic_write_text, check_writable_dir, read_json, sha256_file
 
@@ -137,7 +138,7 @@ def ct2_vocabularies(folder: Path) -> tuple[list[str], list[str]]:
     shared = read(("shared_vocabulary.json",))
     source, target = shared or read(("source_vocabulary.json",)), shared or read(("target_vocabulary.json",))
     if source is None or target is None:
-        raise UserError(f"--model {folder}: no CTranslate2 vocabulary here (shared_vocabulary.json, or "
+        raise UserError(f"{folder}: no CTranslate2 vocabulary here (shared_vocabulary.json, or "
                         "source_vocabulary.json and target_vocabulary.json); export the model again")
     return source, target
 
@@ -180,16 +181,19 @@ def vmap_text(rows: np.ndarray, targets: np.ndarray, always: list[int], src_piec
 def _check(data_dir: Path, model: Path, top_n: int, frequent: int) -> tuple[ParallelData, Vocabulary]:
     """Every input checked before any work: the numbers, the export folder, the data and their vocabularies."""
     if top_n < 1:
-        raise UserError(f"--top-n {top_n}: must be at least 1")
+        raise BadValue("top_n", top_n, "must be at least 1")
     if frequent < 0:
-        raise UserError(f"--frequent {frequent}: must be at least 0")
+        raise BadValue("frequent", frequent, "must be at least 0")
     if not is_exported(model):
-        raise UserError(f"--model {model}: not an a2d export (no a2d_export.json and model.bin); make one with "
-                        "a2d export --model RUN --out DIR")
+        raise BadValue("model", model, "not an a2d export (no a2d_export.json and model.bin); make one with "
+                       "`a2d export --model RUN --out DIR`")
     train = ParallelData.load(data_dir, "train")  # one line for a missing or damaged data directory
     vocab = Vocabulary.load(model)
-    check_same_vocabulary(vocab, Vocabulary.load(data_dir), f"--model {model}", data_dir)
-    check_writable_dir(model, "--model")
+    check_same_vocabulary(vocab, Vocabulary.load(data_dir), "model", model, data_dir)
+    try:
+        check_writable_dir(model)
+    except OutputUnwritable as e:
+        raise BadValue("model", model, e.problem) from None
     return train, vocab
 
 
@@ -204,8 +208,8 @@ def write_shortlist(data_dir: Path | str, model: Path | str, top_n: int = DEFAUL
     src, tgt = (train.src_tokens, train.src_offsets), (train.tgt_tokens, train.tgt_offsets)
     for side, tokens, pieces in (("source", train.src_tokens, src_pieces), ("target", train.tgt_tokens, tgt_pieces)):
         if len(tokens) and int(tokens.max()) >= len(pieces):
-            raise UserError(f"--data {data_dir}: its {side} ids go up to {int(tokens.max())}, past the {len(pieces)} "
-                            f"pieces of --model {model}'s vocabulary; prepare the data with the model's tokenizer")
+            raise BadValue("data_dir", data_dir, f"its {side} ids go up to {int(tokens.max())}, past the {len(pieces)} "
+                           "pieces of {model}'s vocabulary; prepare the data with the model's tokenizer", model=model)
     rows, targets = lexical_table(src, tgt, len(src_pieces), len(tgt_pieces), top_n)
     specials = [vocab.pad_id, vocab.unk_id, vocab.decoder_start_id, vocab.eos_id]
     always = [*specials, *frequent_targets(train.tgt_tokens, len(tgt_pieces), frequent).tolist()]

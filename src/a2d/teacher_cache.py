@@ -67,9 +67,10 @@ def ids_dtype(vocab_size: int) -> torch.dtype:
 
 
 def build_command(topk, temperature, teacher="TEACHER", data="DATA", out="CACHE") -> str:
-    """The command that builds a cache of ``topk`` ids at ``temperature`` (a number, or a placeholder), for messages."""
+    """The command that builds a cache of ``topk`` ids at ``temperature`` (a number, or a placeholder), for messages
+    (in backticks)."""
     t = f"{temperature:g}" if isinstance(temperature, (int, float)) else temperature
-    return f"a2d distill-data --teacher {teacher} --data {data} --out {out} --cache-topk {topk} --kd-temperature {t}"
+    return f"`a2d distill-data --teacher {teacher} --data {data} --out {out} --cache-topk {topk} --kd-temperature {t}`"
 
 
 # --------------------------------------------------------------------------------------------- identity
@@ -114,7 +115,7 @@ def read_index(path: Path | str) -> dict:
         index = json.loads(Path(path).read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise UserError(f"{path.parent}: not a teacher cache (no {INDEX_FILE}); make one with "
-                        "a2d distill-data --cache-topk K") from None
+                        "`a2d distill-data --cache-topk K`") from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise UserError(f"{path}: unreadable ({e}); remove {path.parent} and build the cache again") from None
     if not isinstance(index, dict) or index.get("kind") != KIND or not isinstance(index.get("shards"), list):
@@ -141,7 +142,7 @@ class TeacherCache:
     def __init__(self, path: Path | str):
         self.path = Path(path)
         if not self.path.is_dir():
-            raise UserError(f"kd_cache={path}: no such folder (make it with a2d distill-data --cache-topk K)")
+            raise UserError(f"kd_cache={path}: no such folder (make it with `a2d distill-data --cache-topk K`)")
         self.index = read_index(self.path / INDEX_FILE)
         if not self.index.get("complete"):
             raise UserError(f"kd_cache={path}: unfinished ({len(self.index['shards'])} shard(s) written); rerun "
@@ -173,7 +174,7 @@ class TeacherCache:
     def check_temperature(self, temperature: float, teacher="TEACHER", data="DATA") -> None:
         """Refuse (one line) a cache built at another temperature than ``temperature`` (the run's ``kd_temperature``)."""
         if not math.isclose(self.temperature, float(temperature), rel_tol=1e-9, abs_tol=0.0):
-            raise UserError(f"kd_cache={self.path}: built at --kd-temperature {self.temperature:g}, this run's "
+            raise UserError(f"kd_cache={self.path}: built at temperature {self.temperature:g}, this run's "
                             f"kd_temperature is {float(temperature):g}; build a matching cache with "
                             + build_command(self.topk, float(temperature), teacher, data))
 
@@ -181,7 +182,7 @@ class TeacherCache:
         """Refuse (one line) a cache made from another teacher (weights or config) or other data than this run's.
 
         ``model_dir`` is the teacher's model folder (a run's ``best/``: :func:`a2d.models.resolve_model_dir`);
-        ``teacher`` how the messages name it (``--teacher``'s value; default: ``model_dir``)."""
+        ``teacher`` how the messages name it (the teacher as the run was given it; default: ``model_dir``)."""
         model_dir = Path(model_dir)
         teacher = str(model_dir) if teacher is None else teacher
         where = f"kd_cache={self.path}"
@@ -196,11 +197,12 @@ class TeacherCache:
             raise UserError(f"{where}: its positions do not match the targets of {data_dir}; build the cache again")
         made = self.index["teacher"]
         if sha256_file(model_dir / "model.safetensors") != made["sha256"]:
-            raise UserError(f"{where}: made with another teacher ({made['path']}) than --teacher "
-                            f"{teacher}; build a cache with this teacher or give that one")
+            raise UserError(f"{where}: made with another teacher ({made['path']}) than the run's, {teacher}; build a "
+                            "cache with this teacher or give that one")
         if sha256_file(model_dir / "config.json") != made.get("config_sha256"):
-            raise UserError(f"{where}: made with the same weights as --teacher {teacher} but another config.json "
-                            f"({model_dir / 'config.json'} has changed since); build the cache again with this teacher")
+            raise UserError(f"{where}: made with the same weights as the run's teacher {teacher} but another "
+                            f"config.json ({model_dir / 'config.json'} has changed since); build the cache again with "
+                            "this teacher")
 
     def lookup(self, indices, width: int) -> dict[str, torch.Tensor]:
         """The batch entries :func:`a2d.losses.cached_word_kd` reads, for the examples ``indices`` (the batch's, in

@@ -197,9 +197,10 @@ class MarianVocabulary:
         return ", ".join(names[:-1]) + " and " + names[-1]
 
     @property
-    def prepare_option(self) -> str:
-        """The ``a2d prepare`` option that encodes data with this tokenizer."""
-        return f"--tokenizer {self.folder}"
+    def prepare_option(self) -> tuple[str, Path]:
+        """The parameter of :func:`a2d.data.prepare.prepare` (``a2d prepare``'s option) that encodes data with this
+        tokenizer, and its value."""
+        return "tokenizer", self.folder
 
     def checksum(self) -> str:
         """sha256 over the files that decide the ids (the two SentencePiece models and the vocabularies)."""

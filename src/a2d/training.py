@@ -20,6 +20,7 @@ from accelerate.utils import gather_object
 from a2d.config import Config
 from a2d.data.batching import collate, token_batches
 from a2d.data.vocab import Vocabulary
+from a2d.errors import BadValue
 from a2d.evaluate import score, translate
 from a2d.losses import label_smoothed_ce
 from a2d.rundir import BEST, LAST, TrainState
@@ -77,9 +78,10 @@ def inverse_sqrt_schedule(optimizer: torch.optim.Optimizer, cfg: Config) -> torc
 def check_data_fits(cfg: Config, data_dir, splits: dict, positions: dict[str, int] | None = None) -> None:
     """Refuse, before anything is written, settings the data cannot be trained with.
 
-    ``splits`` maps a split name to its :class:`~a2d.data.prepare.ParallelData`; ``positions`` maps a
-    model (``"the model"``, ``"--teacher"``) to the sequence length it accepts. An example takes
-    ``max(src, tgt) + 1`` tokens (``</s>`` or ``<s>`` added) of both the batch budget and the positions.
+    ``splits`` maps a split name to its :class:`~a2d.data.prepare.ParallelData`; ``positions`` maps a model's
+    setting (``"max_positions"``, ``"the teacher's max_position_embeddings"``) to the sequence length it accepts. An
+    example takes ``max(src, tgt) + 1`` tokens (``</s>`` or ``<s>`` added) of both the batch budget and the
+    positions.
     """
     positions = positions or {"max_positions": cfg.max_positions}
     for name, data in splits.items():
@@ -91,10 +93,10 @@ def check_data_fits(cfg: Config, data_dir, splits: dict, positions: dict[str, in
                             f"({longest} tokens); raise max_tokens")
         for what, limit in positions.items():
             if longest > limit:
-                fix = ("raise max_positions" if what == "max_positions" else f"use data prepared with a smaller "
-                       "--max-len")
-                raise UserError(f"{what}={limit} is below the longest {name} example of {data_dir} ({longest} "
-                                f"tokens with </s>); {fix}, or prepare the data with --max-len {limit - 1}")
+                fix = "raise max_positions, or " if what == "max_positions" else ""
+                raise BadValue("data_dir", data_dir, f"its longest {name} example has {longest} tokens with </s>, "
+                               f"more than {what}={limit}; {fix}prepare the data with {{max_len}}",
+                               max_len=limit - 1)
 
 
 def start_run(accelerator: Accelerator, run, resume: bool, cfg: Config, vocab, log) -> bool:

@@ -30,6 +30,7 @@ import torch
 from a2d.config import DEFAULT_BEAM
 from a2d.data.batching import fill_batches
 from a2d.data.vocab import Vocabulary
+from a2d.errors import BadValue
 from a2d.export import is_exported, read_settings, require_ctranslate2
 from a2d.models import load_model, recorded_beam, resolve_model_dir
 from a2d.shortlist import VMAP_FILE
@@ -99,8 +100,8 @@ class BatchTranslator:
         if beam < 1:
             raise ValueError(f"beam={beam}: must be >= 1")
         if force_length is not None and not 1 <= force_length <= self.limit:
-            raise UserError(f"--force-length {force_length}: must be between 1 and {self.limit} (the positions "
-                            f"{self.name} has, less one)")
+            raise BadValue("force_length", force_length, f"must be between 1 and {self.limit} (the positions "
+                           f"{self.name} has, less one)")
         sources = list(sources)
         outputs: list[list[int]] = [[] for _ in sources]
         encoded = {i: self.vocab.encode(text) for i, text in enumerate(sources) if text is not None and text.strip()}
@@ -210,12 +211,12 @@ class CT2Translator(BatchTranslator):
         self.folder = Path(folder)
         self.name, self.device = str(folder), device
         if threads < 1:
-            raise UserError(f"--threads {threads}: must be at least 1")
+            raise BadValue("threads", threads, "must be at least 1")
         settings = read_settings(self.folder)
         self.shortlist = describe_shortlist(self.folder) if shortlist else None
         if shortlist and self.shortlist is None:
-            raise UserError(f"--shortlist: {self.folder} has no {VMAP_FILE}; make one with a2d shortlist --data DATA "
-                            f"--model {self.folder}")
+            raise BadValue("shortlist", True, f"{self.folder} has no {VMAP_FILE}; make one with `a2d shortlist "
+                           f"--data DATA --model {self.folder}`")
         self.vocab = Vocabulary.load(self.folder)
         try:
             self.translator = ctranslate2.Translator(str(self.folder), device=device, compute_type=compute_type,
@@ -249,8 +250,8 @@ def load_translator(path: Path | str, threads: int = 1, device: str | None = Non
     if is_exported(path):
         return CT2Translator(path, threads=threads, shortlist=shortlist)
     if shortlist:
-        raise UserError(f"--shortlist: {path} is not a CTranslate2 export; the shortlist is CTranslate2's vocabulary "
-                        "map (a2d export, then a2d shortlist)")
+        raise BadValue("shortlist", True, f"{path} is not a CTranslate2 export; the shortlist is CTranslate2's "
+                       "vocabulary map (a2d export, then a2d shortlist)")
     return HFTranslator.load(path, device=device)
 
 

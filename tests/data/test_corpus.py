@@ -47,9 +47,9 @@ def test_locate_corpus_missing_file_names_path(data_root, tmp_path, monkeypatch)
 
 
 @pytest.mark.parametrize("args, words", [
-    (("wmt99", "de", "en"), ["--corpus wmt99", "multi30k"]),
-    (("multi30k", "fr", "en"), ["--src fr", "de, en"]),
-    (("multi30k", "de", "cs"), ["--tgt cs", "de, en"]),
+    (("wmt99", "de", "en"), ["corpus='wmt99'", "multi30k"]),
+    (("multi30k", "fr", "en"), ["src='fr'", "de, en"]),
+    (("multi30k", "de", "cs"), ["tgt='cs'", "de, en"]),
     (("multi30k", "de", "de"), ["must differ"]),
 ])
 def test_locate_corpus_bad_names(args, words):

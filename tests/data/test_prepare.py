@@ -15,6 +15,7 @@ import a2d.data.prepare as prep
 from a2d.data.corpus import locate_corpus, read_lines
 from a2d.data.prepare import ParallelData, load_meta, prepare, summary_lines
 from a2d.data.vocab import BOS, EOS, PAD, Vocabulary
+from a2d.errors import BadValue
 from a2d.utils import UserError
 from tests.conftest import corpus_sha256
 
@@ -213,10 +214,10 @@ def test_interrupted_overwrite_keeps_old_dir(small_inputs, tmp_path, monkeypatch
 
 def test_vocab_size_errors(small_inputs, tmp_path):
     out = tmp_path / "out"
-    with pytest.raises(UserError, match=r"^--vocab-size 30: SentencePiece cannot train") as e:
+    with pytest.raises(UserError, match=r"^vocab_size=30: SentencePiece cannot train") as e:
         prepare(out, small_inputs, "de", "en", vocab_size=30, log=_quiet)
     assert "\n" not in str(e.value)
-    with pytest.raises(UserError, match=r"^--vocab-size 3: must be larger than 4"):
+    with pytest.raises(UserError, match=r"^vocab_size=3: must be larger than 4"):
         prepare(out, small_inputs, "de", "en", vocab_size=3, log=_quiet)
     assert list(tmp_path.iterdir()) == [tmp_path / "inputs"]
 
@@ -232,8 +233,9 @@ def test_bad_input_writes_nothing(small_inputs, tmp_path):
         prepare(out, {"train": small_inputs["train"]}, "de", "en", log=_quiet)
     with pytest.raises(UserError, match="must differ"):
         prepare(out, small_inputs, "de", "de", log=_quiet)
-    with pytest.raises(UserError, match="--max-len 0"):
+    with pytest.raises(BadValue, match="^max_len=0: must be at least 1$") as e:
         prepare(out, small_inputs, "de", "en", max_len=0, log=_quiet)
+    assert (e.value.option, e.value.value) == ("max_len", 0)
     assert list(tmp_path.iterdir()) == [tmp_path / "inputs"]
 
 

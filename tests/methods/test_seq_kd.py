@@ -177,7 +177,7 @@ def test_resume_refuses_other_settings(tiny_data, teacher, tmp_path, monkeypatch
         distill_data(teacher, tiny_data, out, beam=BEAM, chunk=CHUNK, threads=1, log=quiet)
     with pytest.raises(UserError, match="beam"):
         distill_data(teacher, tiny_data, out, beam=BEAM + 1, chunk=CHUNK, threads=1, log=quiet)
-    with pytest.raises(UserError, match="another engine; rerun it with the same teacher, data, --engine and --beam"):
+    with pytest.raises(UserError, match="another engine; rerun it with the same teacher, data_dir, engine and beam"):
         distill_data(teacher, tiny_data, out, beam=BEAM, chunk=CHUNK, engine="ct2-int8", threads=1, log=quiet)
     progress = work_dir_for(out) / "progress.json"  # one written before the engine was recorded: Hugging Face's
     old = json.loads(progress.read_text())
@@ -211,7 +211,7 @@ def test_errors(tiny_data, teacher, distilled, tmp_path):
         distill_data(teacher, other, tmp_path / "x", log=quiet)
     with pytest.raises(UserError, match="already exists"):
         distill_data(teacher, tiny_data, distilled[0], log=quiet)
-    with pytest.raises(UserError, match="--beam"):
+    with pytest.raises(UserError, match="^beam=0: must be at least 1$"):
         distill_data(teacher, tiny_data, tmp_path / "y", beam=0, log=quiet)
     assert not (tmp_path / "x").exists() and not work_dir_for(tmp_path / "x").exists()
 

@@ -22,6 +22,7 @@ import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
+from a2d.errors import BadValue
 from a2d.utils import UserError, sha256_file
 
 SPLITS = ("train", "valid", "test")
@@ -71,13 +72,13 @@ CORPORA: dict[str, CorpusSpec] = {
 def corpus_spec(name: str, src: str, tgt: str) -> CorpusSpec:
     """The :class:`CorpusSpec` of ``name``, after checking that ``src`` and ``tgt`` are two of its languages."""
     if name not in CORPORA:
-        raise UserError(f"--corpus {name}: unknown corpus (choose from {', '.join(sorted(CORPORA))})")
+        raise BadValue("corpus", name, f"unknown corpus (choose from {', '.join(sorted(CORPORA))})")
     spec = CORPORA[name]
-    for option, lang in (("--src", src), ("--tgt", tgt)):
+    for option, lang in (("src", src), ("tgt", tgt)):
         if lang not in spec.languages:
-            raise UserError(f"{option} {lang}: {name} has no such language (choose from {', '.join(spec.languages)})")
+            raise BadValue(option, lang, f"{name} has no such language (choose from {', '.join(spec.languages)})")
     if src == tgt:
-        raise UserError(f"--src {src} --tgt {tgt}: source and target languages must differ")
+        raise BadValue(("src", "tgt"), (src, tgt), "source and target languages must differ")
     return spec
 
 

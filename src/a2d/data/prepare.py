@@ -32,7 +32,7 @@ from safetensors.numpy import load_file, save_file
 import a2d
 from a2d.data.corpus import SPLITS, read_lines, read_parallel
 from a2d.data.vocab import SPM_FILE, Vocabulary, train_sentencepiece
-from a2d.errors import OutputExists
+from a2d.errors import BadValue, OutputExists
 from a2d.rundir import resolve_model_dir
 from a2d.tokenizer import MAX_UNKNOWN_RATE, check_unknown_rate
 from a2d.utils import UserError, atomic_dir, check_writable_dir, check_writable_parent, sha256_file
@@ -97,7 +97,7 @@ def prepare(out_dir: Path | str, splits: dict[str, tuple[Path, Path]], src_lang:
             raise UserError(f"{part.src_path}, {part.tgt_path}: no sentence pairs with two non-empty sides")
     sources = {name: {"src": _source(part.src_path), "tgt": _source(part.tgt_path)} for name, part in data.items()}
     if vocab is not None and tokenizer is not None:
-        raise UserError("give --vocab or --tokenizer, not both")
+        raise BadValue(("vocab", "tokenizer"), (vocab, tokenizer), "give one, not both")
     given = Path(vocab) if vocab is not None else Path(tokenizer) if tokenizer is not None else None
     if vocab is not None:
         vocab = Vocabulary(given)  # a clear error now if it is missing or not one of ours, before anything is written
@@ -114,7 +114,7 @@ def prepare(out_dir: Path | str, splits: dict[str, tuple[Path, Path]], src_lang:
                 "train pairs")
             vocab = _train_vocab(tmp, data["train"], vocab_size, seed)
             if len(vocab) < vocab_size:
-                log(f"note: the training text supports only {len(vocab)} pieces, fewer than --vocab-size {vocab_size}")
+                log(f"note: the training text supports only {len(vocab)} pieces, fewer than vocab_size={vocab_size}")
         for part in data.values():
             encode_split(part, vocab, max_len, drop_long=part.name == "train")
             if given is not None and part.name == "train":  # before anything is published
@@ -122,7 +122,7 @@ def prepare(out_dir: Path | str, splits: dict[str, tuple[Path, Path]], src_lang:
                                              max_unknown)
                 log(f"unknown pieces: {unknown[0]:.3%} of the source, {unknown[1]:.3%} of the target")
             if not part.src:
-                raise UserError(f"{part.src_path}, {part.tgt_path}: every pair is longer than --max-len {max_len}")
+                raise BadValue("max_len", max_len, f"every pair of {part.src_path}, {part.tgt_path} is longer")
             write_split(tmp, part, src_lang, tgt_lang)
         meta = {
             "format": FORMAT_VERSION,
@@ -164,7 +164,7 @@ def _staging(out_dir: Path):
 def _load_tokenizer(folder: Path):
     """The tokenizer of a model folder (a hub Marian folder or an a2d one), with a one-line error otherwise."""
     if not folder.is_dir():
-        raise UserError(f"--tokenizer {folder}: not a folder (give a model folder with its tokenizer files)")
+        raise BadValue("tokenizer", folder, "not a folder (give a model folder with its tokenizer files)")
     if (folder / "config.json").is_file():
         resolve_model_dir(folder)  # refuses another model family
     return Vocabulary.load(folder)
@@ -179,17 +179,17 @@ def _check_options(out_dir: Path, splits: dict, src_lang: str, tgt_lang: str, vo
     unknown = [s for s in splits if s not in SPLITS]
     if unknown:
         raise UserError(f"unknown split(s) {', '.join(unknown)} (choose from {', '.join(SPLITS)})")
-    for option, lang in (("--src", src_lang), ("--tgt", tgt_lang)):
+    for option, lang in (("src_lang", src_lang), ("tgt_lang", tgt_lang)):
         if not lang or not lang.replace("_", "").replace("-", "").isalnum():
-            raise UserError(f"{option} {lang!r}: a language code is letters, digits, '-' or '_'")
+            raise BadValue(option, lang, "a language code is letters, digits, '-' or '_'")
     if src_lang == tgt_lang:
-        raise UserError(f"--src {src_lang} --tgt {tgt_lang}: source and target languages must differ")
+        raise BadValue(("src_lang", "tgt_lang"), (src_lang, tgt_lang), "source and target languages must differ")
     if vocab_size <= 4:
-        raise UserError(f"--vocab-size {vocab_size}: must be larger than 4 (pad, unk, bos, eos come first)")
+        raise BadValue("vocab_size", vocab_size, "must be larger than 4 (pad, unk, bos, eos come first)")
     if max_len < 1:
-        raise UserError(f"--max-len {max_len}: must be at least 1")
+        raise BadValue("max_len", max_len, "must be at least 1")
     if max_train is not None and max_train < 1:
-        raise UserError(f"--max-train {max_train}: must be at least 1")
+        raise BadValue("max_train", max_train, "must be at least 1")
     if out_dir.exists() and not out_dir.is_dir():
         raise OutputExists(out_dir, "exists and is not a folder")
     check_writable_parent(out_dir)  # the result is made beside out_dir; nothing is created in it yet
@@ -260,7 +260,7 @@ def _train_vocab(tmp: Path, train: Split, vocab_size: int, seed: int) -> Vocabul
         model = train_sentencepiece([text], tmp, vocab_size, seed=seed)
     except RuntimeError as e:
         reason = str(e).rsplit("] ", 1)[-1].strip()
-        raise UserError(f"--vocab-size {vocab_size}: SentencePiece cannot train this vocabulary ({reason})") from None
+        raise BadValue("vocab_size", vocab_size, f"SentencePiece cannot train this vocabulary ({reason})") from None
     finally:
         text.unlink(missing_ok=True)
     return Vocabulary(model)

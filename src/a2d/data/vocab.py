@@ -13,6 +13,7 @@ from pathlib import Path
 
 import sentencepiece as spm
 
+from a2d.errors import BadValue
 from a2d.tokenizer import MarianVocabulary, is_marian_tokenizer_folder, write_marian_tokenizer
 from a2d.utils import UserError, sha256_file
 
@@ -130,17 +131,19 @@ class Vocabulary:
         return SPM_FILE
 
     @property
-    def prepare_option(self) -> str:
-        """The ``a2d prepare`` option that encodes data with this tokenizer."""
-        return f"--vocab {self.path}"
+    def prepare_option(self) -> tuple[str, Path]:
+        """The parameter of :func:`a2d.data.prepare.prepare` (``a2d prepare``'s option) that encodes data with this
+        tokenizer, and its value."""
+        return "vocab", self.path
 
 
-def check_same_vocabulary(model_vocab, data_vocab, model: str, data_dir: Path | str) -> None:
-    """Refuse a model (``model``: how the message names it, e.g. ``--teacher RUN``) whose tokenizer is not the data
-    directory's: one line naming both sides' files (``sentencepiece.model``, or a Marian tokenizer's) and the
-    ``a2d prepare`` option that encodes data with the model's."""
+def check_same_vocabulary(model_vocab, data_vocab, option: str, model, data_dir: Path | str) -> None:
+    """Refuse a model (the parameter ``option``'s value ``model``, e.g. ``"teacher", RUN``) whose tokenizer is not
+    the data directory's: a :class:`~a2d.errors.BadValue` naming both sides' files (``sentencepiece.model``, or a
+    Marian tokenizer's) and the parameter of :func:`a2d.data.prepare.prepare` that encodes data with the model's."""
     if model_vocab.checksum() == data_vocab.checksum():
         return
-    raise UserError(f"{model}: trained with another vocabulary than {data_dir} (its {model_vocab.id_files} and the data "
-                    f"directory's {data_vocab.id_files} differ); prepare the data with a2d prepare "
-                    f"{model_vocab.prepare_option}")
+    name, value = model_vocab.prepare_option
+    raise BadValue(option, model, f"trained with another vocabulary than {data_dir} (its {model_vocab.id_files} and "
+                   f"the data directory's {data_vocab.id_files} differ); prepare the data with {{{name}}} (a2d "
+                   "prepare)", **{name: value})

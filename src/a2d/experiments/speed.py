@@ -44,6 +44,7 @@ import torch
 
 from a2d.data.prepare import ParallelData
 from a2d.data.vocab import Vocabulary, check_same_vocabulary
+from a2d.errors import BadValue
 from a2d.evaluate import score
 from a2d.export import check_quantization, export, folder_size, require_ctranslate2
 from a2d.models import resolve_model_dir
@@ -403,8 +404,8 @@ def check(args) -> tuple[list[tuple[str, Path]], list[int], list[int], list[str]
     models = []
     for name, folder in [(TEACHER, args.teacher)] + students:
         model_dir = resolve_model_dir(Path(folder))  # one line for a folder that is not a model, or an export
-        check_same_vocabulary(Vocabulary.load(model_dir), data_vocab,
-                              f"--teacher {folder}" if name == TEACHER else f"--student {name}={folder}", args.data)
+        option = ("teacher", folder) if name == TEACHER else ("student", f"{name}={folder}")
+        check_same_vocabulary(Vocabulary.load(model_dir), data_vocab, *option, args.data)
         config = json.loads((model_dir / "config.json").read_text(encoding="utf-8"))  # read by resolve_model_dir
         limit = int(config.get("max_position_embeddings", 512)) - 1
         if args.force_length is not None and args.force_length > limit:
@@ -460,13 +461,24 @@ def run(args, command: str, log=print) -> dict:
     return report
 
 
+def _option(name: str, *value) -> str:
+    """A component's parameter as this script's options write it: ``--name value`` (a switch without its value)."""
+    flag = "--" + name.replace("_", "-")
+    return flag if not value or value[0] is True else f"{flag} {value[0]}"
+
+
+def _message(e: UserError) -> str:
+    """The error in this script's terms: a component's refused parameter (:class:`a2d.errors.BadValue`) as an option."""
+    return e.describe(_option, " ") if isinstance(e, BadValue) else str(e)
+
+
 def main(argv: list[str] | None = None, command: str | None = None) -> int:
     try:
         args = parser().parse_args(argv)
         run(args, command or " ".join(["python", Path(sys.argv[0]).as_posix()] + (sys.argv[1:] if argv is None
                                                                                     else list(argv))))
     except UserError as e:
-        print(f"speed: error: {e}", file=sys.stderr)
+        print(f"speed: error: {_message(e)}", file=sys.stderr)
         return 2
     return 0
 

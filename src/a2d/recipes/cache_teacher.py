@@ -31,7 +31,7 @@ from a2d.data.batching import collate, token_batches
 from a2d.data.prepare import ParallelData, load_meta
 from a2d.data.vocab import Vocabulary
 from a2d.defaults import CACHE_MAX_TOKENS, CACHE_SHARD_SIZE, CACHE_TEMPERATURE
-from a2d.errors import OutputExists
+from a2d.errors import BadValue, OutputExists
 from a2d.losses import IGNORE
 from a2d.methods.kd import WordKDSettings
 from a2d.models import resolve_model_dir
@@ -96,31 +96,32 @@ def build_cache(teacher: Path, data_dir: Path, out: Path, topk: int, max_tokens:
     finished cache it only reports it. Returns the index.
     """
     teacher, data_dir, out = Path(teacher), Path(data_dir), Path(out)
-    for option, value in (("--cache-topk", topk), ("--max-tokens", max_tokens), ("--shard-size", shard_size)):
+    for option, value in (("topk", topk), ("max_tokens", max_tokens), ("shard_size", shard_size)):
         if value < 1:
-            raise UserError(f"{option} {value}: must be at least 1")
+            raise BadValue(option, value, "must be at least 1")
     if not MIN_TEMPERATURE <= temperature < math.inf:  # nan fails too
-        raise UserError(f"--kd-temperature {temperature:g}: must be at least {MIN_TEMPERATURE:g} and finite "
-                        "(the kd_temperature of the runs that read the cache)")
+        raise BadValue("temperature", temperature, f"must be at least {MIN_TEMPERATURE:g} and finite (the "
+                       "kd_temperature of the runs that read the cache)")
     temperature = float(temperature)
     if out.exists() and not out.is_dir():
         raise OutputExists(out, "exists and is not a folder")
     if out.is_dir() and any(out.iterdir()) and not (out / INDEX_FILE).is_file():
         raise OutputExists(out, f"a folder that holds no teacher cache ({INDEX_FILE})")
-    load_meta(data_dir)  # a one-line error if --data is not a prepared directory
+    load_meta(data_dir)  # a one-line error if data_dir is not a prepared directory
     vocab = Vocabulary.load(data_dir)
     train = ParallelData.load(data_dir, "train")
     if topk > len(vocab):
-        raise UserError(f"--cache-topk {topk}: larger than the vocabulary of {data_dir} ({len(vocab)} pieces)")
+        raise BadValue("topk", topk, f"larger than the vocabulary of {data_dir} ({len(vocab)} pieces)")
     model = load_teacher(teacher, vocab, data_dir)
     n_positions = int(model.config.max_position_embeddings)
     longest = int(max(train.src_lens.max(), train.tgt_lens.max())) + 1 if len(train) else 0
     if longest > n_positions:
-        raise UserError(f"--teacher {teacher}: accepts {n_positions} positions, the longest train example of "
-                        f"{data_dir} has {longest} (with </s>); prepare the data with --max-len {n_positions - 1}")
+        raise BadValue("teacher", teacher, f"accepts {n_positions} positions, the longest train example of "
+                       f"{data_dir} has {longest} (with </s>); prepare the data with {{max_len}}",
+                       max_len=n_positions - 1)
     if longest > max_tokens:
-        raise UserError(f"--max-tokens {max_tokens}: smaller than the longest train example of {data_dir} "
-                        f"({longest} tokens); raise --max-tokens")
+        raise BadValue("max_tokens", max_tokens, f"smaller than the longest train example of {data_dir} ({longest} "
+                       "tokens); raise it")
     identity = {
         "kind": KIND, "format": FORMAT_VERSION,
         "teacher": teacher_identity(resolve_model_dir(teacher)),
@@ -187,8 +188,8 @@ def _resume_index(out: Path, identity: dict, log) -> dict:
     index = read_index(path)
     changed = [k for k in identity if _key(index.get(k)) != _key(identity[k])]
     if changed:
-        raise UserError(f"--out {out}: a cache of another {', '.join(_what(k) for k in changed)}; rerun with the "
-                        f"same --teacher, --data, --cache-topk and --kd-temperature, or choose another --out")
+        raise BadValue("out", out, f"a cache of another {', '.join(_what(k) for k in changed)}; rerun with the same "
+                       "{teacher}, {data_dir}, {topk} and {temperature}, or choose another {out}")
     for shard in index["shards"]:
         file = out / shard["file"]
         if not file.is_file() or file.stat().st_size != shard["bytes"]:
@@ -216,8 +217,9 @@ def _key(value):
 
 
 def _what(key: str) -> str:
-    return {"teacher": "teacher (weights or config.json)", "data": "data", "topk": "--cache-topk",
-            "temperature": "--kd-temperature", "shard_size": "--shard-size"}.get(key, key)
+    """How a :class:`~a2d.errors.BadValue`'s problem names the identity ``key``: a parameter as ``{name}``."""
+    return {"teacher": "teacher (weights or config.json)", "data": "data", "topk": "{topk}",
+            "temperature": "{temperature}", "shard_size": "{shard_size}"}.get(key, key)
 
 
 __all__ = ["build_cache", "compute_shard"]

@@ -31,7 +31,7 @@ from a2d.curves import plot_training_curves
 from a2d.data.corpus import cache_dir, locate_corpus
 from a2d.data.prepare import prepare, summary_lines
 from a2d.defaults import DEMO_STEPS
-from a2d.errors import CannotCreate, OutputExists
+from a2d.errors import BadValue, CannotCreate, OutputExists
 from a2d.evaluate import paired_bootstrap
 from a2d.models import count_parameters, load_model
 from a2d.recipes.train import train
@@ -286,7 +286,7 @@ def demo(out: Path, steps: int = DEMO_STEPS, seed: int = 1, train_teacher: bool 
     """Run the demo into ``out`` (see the module's docstring); returns the table's rows and the paired tests."""
     out = Path(out)
     if steps < 1:
-        raise UserError(f"--steps {steps}: must be at least 1")
+        raise BadValue("steps", steps, "must be at least 1")
     if out.exists() and not out.is_dir():
         raise OutputExists(out, "exists and is not a folder")
     teacher = out / "teacher" if train_teacher else demo_teacher(log)  # fetched before --out is made

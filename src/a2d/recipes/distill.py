@@ -25,6 +25,7 @@ from a2d.config import Config, save_config
 from a2d.data.batching import collate, shard_batches, token_batches
 from a2d.data.prepare import ParallelData, load_meta
 from a2d.data.vocab import Vocabulary, check_same_vocabulary
+from a2d.errors import BadValue
 from a2d.losses import IDS_KEY, IGNORE, label_smoothed_ce
 from a2d.methods import (ATTENTIONS, CACHE_READERS, HIDDEN_STATES, KD_TERM, LOGITS, DistillMethod, Progress,
                          get_method)
@@ -42,7 +43,7 @@ from a2d.utils import UserError
 def load_teacher(path: Path, vocab: Vocabulary, data_dir: Path):
     """The teacher, frozen: eval mode, ``requires_grad=False``; its vocabulary must be the data's."""
     teacher, teacher_vocab = load_model(path)
-    check_same_vocabulary(teacher_vocab, vocab, f"--teacher {path}", data_dir)  # student and teacher share it
+    check_same_vocabulary(teacher_vocab, vocab, "teacher_path", path, data_dir)  # student and teacher share it
     teacher.eval()
     teacher.requires_grad_(False)
     return teacher
@@ -58,7 +59,7 @@ def open_kd_cache(method: DistillMethod, data_dir: Path, data, vocab, teacher_pa
         raise UserError(f"kd_cache={path}: method {method.name} does not read a teacher cache "
                         f"({', '.join(CACHE_READERS)} do)")
     if teacher_path is None:
-        raise UserError(f"kd_cache={path}: give --teacher too (the cache is checked against it)")
+        raise BadValue("teacher_path", None, f"needed with kd_cache={path} (the cache is checked against it)")
     cache = TeacherCache(path)
     cache.check_temperature(method.settings.kd_temperature, teacher_path, data_dir)
     cache.check(data_dir, data, vocab, resolve_model_dir(teacher_path), teacher=str(teacher_path))
@@ -121,7 +122,7 @@ def distill(cfg: Config, data_dir: Path, out: Path, teacher_path: Path | None, r
     method_cls = get_method(cfg.method)  # an unknown method fails here; a missing teacher when it is built
 
     # ---- data, teacher, student, method; all checked before the run folder is touched
-    load_meta(data_dir)  # a clear error if --data is not a prepared directory
+    load_meta(data_dir)  # a clear error if data_dir is not a prepared directory
     vocab = Vocabulary.load(data_dir)
     train_data, valid_data = ParallelData.load(data_dir, "train"), ParallelData.load(data_dir, "valid")
     teacher = load_teacher(Path(teacher_path), vocab, data_dir) if teacher_path else None

@@ -42,7 +42,7 @@ from a2d.data.corpus import LINE_BREAK_TABLE, read_lines
 from a2d.data.prepare import META_FILE, ParallelData, Split, encode_split, load_meta, write_split
 from a2d.data.vocab import Vocabulary, check_same_vocabulary
 from a2d.defaults import SEQ_KD_BEAM
-from a2d.errors import OutputExists
+from a2d.errors import BadValue, OutputExists
 from a2d.export import check_quantization, export, is_exported, read_settings
 from a2d.models import load_model
 from a2d.translator import BatchTranslator, CT2Translator, HFTranslator
@@ -71,9 +71,9 @@ def distill_data(teacher: Path, data_dir: Path, out_dir: Path, beam: int = SEQ_K
     """
     teacher, data_dir, out_dir = Path(teacher), Path(data_dir), Path(out_dir)
     threads = (os.cpu_count() or 1) if threads is None else threads
-    for option, value in (("--beam", beam), ("--max-tokens", max_tokens), ("--chunk", chunk), ("--threads", threads)):
+    for option, value in (("beam", beam), ("max_tokens", max_tokens), ("chunk", chunk), ("threads", threads)):
         if value < 1:
-            raise UserError(f"{option} {value}: must be at least 1")
+            raise BadValue(option, value, "must be at least 1")
     exported = is_exported(teacher)
     engine = _engine(teacher, engine, exported)
     if out_dir.exists():
@@ -90,7 +90,7 @@ def distill_data(teacher: Path, data_dir: Path, out_dir: Path, beam: int = SEQ_K
     else:
         model, teacher_vocab = load_model(teacher)
         weights = teacher_vocab.path.parent / "model.safetensors"  # the folder load_model resolved (RUN/best, ...)
-    check_same_vocabulary(teacher_vocab, vocab, f"--teacher {teacher}", data_dir)
+    check_same_vocabulary(teacher_vocab, vocab, "teacher", teacher, data_dir)
     identity = {
         "teacher_sha256": sha256_file(weights),
         "engine": engine,
@@ -106,7 +106,7 @@ def distill_data(teacher: Path, data_dir: Path, out_dir: Path, beam: int = SEQ_K
         if engine != "hf" and not exported and sources:  # exported before the work folder is made
             model = None
             translator = _exported_teacher(teacher, engine, threads, stack, log)
-        done, spent = _resume(work, identity, log)
+        done, spent = _resume(out_dir, identity, log)
         starts = range(done, len(sources), chunk)
         if starts:
             if translator is None:
@@ -189,7 +189,7 @@ def translate_chunk(translator: BatchTranslator, sources: list[str], beam: int, 
 def _engine(teacher: Path, engine: str | None, exported: bool) -> str:
     """The engine that decodes ``teacher``: ``engine`` checked against the folder, or its default."""
     if engine is not None and engine not in ENGINES:
-        raise UserError(f"--engine {engine}: choose from {', '.join(ENGINES)}")
+        raise BadValue("engine", engine, f"choose from {', '.join(ENGINES)}")
     if not exported:
         engine = engine or "hf"
         if engine != "hf":
@@ -199,15 +199,15 @@ def _engine(teacher: Path, engine: str | None, exported: bool) -> str:
     own = {"float32": "ct2-float32", "int8": "ct2-int8", "int8_float32": "ct2-int8"}.get(quantization)
     if engine is None:
         if own is None:
-            raise UserError(f"--teacher {teacher}: a CTranslate2 export in {quantization}; distill-data decodes "
-                            "float32 or int8 exports (give --engine ct2-int8, or export it again)")
+            raise BadValue("teacher", teacher, f"a CTranslate2 export in {quantization}; distill-data decodes float32 "
+                           "or int8 exports (give {engine}, or export it again)", engine="ct2-int8")
         engine = own
     if engine == "hf":
-        raise UserError(f"--engine hf: --teacher {teacher} is a CTranslate2 export; give --engine ct2-int8 or "
-                        "ct2-float32, or the Hugging Face model folder it was made from")
+        raise BadValue("engine", engine, "{teacher} is a CTranslate2 export; give {engine} ct2-int8 or ct2-float32, "
+                       "or the Hugging Face model folder it was made from", teacher=teacher)
     if engine == "ct2-float32" and quantization != "float32":
-        raise UserError(f"--engine ct2-float32: --teacher {teacher} holds {quantization} weights; give --engine "
-                        "ct2-int8, or export the teacher as float32 (or give its model folder)")
+        raise BadValue("engine", engine, f"{{teacher}} holds {quantization} weights; give {{engine}} ct2-int8, or "
+                       "export the teacher as float32 (or give its model folder)", teacher=teacher)
     check_quantization(engine[4:])
     return engine
 
@@ -233,13 +233,14 @@ def _torch_threads(n: int | None):
         torch.set_num_threads(before)
 
 
-def _resume(work: Path, identity: dict, log) -> tuple[int, dict]:
-    """How many sources ``work`` already holds finished hypotheses for (0 for a fresh start), and the decoding
-    time and decoder steps spent on them.
+def _resume(out_dir: Path, identity: dict, log) -> tuple[int, dict]:
+    """How many sources the work folder of ``out_dir`` (:func:`work_dir_for`) already holds finished hypotheses for
+    (0 for a fresh start), and the decoding time and decoder steps spent on them.
 
     A work folder left by a run with another teacher, engine, other sources or another beam is refused; lines
     past the recorded progress (a chunk interrupted while being written) are cut off.
     """
+    work = work_dir_for(out_dir)
     progress_path, hyp_path = work / PROGRESS_FILE, work / HYPOTHESES_FILE
     if not progress_path.is_file():
         shutil.rmtree(work, ignore_errors=True)
@@ -255,8 +256,9 @@ def _resume(work: Path, identity: dict, log) -> tuple[int, dict]:
     progress.setdefault("engine", "hf")  # written before there was a choice
     changed = [k for k in identity if progress.get(k) != identity[k]]
     if changed:
-        raise UserError(f"{work}: an unfinished run with another {', '.join(changed)}; rerun it with the same "
-                        f"teacher, data, --engine and --beam, or remove {work} to start over")
+        raise BadValue("out_dir", out_dir, f"its unfinished run in {work} has another {', '.join(changed)}; rerun "
+                       f"it with the same {{teacher}}, {{data_dir}}, {{engine}} and {{beam}}, or remove {work} to start "
+                       "over")
     _truncate_lines(hyp_path, done)
     log(f"resuming: {done} of {identity['total']} sources already translated in {work}")
     return done, spent

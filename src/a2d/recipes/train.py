@@ -45,7 +45,7 @@ def train(cfg: Config, data_dir: Path, out: Path, resume: bool = False, log=prin
     main = accelerator.is_main_process
 
     # ---- data and model; every setting is checked against the data before the run folder is touched
-    load_meta(data_dir)  # a clear error if --data is not a prepared directory
+    load_meta(data_dir)  # a clear error if data_dir is not a prepared directory
     vocab = Vocabulary.load(data_dir)
     train_data, valid_data = ParallelData.load(data_dir, "train"), ParallelData.load(data_dir, "valid")
     check_data_fits(cfg, data_dir, {"train": train_data, "valid": valid_data})
