@@ -350,13 +350,19 @@ def end_of_pass(accelerator: Accelerator, model, vocab: Vocabulary, valid, cfg: 
         if record_validation(accelerator, model, vocab, valid, cfg, state, metrics, log, epoch_done):
             save(BEST)
         validated = state.update
+    return next_pass(state, cfg, save, epoch_done), validated
+
+
+def next_pass(state: TrainState, cfg: Config, save, epoch_done: bool) -> str | None:
+    """After a pass and its validation: go to the next epoch (``epoch_done``), decide whether to stop, ``save(LAST)``;
+    returns why the run stops (None: it goes on)."""
     if epoch_done:
         state.epoch += 1
         state.batch_in_epoch = 0
     stop = should_stop(state, cfg)
     state.finished = stop is not None
     save(LAST)
-    return stop, validated
+    return stop
 
 
 def validate_the_end(accelerator: Accelerator, model, vocab: Vocabulary, valid, cfg: Config, state: TrainState,
@@ -376,5 +382,5 @@ def should_stop(state: TrainState, cfg: Config) -> str | None:
     if state.epoch > cfg.max_epochs:
         return f"reached max_epochs={cfg.max_epochs}"
     if cfg.patience and state.bad_epochs >= cfg.patience:
-        return f"no better validation BLEU for {cfg.patience} epochs (early stopping)"
+        return f"no better validation score (BLEU, or the task's metric) for {cfg.patience} epochs (early stopping)"
     return None

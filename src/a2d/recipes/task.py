@@ -35,7 +35,8 @@ from a2d.methods import ATTENTIONS, HIDDEN_STATES, DistillMethod, Progress, get_
 from a2d.models import check_fit, count_parameters
 from a2d.rundir import BEST, LAST, RunDir, TrainState, resolve_model_dir, rng_state, set_rng_state
 from a2d.training import (RunProgress, RunResult, SavePoints, Throughput, check_finite, inverse_sqrt_schedule,
-                          make_accelerator, make_optimizer, micro_batches, should_stop, start_run, to_device)
+                          make_accelerator, make_optimizer, micro_batches, next_pass, should_stop, start_run,
+                          to_device)
 from a2d.utils import UserError, atomic_write_text
 
 
@@ -378,12 +379,7 @@ def fit_task(cfg: Config, data_dir: Path, out: Path, teacher_path: Path | None =
                     f"{result['valid_' + score_name]:.2f}" + (" (best)" if improved else ""))
             if improved:
                 save(BEST)
-            if epoch_done:
-                state.epoch += 1
-                state.batch_in_epoch = 0
-            stop = should_stop(state, cfg)
-            state.finished = stop is not None
-            save(LAST)
+            stop = next_pass(state, cfg, save, epoch_done)
     accelerator.wait_for_everyone()
     if main:
         best = state.best_bleu if task == "classification" else -state.best_bleu
