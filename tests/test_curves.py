@@ -75,3 +75,21 @@ def test_missing_metrics_file(tmp_path):
         plot_training_curves([tmp_path / "empty"], tmp_path / "x.png")
     with pytest.raises(UserError):
         plot_training_curves([], tmp_path / "x.png")
+
+
+def test_other_families_plot_their_validation_score(tmp_path):
+    from a2d.curves import score_key
+
+    runs = []
+    for name, record in (("cls", {"valid_accuracy": 70.0, "valid_f1": 69.0, "valid_mcc": 40.0, "valid_score": 70.0}),
+                         ("lm", {"valid_loss": 3.6, "valid_perplexity": 36.6, "valid_score": -36.6})):
+        run = tmp_path / name
+        run.mkdir()
+        lines = [{"type": "train", "update": 10, "epoch": 1, "loss": 1.0},
+                 {"type": "valid", "update": 10, "epoch": 1, **record}]
+        (run / "metrics.jsonl").write_text("\n".join(json.dumps(x) for x in lines) + "\n")
+        runs.append(run)
+    assert score_key(read_metrics(runs[0])) == "valid_accuracy"
+    assert score_key(read_metrics(runs[1])) == "valid_perplexity"
+    plot_training_curves(runs, tmp_path / "c.png")
+    assert (tmp_path / "c.png").stat().st_size > 1000

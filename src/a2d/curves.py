@@ -1,4 +1,5 @@
-"""Training curves: read runs' ``metrics.jsonl`` and plot loss and validation BLEU against updates.
+"""Training curves: read runs' ``metrics.jsonl`` and plot loss and the validation score against updates (BLEU;
+a classifier's accuracy, a language model's perplexity).
 
 A run folder's ``metrics.jsonl`` holds one JSON object per line: ``{"type": "train", "update", "epoch",
 "loss", ...}`` every ``log_every`` updates and ``{"type": "valid", "update", "epoch", "valid_loss",
@@ -57,6 +58,16 @@ def _series(records: list[dict], kind: str, key: str) -> tuple[list[float], list
     return [p[0] for p in points], [p[1] for p in points]
 
 
+#: The validation score each task records (translation, classification, language modelling), in that order.
+SCORES = {"valid_bleu": "BLEU", "valid_accuracy": "accuracy", "valid_perplexity": "perplexity"}
+
+
+def score_key(records: list[dict]) -> str:
+    """The validation score a run's metrics hold (:data:`SCORES`; BLEU when there is none yet)."""
+    keys = {k for r in records if r.get("type") == "valid" for k in r}
+    return next((k for k in SCORES if k in keys), "valid_bleu")
+
+
 def _labels(runs: list[Path]) -> list[str]:
     names = [r.name for r in runs]
     if len(set(names)) == len(names):
@@ -84,6 +95,7 @@ def plot_training_curves(runs: list[Path], out: Path, log_y: bool = False) -> No
     FigureCanvasAgg(fig)
     ax_loss, ax_bleu = fig.subplots(1, 2)
     colours = [f"C{i % 10}" for i in range(len(runs))]
+    scores: set[str] = set()
     for label, records, colour in zip(_labels(run_dirs), data, colours):
         x, y = _series(records, "train", "loss")
         if x:
@@ -91,7 +103,9 @@ def plot_training_curves(runs: list[Path], out: Path, log_y: bool = False) -> No
         x, y = _series(records, "valid", "valid_loss")
         if x:
             ax_loss.plot(x, y, color=colour, linestyle="--", marker="o", markersize=3, label=f"{label} valid")
-        x, y = _series(records, "valid", "valid_bleu")
+        key = score_key(records)
+        scores.add(SCORES[key])
+        x, y = _series(records, "valid", key)
         if x:
             ax_bleu.plot(x, y, color=colour, marker="o", markersize=3, label=label)
 
@@ -101,9 +115,10 @@ def plot_training_curves(runs: list[Path], out: Path, log_y: bool = False) -> No
     loss_lines = ax_loss.get_lines()
     if log_y and loss_lines and all(min(line.get_ydata()) > 0 for line in loss_lines):
         ax_loss.set_yscale("log")
-    ax_bleu.set_title("validation BLEU")
+    named = " / ".join(sorted(scores, key=list(SCORES.values()).index)) or "BLEU"
+    ax_bleu.set_title(f"validation {named}")
     ax_bleu.set_xlabel("update")
-    ax_bleu.set_ylabel("BLEU")
+    ax_bleu.set_ylabel(named)
     for ax in (ax_loss, ax_bleu):
         ax.grid(True, alpha=0.3)
         if ax.get_lines():
@@ -114,4 +129,4 @@ def plot_training_curves(runs: list[Path], out: Path, log_y: bool = False) -> No
     atomic_savefig(fig, out)
 
 
-__all__ = ["read_metrics", "plot_training_curves"]
+__all__ = ["read_metrics", "plot_training_curves", "score_key", "SCORES"]
