@@ -9,9 +9,11 @@ import torch
 from torch import nn
 
 from a2d.config import setting
+from a2d.families import Shape
 from a2d.losses import IGNORE, word_kd
 from a2d.methods.base import HIDDEN_STATES, KD_TERM, LOGITS, DistillMethod, Progress
 from a2d.methods.kd import WordKDSettings
+from a2d.utils import UserError
 
 
 @dataclass
@@ -22,6 +24,16 @@ class FeatureSettings(WordKDSettings):
 
 
 SIDES = ("encoder", "decoder")
+
+def check_equal_heads(name: str, student: Shape, teacher: Shape) -> None:
+    """One-line :class:`UserError` when encoder or decoder head counts differ between the models' shapes."""
+    for side in student.sides:
+        s = int(getattr(student, f"{side}_attention_heads"))
+        t = int(getattr(teacher, f"{side}_attention_heads"))
+        if s != t:
+            where = "" if side == "encoder" else " (decoder)"
+            raise UserError(f"{name} needs equal attention heads: student {s}, teacher {t}{where}")
+
 
 def token_masks(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """``{"encoder": (B, S) bool, "decoder": (B, T) bool}``, True at real tokens.
@@ -119,4 +131,4 @@ class HiddenStateKD(DistillMethod):
 
 
 __all__ = ["FeatureSettings", "SIDES", "token_masks", "hidden_states", "real_tokens", "token_mse", "masked_mse",
-           "projection", "uniform_layer_map", "HiddenStateKD"]
+           "projection", "uniform_layer_map", "HiddenStateKD", "check_equal_heads"]

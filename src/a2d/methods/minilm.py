@@ -43,8 +43,7 @@ from a2d.attention import stack_attention
 from a2d.losses import attention_kl_per_query, word_kd
 from a2d.methods.base import ATTENTIONS, HIDDEN_STATES, KD_TERM, LOGITS, DistillMethod, Progress
 from a2d.families import FAMILIES, SELF_KIND
-from a2d.methods.features import FeatureSettings, hidden_states, token_masks
-from a2d.methods.tinybert import check_equal_heads
+from a2d.methods.features import FeatureSettings, check_equal_heads, hidden_states, token_masks
 
 # The Hugging Face attention field of each stack.
 _SIDE_FIELD = {"encoder": "encoder_attentions", "decoder": "decoder_attentions"}

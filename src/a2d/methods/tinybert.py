@@ -40,12 +40,10 @@ import torch
 from torch import nn
 
 from a2d.attention import stack_attention
-from a2d.families import Shape
 from a2d.losses import kind_weights, word_kd
 from a2d.methods.base import ATTENTIONS, HIDDEN_STATES, KD_TERM, LOGITS, DistillMethod, Progress
-from a2d.methods.features import (FeatureSettings, hidden_states, projection, real_tokens, token_masks,
+from a2d.methods.features import (FeatureSettings, check_equal_heads, hidden_states, projection, real_tokens, token_masks,
                                   token_mse, uniform_layer_map)
-from a2d.utils import UserError
 
 # Which stack's layer map serves each attention kind, and the Hugging Face output field.
 _KIND_SIDE = {"enc_self": "encoder", "dec_self": "decoder", "dec_cross": "decoder"}
@@ -55,16 +53,6 @@ _KIND_FIELD = {"enc_self": "encoder_attentions", "dec_self": "decoder_attentions
 def tinybert_layer_map(n_student: int, n_teacher: int) -> list[tuple[int, int]]:
     """``[(i, ceil(i * N_T / N_S)) for i = 1..N_S]`` (1-based): 6 -> 3 ``[(1, 2), (2, 4), (3, 6)]``."""
     return uniform_layer_map(n_student, n_teacher)
-
-
-def check_equal_heads(name: str, student: Shape, teacher: Shape) -> None:
-    """One-line :class:`UserError` when encoder or decoder head counts differ between the models' shapes."""
-    for side in student.sides:
-        s = int(getattr(student, f"{side}_attention_heads"))
-        t = int(getattr(teacher, f"{side}_attention_heads"))
-        if s != t:
-            where = "" if side == "encoder" else " (decoder)"
-            raise UserError(f"{name} needs equal attention heads: student {s}, teacher {t}{where}")
 
 
 def attention_score_mse(student: torch.Tensor, teacher: torch.Tensor, query_mask: torch.Tensor,
