@@ -156,3 +156,32 @@ def test_a_bert_teacher_you_bring(tmp_path, glue_mrpc, capsys):
     assert main(["distill", "--data", str(data), "--teacher", str(three), "--method", "kd", "--preset",
                  "glue-student", "--out", str(tmp_path / "s3"), *STUDENT]) == 2
     assert "3 classes, the data has 2 (0, 1)" in capsys.readouterr().err
+
+
+def test_a_llama_teacher_you_bring(tmp_path, data_root):
+    """A causal LM folder in the hub's layout (Llama, random weights, its own tokenizer): the student is a Llama too,
+    with other layers, heads and width, and A2D maps its heads onto the teacher's."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from a2d.data.tasks import train_tokenizer
+
+    en = read_lines(locate_corpus("multi30k", "de", "en")["train"][1])[:300]
+    tok = train_tokenizer("llama", en, 300, 64)
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=64,
+                         bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    teacher = tmp_path / "llama"
+    LlamaForCausalLM(config).save_pretrained(teacher)
+    tok.save_pretrained(teacher)
+    (tmp_path / "train.txt").write_text("\n".join(en[:200]) + "\n", encoding="utf-8")
+    (tmp_path / "valid.txt").write_text("\n".join(en[200:]) + "\n", encoding="utf-8")
+    data = tmp_path / "data"
+    run("prepare-task", "lm", "--train", tmp_path / "train.txt", "--valid", tmp_path / "valid.txt", "--family",
+        "llama", "--tokenizer", teacher, "--max-len", 48, "--out", data)
+    run("distill", "--data", data, "--teacher", teacher, "--method", "a2d", "--preset", "lm-student", "--out",
+        tmp_path / "s", "max_steps=2", "decoder_layers=1", "activation_function=silu", "max_positions=64", *STUDENT)
+    config = json.loads((tmp_path / "s" / "best" / "config.json").read_text())
+    assert config["model_type"] == "llama" and config["num_hidden_layers"] == 1 and config["hidden_size"] == 16
+    method = json.loads((tmp_path / "s" / "method.json").read_text())
+    assert method["kinds"]["dec_self"]["n_student"] == 4 and method["kinds"]["dec_self"]["n_teacher"] == 8
