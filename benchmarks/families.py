@@ -52,6 +52,7 @@ def main(argv=None) -> int:
     p.add_argument("--teacher-epochs", type=int, default=6)
     p.add_argument("--student-epochs", type=int, default=5)
     p.add_argument("--lambda-att", default="0.1", help="A2D's lambda_att")
+    p.add_argument("--note", default="", help="a line for the report (e.g. the commits the runs trained with)")
     p.add_argument("--report-only", action="store_true", help="score the runs there are; train nothing")
     args = p.parse_args(argv)
     setup, runs = SETUPS[args.task], Path(args.runs)
@@ -79,7 +80,9 @@ def main(argv=None) -> int:
     pairs = [("A2D", "No KD"), ("A2D", "KD"), ("KD", "No KD"), *[("A2D", labels[m]) for m in args.methods
                                                                  if m in ("tinybert", "minilm", "pkd")]]
     family_report(setup["title"], data, systems, pairs, Path(args.out),
-                  commands=[f"python benchmarks/families.py {args.task} --runs RUNS --out {args.out} (runs:)", *commands],
+                  commands=[f"python benchmarks/families.py {args.task} --runs RUNS --out {args.out} --teacher-epochs "
+                            f"{args.teacher_epochs} --student-epochs {args.student_epochs}  # runs these:", *commands],
+                  note=args.note,
                   prompts=PROMPTS if args.task == "lm" else ())
     print(f"wrote {args.out}.md and {args.out}.json")
     return 0

@@ -81,7 +81,8 @@ def samples(model_dir: Path, prompts: list[str], max_new_tokens: int = 16) -> li
 
 
 def family_report(title: str, data_dir: Path, runs: dict[str, Path], comparisons: list[tuple[str, str]], out: Path,
-                  split: str = "test", commands: list[str] = (), prompts: list[str] = (), log=print) -> dict:
+                  split: str = "test", commands: list[str] = (), prompts: list[str] = (), note: str = "",
+                  log=print) -> dict:
     """Score every run of ``runs`` (label -> run folder) on ``split``, test each ``(system, baseline)`` pair, and
     write ``out.json`` and ``out.md``."""
     results, rows = {}, {}
@@ -104,7 +105,7 @@ def family_report(title: str, data_dir: Path, runs: dict[str, Path], comparisons
         for label, run in runs.items():
             generated[label] = samples(resolve_model_dir(run, ("gpt2", "llama")), list(prompts))
     record = {"title": title, "data": str(data_dir), "split": split, "systems": rows, "tests": tests,
-              "samples": generated, "commands": list(commands), "commit": commit(), "hardware": hardware(),
+              "samples": generated, "commands": list(commands), "note": note, "commit": commit(), "hardware": hardware(),
               "time": now()}
     atomic_write_text(out.with_suffix(".json"), json.dumps(record, indent=2) + "\n")
     atomic_write_text(out.with_suffix(".md"), render(record))
@@ -114,7 +115,7 @@ def family_report(title: str, data_dir: Path, runs: dict[str, Path], comparisons
 def render(record: dict) -> str:
     lines = [f"# {record['title']}", "",
              f"Split `{record['split']}` of `{record['data']}`; commit {record['commit']}; {record['hardware']}; "
-             f"{record['time']}.", ""]
+             f"{record['time']}.", ""] + ([record["note"], ""] if record.get("note") else [])
     first = next(iter(record["systems"].values()))
     metric = first["metric"]
     extra = ["F1", "MCC"] if metric == "accuracy" else []
