@@ -23,7 +23,7 @@ from a2d.data.vocab import Vocabulary
 from a2d.errors import BadValue
 from a2d.evaluate import score, translate
 from a2d.losses import label_smoothed_ce
-from a2d.rundir import BEST, LAST, TrainState
+from a2d.rundir import BEST, LAST, METHOD_TENSORS, TrainState, set_rng_state
 from a2d.tokenizer import collate_ids
 from a2d.utils import UserError
 
@@ -116,6 +116,31 @@ def start_run(accelerator: Accelerator, run, resume: bool, cfg: Config, vocab, l
 def micro_batches(batches: list[list[int]], update_freq: int) -> list[list[list[int]]]:
     """Consecutive groups of ``update_freq`` batches, one group per update (the last may be smaller)."""
     return [batches[i:i + update_freq] for i in range(0, len(batches), update_freq)]
+
+
+def resume_trainer(accelerator: Accelerator, run, optimizer: torch.optim.Optimizer, scheduler, method=None,
+                   log=print) -> TrainState:
+    """Load ``run``'s ``last/trainer`` into the optimizer, the schedule, the method's modules (when it has some) and
+    this process's RNG; return where the run is."""
+    ckpt = run.load_trainer(accelerator.process_index, accelerator.num_processes, log)
+    if method is not None and METHOD_TENSORS in ckpt["tensors"]:
+        method.load_state_dict(ckpt["tensors"][METHOD_TENSORS])
+    optimizer.load_state_dict(ckpt["optimizer"])
+    scheduler.load_state_dict(ckpt["scheduler"])
+    set_rng_state(ckpt["rng"])
+    state = ckpt["state"]
+    log(f"resuming {run.path} at epoch {state.epoch}, update {state.update}")
+    return state
+
+
+def apply_update(optimizer: torch.optim.Optimizer, scheduler, state: TrainState, batches: int) -> None:
+    """The update itself, after its batches' backward passes: an optimizer and a schedule step, the gradients
+    cleared, and the run's position (``state.update``, ``state.batch_in_epoch``: ``batches`` more) advanced."""
+    optimizer.step()
+    scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
+    state.update += 1
+    state.batch_in_epoch += batches
 
 
 def check_finite(accelerator: Accelerator, update: int, values: dict[str, torch.Tensor]) -> None:

@@ -31,10 +31,10 @@ from a2d.methods import (ATTENTIONS, CACHE_READERS, HIDDEN_STATES, KD_TERM, LOGI
                          get_method)
 from a2d.models import (build_model, count_parameters, load_model, load_weights, recorded_beam,
                         resolve_model_dir, use_attention_maps)
-from a2d.rundir import BEST, LAST, METHOD_TENSORS, RunDir, TrainState, rng_state, set_rng_state
+from a2d.rundir import BEST, LAST, METHOD_TENSORS, RunDir, TrainState, rng_state
 from a2d.teacher_cache import TeacherCache
 from a2d.tokenizer import collate_ids
-from a2d.training import (RunProgress, RunResult, SavePoints, Throughput, check_data_fits, check_finite, end_of_pass,
+from a2d.training import (RunProgress, apply_update, resume_trainer, RunResult, SavePoints, Throughput, check_data_fits, check_finite, end_of_pass,
                           inverse_sqrt_schedule, make_accelerator, make_optimizer, micro_batches, model_inputs,
                           should_stop, start_run, to_device, validate_the_end)
 from a2d.utils import UserError
@@ -156,14 +156,7 @@ def distill(cfg: Config, data_dir: Path, out: Path, teacher_path: Path | None, r
     scheduler = inverse_sqrt_schedule(optimizer, cfg)
     state = TrainState()
     if resumed:
-        ckpt = run.load_trainer(accelerator.process_index, accelerator.num_processes, log)
-        if METHOD_TENSORS in ckpt["tensors"]:
-            method.load_state_dict(ckpt["tensors"][METHOD_TENSORS])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        scheduler.load_state_dict(ckpt["scheduler"])
-        state = ckpt["state"]
-        set_rng_state(ckpt["rng"])
-        log(f"resuming {run.path} at epoch {state.epoch}, update {state.update}")
+        state = resume_trainer(accelerator, run, optimizer, scheduler, method, log)
     elif main:
         save_config(cfg, run.config_file)
     student, optimizer = accelerator.prepare(student, optimizer)
@@ -234,11 +227,7 @@ def distill(cfg: Config, data_dir: Path, out: Path, teacher_path: Path | None, r
                             p.grad = accelerator.reduce(p.grad, "mean")
                 if cfg.clip_norm > 0:
                     accelerator.clip_grad_norm_(list(student.parameters()) + list(method.parameters()), cfg.clip_norm)
-                optimizer.step()
-                scheduler.step()
-                optimizer.zero_grad(set_to_none=True)
-                state.update += 1
-                state.batch_in_epoch += len(group)
+                apply_update(optimizer, scheduler, state, len(group))
                 speed.add(ntokens * accelerator.num_processes)
                 bar.update(len(group))
                 progress_line.update(bar, ntokens * accelerator.num_processes, terms)

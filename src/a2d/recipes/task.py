@@ -33,8 +33,8 @@ from a2d.families import FAMILIES, Family, family_for, family_of
 from a2d.losses import IGNORE, label_smoothed_ce
 from a2d.methods import ATTENTIONS, HIDDEN_STATES, DistillMethod, Progress, get_method
 from a2d.models import check_fit, count_parameters
-from a2d.rundir import BEST, LAST, RunDir, TrainState, resolve_model_dir, rng_state, set_rng_state
-from a2d.training import (RunProgress, RunResult, SavePoints, Throughput, check_finite, inverse_sqrt_schedule,
+from a2d.rundir import BEST, LAST, METHOD_TENSORS, RunDir, TrainState, resolve_model_dir, rng_state
+from a2d.training import (RunProgress, apply_update, resume_trainer, RunResult, SavePoints, Throughput, check_finite, inverse_sqrt_schedule,
                           make_accelerator, make_optimizer, micro_batches, next_pass, should_stop, start_run,
                           to_device)
 from a2d.utils import UserError, atomic_write_text
@@ -261,14 +261,7 @@ def fit_task(cfg: Config, data_dir: Path, out: Path, teacher_path: Path | None =
     state = TrainState()
     if resumed:
         student.load_state_dict(family.model_class.from_pretrained(run.last, use_safetensors=True).state_dict())
-        ckpt = run.load_trainer(accelerator.process_index, accelerator.num_processes, log)
-        if method is not None and "method" in ckpt["tensors"]:
-            method.load_state_dict(ckpt["tensors"]["method"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        scheduler.load_state_dict(ckpt["scheduler"])
-        state = ckpt["state"]
-        set_rng_state(ckpt["rng"])
-        log(f"resuming {run.path} at epoch {state.epoch}, update {state.update}")
+        state = resume_trainer(accelerator, run, optimizer, scheduler, method, log)
     elif main:
         save_config(cfg, run.config_file)
     student, optimizer = accelerator.prepare(student, optimizer)
@@ -291,7 +284,7 @@ def fit_task(cfg: Config, data_dir: Path, out: Path, teacher_path: Path | None =
             trainer = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": rngs,
                        "state": state}
             if method is not None and len(method.state_dict()):
-                trainer["tensors"] = {"method": {k: v.detach().cpu().contiguous()
+                trainer["tensors"] = {METHOD_TENSORS: {k: v.detach().cpu().contiguous()
                                                  for k, v in method.state_dict().items()}}
         if main:
             run.save(which, accelerator.unwrap_model(student), tokens, cfg, trainer=trainer, readme=readme)
@@ -349,11 +342,7 @@ def fit_task(cfg: Config, data_dir: Path, out: Path, teacher_path: Path | None =
                 if cfg.clip_norm > 0:
                     params = list(student.parameters()) + (list(method.parameters()) if method is not None else [])
                     accelerator.clip_grad_norm_(params, cfg.clip_norm)
-                optimizer.step()
-                scheduler.step()
-                optimizer.zero_grad(set_to_none=True)
-                state.update += 1
-                state.batch_in_epoch += len(group)
+                apply_update(optimizer, scheduler, state, len(group))
                 speed.add(ntokens * accelerator.num_processes)
                 bar.update(len(group))
                 progress_line.update(bar, ntokens * accelerator.num_processes, terms)

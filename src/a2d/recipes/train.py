@@ -23,9 +23,9 @@ from a2d.data.prepare import ParallelData, load_meta
 from a2d.data.vocab import Vocabulary
 from a2d.losses import label_smoothed_ce
 from a2d.models import build_model, count_parameters, load_weights
-from a2d.rundir import LAST, RunDir, TrainState, rng_state, set_rng_state
+from a2d.rundir import LAST, RunDir, TrainState, rng_state
 from a2d.tokenizer import collate_ids
-from a2d.training import (RunProgress, RunResult, SavePoints, Throughput, check_data_fits, check_finite, end_of_pass,
+from a2d.training import (RunProgress, apply_update, resume_trainer, RunResult, SavePoints, Throughput, check_data_fits, check_finite, end_of_pass,
                           inverse_sqrt_schedule, make_accelerator, make_optimizer, micro_batches, model_inputs,
                           should_stop, start_run, to_device, validate_the_end)
 
@@ -56,12 +56,7 @@ def train(cfg: Config, data_dir: Path, out: Path, resume: bool = False, log=prin
     state = TrainState()
     if resumed:
         load_weights(model, run.last)
-        ckpt = run.load_trainer(accelerator.process_index, accelerator.num_processes, log)
-        optimizer.load_state_dict(ckpt["optimizer"])
-        scheduler.load_state_dict(ckpt["scheduler"])
-        state = ckpt["state"]
-        set_rng_state(ckpt["rng"])
-        log(f"resuming {run.path} at epoch {state.epoch}, update {state.update}")
+        state = resume_trainer(accelerator, run, optimizer, scheduler, log=log)
     elif main:
         save_config(cfg, run.config_file)
     model, optimizer = accelerator.prepare(model, optimizer)
@@ -109,11 +104,7 @@ def train(cfg: Config, data_dir: Path, out: Path, resume: bool = False, log=prin
                     ntokens += int(batch["ntokens"])
                 if cfg.clip_norm > 0:
                     accelerator.clip_grad_norm_(model.parameters(), cfg.clip_norm)
-                optimizer.step()
-                scheduler.step()
-                optimizer.zero_grad(set_to_none=True)
-                state.update += 1
-                state.batch_in_epoch += len(group)
+                apply_update(optimizer, scheduler, state, len(group))
                 speed.add(ntokens * accelerator.num_processes)
                 bar.update(len(group))
                 progress_line.update(bar, ntokens * accelerator.num_processes, terms)
