@@ -109,8 +109,14 @@ def cmd_distill_data(args, build_cache, distill_data):
 
 def cmd_evaluate(args, evaluate_model, describe_shortlist, evaluate_task, data_task):
     out = Path(args.out) if args.out else None
-    if data_task(Path(args.data)) != "translation":  # a classifier or a language model (a2d prepare-task)
-        result = evaluate_task(Path(args.model), Path(args.data), split=args.split, out=out)
+    task = data_task(Path(args.data))
+    if task != "translation":  # a classifier or a language model (a2d prepare-task)
+        dropped = [flag for flag, given in (("--beam", args.beam is not None), ("--threads", args.threads != 1),
+                                            ("--shortlist", args.shortlist)) if given]
+        if dropped:
+            raise UserError(f"{' '.join(dropped)}: decoding options of translation models; {args.data} is a {task} "
+                            "task (scored without decoding)")
+        result = evaluate_task(Path(args.model), Path(args.data), split=args.split, out=out, max_tokens=args.max_tokens)
         shown = {k: v for k, v in result.items() if k in ("accuracy", "f1", "mcc", "loss", "perplexity")}
         print("  ".join(f"{k} {v:.2f}" for k, v in shown.items()) + f"  {result['examples']} examples ({args.split})")
         if out:

@@ -15,8 +15,9 @@ from a2d.cli import main
 from a2d.data.corpus import locate_corpus, read_lines
 from a2d.data.tasks import multi30k_pairs
 
-TINY = ["d_model=32", "ffn_dim=64", "encoder_attention_heads=2", "decoder_attention_heads=2", "log_every=5",
-        "warmup_updates=10", "max_tokens=1024"]
+TINY = ["d_model=32", "ffn_dim=64", "log_every=5", "warmup_updates=10", "max_tokens=1024"]
+TINY_CLS = [*TINY, "encoder_attention_heads=2"]  # a setting of the stack the family has; the other is refused
+TINY_LM = [*TINY, "decoder_attention_heads=2"]
 STUDENT = ["d_model=16", "ffn_dim=32", "encoder_attention_heads=4", "decoder_attention_heads=4", "log_every=5",
            "warmup_updates=10", "max_tokens=1024"]
 
@@ -44,7 +45,7 @@ def test_classifier_train_distill_resume_evaluate(tmp_path, glue_mrpc):
     meta = json.loads((data / "meta.json").read_text())
     assert (meta["task"], meta["family"], meta["metric"], meta["source"]["glue"]) == ("classification", "bert", "f1", "mrpc")
     run("train", "--data", data, "--preset", "classifier-teacher", "--out", teacher, "max_epochs=1",
-        "encoder_layers=3", *TINY)
+        "encoder_layers=3", *TINY_CLS)
     # A2D, teacher 3 layers x 2 heads, d32 -> student 2 layers x 4 heads, d16; in one go, and stopped then resumed
     straight, resumed = tmp_path / "a2d", tmp_path / "a2d-resumed"
     common = ["--data", data, "--teacher", teacher, "--method", "a2d", "--preset", "classifier-student",
@@ -82,11 +83,13 @@ def test_classifier_refusals_are_one_line(tmp_path, glue_mrpc, capsys):
     data = tmp_path / "data"
     run("prepare-task", "classification", "--glue", glue_mrpc, "--vocab-size", 400, "--max-len", 64, "--out", data)
     run("train", "--data", data, "--preset", "classifier-teacher", "--out", tmp_path / "t", "max_steps=2",
-        "encoder_layers=1", *TINY)
+        "encoder_layers=1", *TINY_CLS)
     capsys.readouterr()
     for argv, message in [
         (["--method", "a2d", "att_kinds=dec-self"], "method a2d needs dec_self attention, which a bert model lacks"),
         (["--method", "ckd"], "method ckd distils marian models, not bert"),
+        (["--method", "kd", "decoder_layers=2", "valid_beam=4"],
+         "valid_beam=4, decoder_layers=2: not used by a bert (classification) run; drop them"),
     ]:
         assert main(["distill", "--data", str(data), "--teacher", str(tmp_path / "t"), "--preset",
                      "classifier-student", "--out", str(tmp_path / "s"), *argv, *STUDENT]) == 2
@@ -103,7 +106,7 @@ def test_language_model_train_distill_generate(tmp_path, data_root):
     run("prepare-task", "lm", "--train", tmp_path / "train.txt", "--valid", tmp_path / "valid.txt",
         "--vocab-size", 400, "--max-len", 48, "--out", data)
     run("train", "--data", data, "--preset", "lm-teacher", "--out", teacher, "max_epochs=2", "decoder_layers=3",
-        *TINY)
+        *TINY_LM)
     run("distill", "--data", data, "--teacher", teacher, "--method", "a2d", "--preset", "lm-student", "--out",
         student, "max_epochs=1", "decoder_layers=1", *STUDENT)
     method = json.loads((student / "method.json").read_text())
@@ -185,3 +188,14 @@ def test_a_llama_teacher_you_bring(tmp_path, data_root):
     assert config["model_type"] == "llama" and config["num_hidden_layers"] == 1 and config["hidden_size"] == 16
     method = json.loads((tmp_path / "s" / "method.json").read_text())
     assert method["kinds"]["dec_self"]["n_student"] == 4 and method["kinds"]["dec_self"]["n_teacher"] == 8
+
+
+def test_evaluate_refuses_translation_options_on_a_classifier(tmp_path, glue_mrpc, capsys):
+    data = tmp_path / "data"
+    run("prepare-task", "classification", "--glue", glue_mrpc, "--vocab-size", 400, "--max-len", 64, "--out", data)
+    run("train", "--data", data, "--preset", "classifier-teacher", "--out", tmp_path / "t", "max_steps=1",
+        "encoder_layers=1", *TINY_CLS)
+    capsys.readouterr()
+    assert main(["evaluate", "--model", str(tmp_path / "t"), "--data", str(data), "--beam", "4"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "--beam: decoding options of translation models" in err

@@ -26,7 +26,7 @@ from accelerate.utils import gather_object
 from tqdm.auto import tqdm
 from transformers import AutoConfig
 
-from a2d.config import Config, save_config
+from a2d.config import FIELDS, Config, save_config
 from a2d.data.batching import shard_batches, token_batches
 from a2d.data.tasks import TaskData, TokenizerFiles, load_task_meta, special_ids
 from a2d.families import FAMILIES, Family, family_for, family_of
@@ -197,6 +197,25 @@ def task_readme(family: Family, meta: dict) -> str:
             + ".\n")
 
 
+#: Settings a run of another family does not use: translation's decoding and initialisation, and the stack it lacks.
+TRANSLATION_ONLY = ("valid_beam", "valid_max_sentences", "max_len_a", "max_len_b", "num_beams", "init", "loss_mixing",
+                    "teacher_precision", "activation_dropout")
+UNUSED_STACK = {"encoder": ("encoder_layers", "encoder_attention_heads"),
+                "decoder": ("decoder_layers", "decoder_attention_heads")}
+
+
+def check_settings_used(cfg: Config, family: Family) -> None:
+    """Refuse a setting given another value than its default that a run of ``family`` would not use (one line)."""
+    unused = list(TRANSLATION_ONLY)
+    for side, keys in UNUSED_STACK.items():
+        if side not in family.sides:
+            unused += keys
+    dropped = [k for k in unused if k in cfg.given and getattr(cfg, k) != FIELDS[k].default]
+    if dropped:
+        raise UserError(f"{', '.join(f'{k}={getattr(cfg, k)!r}' for k in dropped)}: not used by a {family.name} "
+                        f"({family.task}) run; drop {'it' if len(dropped) == 1 else 'them'}")
+
+
 # ------------------------------------------------------------------------------------------------ the recipe
 def fit_task(cfg: Config, data_dir: Path, out: Path, teacher_path: Path | None = None, resume: bool = False,
              log=print) -> RunResult:
@@ -236,6 +255,7 @@ def fit_task(cfg: Config, data_dir: Path, out: Path, teacher_path: Path | None =
                             f"({', '.join(meta['label_names'])})")
         if "max_positions" not in cfg.given:  # the student reads what the teacher reads, unless told otherwise
             cfg = dataclasses.replace(cfg, max_positions=int(teacher.config.max_position_embeddings))
+    check_settings_used(cfg, family)
     student = build_student(cfg, family, tokens.tokenizer, meta)
     method: DistillMethod | None = None
     if cfg.method is not None:
