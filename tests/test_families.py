@@ -130,8 +130,9 @@ def test_llama_a2d_reads_causal_self_attention():
     s_out = student(**fam.inputs(batch), output_attentions=True)
     t_out = teacher(**fam.inputs(batch), output_attentions=True)
     terms = a2d.loss_terms(fam.method_batch(batch), fam.outputs(s_out), fam.outputs(t_out), Progress(1, 0))
-    expected = direct_a2d(a2d.aam["dec_self"].logits.detach(), s_out.attentions, t_out.attentions,
-                          batch["attention_mask"], causal=True)
+    with torch.no_grad():
+        expected = direct_a2d(a2d.aam["dec_self"].logits, s_out.attentions, t_out.attentions,
+                              batch["attention_mask"], causal=True)
     assert terms["att"].detach().item() == pytest.approx(float(expected), rel=1e-5)
 
 
