@@ -79,11 +79,19 @@ def test_classifier_train_distill_resume_evaluate(tmp_path, glue_mrpc):
     assert (tmp_path / "aam.png").stat().st_size > 1000
 
 
-def test_classifier_refusals_are_one_line(tmp_path, glue_mrpc, capsys):
-    data = tmp_path / "data"
+@pytest.fixture(scope="module")
+def tiny_classifier(tmp_path_factory, glue_mrpc):
+    """A prepared MRPC-layout folder and a 1-layer classifier trained 2 updates on it."""
+    root = tmp_path_factory.mktemp("tiny-classifier")
+    data = root / "data"
     run("prepare-task", "classification", "--glue", glue_mrpc, "--vocab-size", 400, "--max-len", 64, "--out", data)
-    run("train", "--data", data, "--preset", "classifier-teacher", "--out", tmp_path / "t", "max_steps=2",
+    run("train", "--data", data, "--preset", "classifier-teacher", "--out", root / "t", "max_steps=2",
         "encoder_layers=1", *TINY_CLS)
+    return data, root / "t"
+
+
+def test_classifier_refusals_are_one_line(tmp_path, tiny_classifier, capsys):
+    data, teacher = tiny_classifier
     capsys.readouterr()
     for argv, message in [
         (["--method", "a2d", "att_kinds=dec-self"], "method a2d needs dec_self attention, which a bert model lacks"),
@@ -91,7 +99,7 @@ def test_classifier_refusals_are_one_line(tmp_path, glue_mrpc, capsys):
         (["--method", "kd", "decoder_layers=2", "valid_beam=4"],
          "valid_beam=4, decoder_layers=2: not used by a bert (classification) run; drop them"),
     ]:
-        assert main(["distill", "--data", str(data), "--teacher", str(tmp_path / "t"), "--preset",
+        assert main(["distill", "--data", str(data), "--teacher", str(teacher), "--preset",
                      "classifier-student", "--out", str(tmp_path / "s"), *argv, *STUDENT]) == 2
         err = capsys.readouterr().err.strip()
         assert err.count("\n") == 0 and message in err
@@ -190,12 +198,9 @@ def test_a_llama_teacher_you_bring(tmp_path, data_root):
     assert method["kinds"]["dec_self"]["n_student"] == 4 and method["kinds"]["dec_self"]["n_teacher"] == 8
 
 
-def test_evaluate_refuses_translation_options_on_a_classifier(tmp_path, glue_mrpc, capsys):
-    data = tmp_path / "data"
-    run("prepare-task", "classification", "--glue", glue_mrpc, "--vocab-size", 400, "--max-len", 64, "--out", data)
-    run("train", "--data", data, "--preset", "classifier-teacher", "--out", tmp_path / "t", "max_steps=1",
-        "encoder_layers=1", *TINY_CLS)
+def test_evaluate_refuses_translation_options_on_a_classifier(tiny_classifier, capsys):
+    data, teacher = tiny_classifier
     capsys.readouterr()
-    assert main(["evaluate", "--model", str(tmp_path / "t"), "--data", str(data), "--beam", "4"]) == 2
+    assert main(["evaluate", "--model", str(teacher), "--data", str(data), "--beam", "4"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "--beam: decoding options of translation models" in err
