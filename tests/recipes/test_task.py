@@ -5,12 +5,17 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
+import a2d
 from a2d.cli import main
 from a2d.data.corpus import locate_corpus, read_lines
 from a2d.data.tasks import multi30k_pairs
@@ -204,3 +209,24 @@ def test_evaluate_refuses_translation_options_on_a_classifier(tiny_classifier, c
     assert main(["evaluate", "--model", str(teacher), "--data", str(data), "--beam", "4"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "--beam: decoding options of translation models" in err
+
+
+def test_two_processes_distill_a_classifier(tmp_path, tiny_classifier):
+    """The family recipe data-parallel under torch.distributed.run (two CPU processes, gloo): it finishes, only the main
+    process writes, and its validation (each process scoring its share, gathered) covers every dev example once."""
+    data, teacher = tiny_classifier
+    out = tmp_path / "ddp"
+    src = str(Path(a2d.__file__).resolve().parents[1])  # the workers import the code under test
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join([src, os.environ.get("PYTHONPATH", "")])}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29541", "-m",
+           "a2d.cli", "distill", "--data", str(data), "--teacher", str(teacher), "--method", "a2d", "--preset",
+           "classifier-student", "--out", str(out), "max_steps=3", "encoder_layers=1", *STUDENT, "log_every=1"]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["update"] for r in records if r["type"] == "train"] == [1, 2, 3]
+    valid = [r for r in records if r["type"] == "valid"]
+    assert len(valid) == 1 and 0 <= valid[0]["valid_accuracy"] <= 100
+    run("evaluate", "--model", out, "--data", data, "--split", "valid", "--out", tmp_path / "v.json")
+    result = json.loads((tmp_path / "v.json").read_text())
+    assert result["accuracy"] == pytest.approx(valid[0]["valid_accuracy"])  # the gathered score is the whole split's
