@@ -191,21 +191,20 @@ class GPT2(CausalLM):
         return _LiveSlice(attn.c_attn, 2 * attn.embed_dim, attn.embed_dim)
 
 
-class _LiveSlice(nn.Module):
-    """The value third of GPT-2's fused ``c_attn`` (a Conv1D, weight ``(d, 3d)``) read as an ``nn.Linear`` would
-    be (``weight (d, d)``, ``bias (d,)``), sharing the live parameters (gradients flow to them)."""
+class _LiveSlice:
+    """The value third of GPT-2's fused ``c_attn`` (a Conv1D, weight ``(d, 3d)``) read as an ``nn.Linear``'s
+    ``weight (d, d)`` and ``bias (d,)``, sliced from the live parameters at each use (gradients flow to them)."""
 
     def __init__(self, conv, start: int, size: int):
-        super().__init__()
-        self._conv, self._start, self._size = [conv], start, size  # a list: not a submodule
+        self._conv, self._cols = conv, slice(start, start + size)
 
     @property
     def weight(self):
-        return self._conv[0].weight[:, self._start:self._start + self._size].t()
+        return self._conv.weight[:, self._cols].t()
 
     @property
     def bias(self):
-        return self._conv[0].bias[self._start:self._start + self._size]
+        return self._conv.bias[self._cols]
 
 
 class Llama(CausalLM):

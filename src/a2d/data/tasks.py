@@ -32,7 +32,7 @@ import numpy as np
 
 from a2d.data.corpus import locate_corpus, read_lines
 from a2d.errors import UserError
-from a2d.utils import atomic_dir
+from a2d.utils import atomic_dir, read_json, sha256_file
 
 META_FILE = "meta.json"
 SPLIT_NAMES = ("train", "valid", "test")
@@ -274,9 +274,9 @@ def load_task_meta(data_dir: Path | str) -> dict:
     path = Path(data_dir) / META_FILE
     if not path.is_file():
         raise UserError(f"{data_dir}: not a prepared data folder (no {META_FILE}; a2d prepare-task writes one)")
-    meta = json.loads(path.read_text())
-    if meta.get("task") not in ("classification", "lm"):
-        raise UserError(f"{path}: task {meta.get('task')!r} is not classification or lm")
+    meta = read_json(path)
+    if not isinstance(meta, dict) or meta.get("task") not in ("classification", "lm"):
+        raise UserError(f"{path}: not a classification or lm folder's meta (a2d prepare-task writes one)")
     return meta
 
 
@@ -310,14 +310,6 @@ def encode(tokenizer, examples: list[Example], task: str, max_len: int) -> TaskD
             types.append(np.zeros(len(seq), dtype=np.int64))
     labels = np.array([-1 if ex.label is None else ex.label for ex in examples], dtype=np.int64)
     return TaskData(ids, types, labels, {})
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def prepare_task(out_dir: Path | str, task: str, family: str, splits: dict[str, list[Example]], *,
@@ -417,7 +409,7 @@ def prepare_sources(out_dir: Path | str, task: str, family: str | None = None, g
 
 def file_checksums(paths) -> dict:
     """``{name: sha256}`` of source files, for a prepared folder's ``meta.json``."""
-    return {str(p): _sha256(Path(p)) for p in paths}
+    return {str(p): sha256_file(p) for p in paths}
 
 
 __all__ = ["Example", "TaskData", "TokenizerFiles", "GLUE", "METRICS", "read_glue", "glue_task", "multi30k_pairs", "read_text_splits",

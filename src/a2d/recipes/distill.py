@@ -34,9 +34,9 @@ from a2d.models import (build_model, count_parameters, load_model, load_weights,
 from a2d.rundir import BEST, LAST, METHOD_TENSORS, RunDir, TrainState, rng_state
 from a2d.teacher_cache import TeacherCache
 from a2d.tokenizer import collate_ids
-from a2d.training import (RunProgress, apply_update, resume_trainer, RunResult, SavePoints, Throughput, check_data_fits, check_finite, end_of_pass,
-                          inverse_sqrt_schedule, make_accelerator, make_optimizer, micro_batches, model_inputs,
-                          should_stop, start_run, to_device, validate_the_end)
+from a2d.training import (RunProgress, RunResult, SavePoints, Throughput, apply_update, check_data_fits, check_finite,
+                          end_of_pass, inverse_sqrt_schedule, make_accelerator, make_optimizer, micro_batches,
+                          model_inputs, resume_trainer, should_stop, start_run, to_device, validate_the_end)
 from a2d.utils import UserError
 
 

@@ -34,9 +34,9 @@ from a2d.losses import IGNORE, label_smoothed_ce
 from a2d.methods import ATTENTIONS, HIDDEN_STATES, DistillMethod, Progress, get_method
 from a2d.models import check_fit, count_parameters
 from a2d.rundir import BEST, LAST, METHOD_TENSORS, RunDir, TrainState, resolve_model_dir, rng_state
-from a2d.training import (RunProgress, apply_update, resume_trainer, RunResult, SavePoints, Throughput, check_finite, inverse_sqrt_schedule,
-                          make_accelerator, make_optimizer, micro_batches, next_pass, should_stop, start_run,
-                          to_device)
+from a2d.training import (RunProgress, RunResult, SavePoints, Throughput, apply_update, check_finite,
+                          inverse_sqrt_schedule, make_accelerator, make_optimizer, micro_batches, next_pass,
+                          resume_trainer, should_stop, start_run, to_device)
 from a2d.utils import UserError, atomic_write_text
 
 
@@ -153,7 +153,7 @@ def load_family_model(path: Path | str, family: Family | None = None):
     except (OSError, ValueError) as e:
         raise UserError(f"{folder}: cannot read its config.json ({str(e).splitlines()[0]})") from None
     found = family_of(config)
-    if family is not None and found.name != family.name and found.task != family.task:
+    if family is not None and found.task != family.task:
         raise UserError(f"{folder}: a {found.name} model ({found.task}); the data is for {family.task}")
     try:
         model, info = found.model_class.from_pretrained(folder, use_safetensors=True, output_loading_info=True)
