@@ -102,6 +102,10 @@ def test_metrics_log_on_resume_keeps_only_what_the_checkpoint_accounts_for(tmp_p
     path.write_text("".join(json.dumps(x) + "\n" for x in lines))
     MetricsLog(path, True, TrainState(epoch=2, update=4))  # saved after the epoch ended: the valid line stays
     assert json.loads(path.read_text().splitlines()[-1])["type"] == "valid"
+    path.write_text("".join(json.dumps(x) + "\n" for x in lines))
+    # finished mid-epoch at max_steps: the save after that validation accounts for it (a finished run resumed)
+    MetricsLog(path, True, TrainState(epoch=1, update=4, batch_in_epoch=4, finished=True))
+    assert json.loads(path.read_text().splitlines()[-1])["type"] == "valid"
 
 
 def test_damaged_trainer_files_are_one_line_errors(tmp_path):

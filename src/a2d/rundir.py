@@ -372,7 +372,8 @@ class MetricsLog:
 
     On resume, lines that the checkpoint does not account for are dropped, as they will be written again:
     train lines after its update, validation lines of the epoch in progress (a run killed after an epoch's
-    validation but before its end-of-epoch save validates again), and a half-written last line.
+    validation but before its end-of-epoch save validates again), and a half-written last line. A finished
+    checkpoint accounts for its own update's validation (the one at ``max_steps``, mid-epoch).
     """
 
     def __init__(self, path: Path, enabled: bool, resume_state: TrainState | None = None):
@@ -393,7 +394,8 @@ class MetricsLog:
             if not isinstance(record, dict):
                 continue
             if record.get("type") == "valid":
-                keep = record.get("epoch", 0) < resume_state.epoch
+                keep = record.get("epoch", 0) < resume_state.epoch or (
+                    resume_state.finished and record.get("update", 0) <= resume_state.update)
             else:
                 keep = record.get("update", 0) <= resume_state.update
             if keep:

@@ -10,6 +10,7 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 
@@ -327,15 +328,32 @@ def validate(accelerator: Accelerator, model, vocab: Vocabulary, valid, cfg: Con
 
 
 # --------------------------------------------------------------------------------------------- stopping
-def end_of_epoch(state: TrainState, metrics: dict, epoch_done: bool = True) -> bool:
-    """Update the early-stopping record with a validation's BLEU; return whether it is a new best.
+@dataclass
+class Validation:
+    """How a recipe validates: ``run()`` gives the metrics (gathered across processes), ``score`` names the one
+    that chooses ``best/`` (higher is better: BLEU, a task's metric, minus a perplexity), ``describe(result)``
+    words them for the log line."""
+
+    run: Callable[[], dict]
+    score: str = "valid_bleu"
+    describe: Callable[[dict], str] = lambda r: f"valid loss {r['valid_loss']:.3f}, valid BLEU {r['valid_bleu']:.2f}"
+
+
+def translation_validation(accelerator: Accelerator, model, vocab: Vocabulary, valid, cfg: Config) -> Validation:
+    """The translation recipes' validation: :func:`validate` (loss and BLEU), best on BLEU."""
+    return Validation(lambda: validate(accelerator, model, vocab, valid, cfg))
+
+
+def end_of_epoch(state: TrainState, score: float, epoch_done: bool = True) -> bool:
+    """Update the early-stopping record with a validation's score (higher is better); return whether it is a new
+    best (the first validation always is: ``best_epoch`` 0 means none yet, whatever the score's sign).
 
     ``epoch_done=False`` (the validation at the update that spends ``max_steps``, mid-epoch) may set a new
     best but does not count as an epoch for ``patience``.
     """
-    improved = metrics["valid_bleu"] > state.best_bleu
+    improved = state.best_epoch == 0 or score > state.best_bleu
     if improved:
-        state.best_bleu, state.best_epoch, state.bad_epochs = metrics["valid_bleu"], state.epoch, 0
+        state.best_bleu, state.best_epoch, state.bad_epochs = score, state.epoch, 0
     elif epoch_done:
         state.bad_epochs += 1
     return improved
@@ -346,33 +364,32 @@ def budget_spent(state: TrainState, cfg: Config) -> bool:
     return bool(cfg.max_steps) and state.update >= cfg.max_steps
 
 
-def record_validation(accelerator: Accelerator, model, vocab: Vocabulary, valid, cfg: Config, state: TrainState,
-                      metrics, log, epoch_done: bool) -> bool:
-    """Validate (:func:`validate`), update the record (:func:`end_of_epoch`), write the metrics line and say it.
+def record_validation(accelerator: Accelerator, validation: Validation, state: TrainState, metrics, log,
+                      epoch_done: bool) -> bool:
+    """Validate, update the record (:func:`end_of_epoch`), write the metrics line and say it.
 
     Called at every epoch's end and at the update that spends ``max_steps`` (``epoch_done=False`` when that
     update is mid-epoch), so that ``best/`` always holds validated weights. Returns whether the caller
     should save ``best/``.
     """
-    result = validate(accelerator, model, vocab, valid, cfg)
-    improved = end_of_epoch(state, result, epoch_done)
+    result = validation.run()
+    improved = end_of_epoch(state, result[validation.score], epoch_done)
     metrics.write(type="valid", update=state.update, epoch=state.epoch, **result)
     if accelerator.is_main_process:
         where = f"epoch {state.epoch}" if epoch_done else f"epoch {state.epoch} (in progress, max_steps reached)"
-        log(f"{where}: update {state.update}, valid loss {result['valid_loss']:.3f}, "
-            f"valid BLEU {result['valid_bleu']:.2f}" + (" (best)" if improved else ""))
+        log(f"{where}: update {state.update}, {validation.describe(result)}" + (" (best)" if improved else ""))
     return improved
 
 
-def end_of_pass(accelerator: Accelerator, model, vocab: Vocabulary, valid, cfg: Config, state: TrainState, metrics,
-                log, save, epoch_done: bool) -> tuple[str | None, int | None]:
+def end_of_pass(accelerator: Accelerator, validation: Validation, cfg: Config, state: TrainState, metrics, log, save,
+                epoch_done: bool) -> tuple[str | None, int | None]:
     """What follows a pass over an epoch's batches, whole (``epoch_done``) or cut short by ``max_steps``: validate (at
     an epoch's end, and at the update that spends ``max_steps``) and ``save(BEST)`` on a new best, go to the next
     epoch, decide whether to stop, ``save(LAST)``. Returns why the run stops (None: it goes on) and the update it
     validated (None: none)."""
     validated = None
     if epoch_done or budget_spent(state, cfg):
-        if record_validation(accelerator, model, vocab, valid, cfg, state, metrics, log, epoch_done):
+        if record_validation(accelerator, validation, state, metrics, log, epoch_done):
             save(BEST)
         validated = state.update
     return next_pass(state, cfg, save, epoch_done), validated
@@ -390,12 +407,13 @@ def next_pass(state: TrainState, cfg: Config, save, epoch_done: bool) -> str | N
     return stop
 
 
-def validate_the_end(accelerator: Accelerator, model, vocab: Vocabulary, valid, cfg: Config, state: TrainState,
-                     metrics, log, save, validated: int | None) -> None:
-    """A run resumed from a ``last/`` written (``save_every``) at the update that ends it, before its validation:
-    validate it now, so that ``best/`` holds validated weights, and mark it finished."""
-    if validated != state.update and (not state.finished or state.best_bleu < 0):
-        if record_validation(accelerator, model, vocab, valid, cfg, state, metrics, log, epoch_done=False):
+def validate_the_end(accelerator: Accelerator, validation: Validation, state: TrainState, metrics, log, save,
+                     validated: int | None) -> None:
+    """A run resumed from a ``last/`` written (``save_every``, ``save_every_minutes``, a signal) at the update that
+    ends it, before its validation: validate it now, so that ``best/`` holds validated weights, and mark it
+    finished."""
+    if validated != state.update and (not state.finished or state.best_epoch == 0):
+        if record_validation(accelerator, validation, state, metrics, log, epoch_done=False):
             save(BEST)
         state.finished = True
         save(LAST)

@@ -19,6 +19,7 @@ import a2d
 from a2d.cli import main
 from a2d.data.corpus import locate_corpus, read_lines
 from a2d.data.tasks import multi30k_pairs
+from a2d.recipes import task as task_recipe
 
 TINY = ["d_model=32", "ffn_dim=64", "log_every=5", "warmup_updates=10", "max_tokens=1024"]
 TINY_CLS = [*TINY, "encoder_attention_heads=2"]  # a setting of the stack the family has; the other is refused
@@ -93,6 +94,38 @@ def tiny_classifier(tmp_path_factory, glue_mrpc):
     run("train", "--data", data, "--preset", "classifier-teacher", "--out", root / "t", "max_steps=2",
         "encoder_layers=1", *TINY_CLS)
     return data, root / "t"
+
+
+def test_a_family_run_killed_after_its_last_update_validates_on_resume(tmp_path, tiny_classifier, monkeypatch):
+    """last/ written by save_every at the final update, killed in the validation: --resume validates that update,
+    best/ follows, and a finished run resumed again does not validate again (the translation recipes' rule)."""
+    class Killed(BaseException):
+        pass
+
+    def killed(*args, **kwargs):
+        raise Killed()
+
+    data, _ = tiny_classifier
+    out = tmp_path / "t"
+    argv = ["train", "--data", data, "--preset", "classifier-teacher", "--out", out, "max_steps=4", "save_every=2",
+            "encoder_layers=1", *TINY_CLS]
+    with monkeypatch.context() as m:
+        m.setattr(task_recipe, "validate_task", killed)
+        with pytest.raises(Killed):
+            run(*argv)
+    state = json.loads((out / "last" / "trainer" / "state.json").read_text())
+    assert state["update"] == 4 and not state["finished"] and not (out / "best").exists()
+
+    def validations():
+        return [json.loads(x)["update"] for x in (out / "metrics.jsonl").read_text().splitlines() if '"valid"' in x]
+
+    run(*argv, "--resume")
+    state = json.loads((out / "last" / "trainer" / "state.json").read_text())
+    assert state["finished"] and state["best_epoch"] == 1 and validations() == [4]
+    best, last = load_file(out / "best" / "model.safetensors"), load_file(out / "last" / "model.safetensors")
+    assert best.keys() == last.keys() and all(torch.equal(best[k], last[k]) for k in best)
+    run(*argv, "--resume")
+    assert validations() == [4]
 
 
 def test_classifier_refusals_are_one_line(tmp_path, tiny_classifier, capsys):

@@ -114,16 +114,17 @@ def test_a_run_killed_after_its_last_update_validates_on_resume(small_data, tmp_
     again = []
     train(cfg, small_data, run, resume=True, log=again.append)
     assert not [line for line in again if "valid loss" in line] and again[-1] == lines[-1]
+    assert [json.loads(x)["update"] for x in (run / "metrics.jsonl").read_text().splitlines() if '"valid"' in x] == [4]
 
 
 def test_a_mid_epoch_validation_does_not_count_for_patience():
     state = TrainState(best_bleu=10.0, best_epoch=1)
-    assert not end_of_epoch(state, {"valid_bleu": 9.0}, epoch_done=False)
+    assert not end_of_epoch(state, 9.0, epoch_done=False)
     assert state.bad_epochs == 0 and state.best_bleu == 10.0
-    assert not end_of_epoch(state, {"valid_bleu": 9.0})
+    assert not end_of_epoch(state, 9.0)
     assert state.bad_epochs == 1
     state.epoch = 3
-    assert end_of_epoch(state, {"valid_bleu": 11.0}, epoch_done=False)
+    assert end_of_epoch(state, 11.0, epoch_done=False)
     assert (state.best_bleu, state.best_epoch, state.bad_epochs) == (11.0, 3, 0)
 
 

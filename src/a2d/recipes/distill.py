@@ -36,7 +36,8 @@ from a2d.teacher_cache import TeacherCache
 from a2d.tokenizer import collate_ids
 from a2d.training import (RunProgress, RunResult, SavePoints, Throughput, apply_update, check_data_fits, check_finite,
                           end_of_pass, inverse_sqrt_schedule, make_accelerator, make_optimizer, micro_batches,
-                          model_inputs, resume_trainer, should_stop, start_run, to_device, validate_the_end)
+                          model_inputs, resume_trainer, should_stop, start_run, to_device, translation_validation,
+                          validate_the_end)
 from a2d.utils import UserError
 
 
@@ -196,6 +197,7 @@ def distill(cfg: Config, data_dir: Path, out: Path, teacher_path: Path | None, r
     savepoints = SavePoints(cfg, accelerator, run)
     stop = should_stop(state, cfg)
     validated = None  # the update of this process's last validation
+    validation = translation_validation(accelerator, student, vocab, valid_data, cfg)
     with savepoints:
         while stop is None:
             batches = token_batches(train_data.src_lens, train_data.tgt_lens, cfg.max_tokens, shuffle=True,
@@ -241,10 +243,10 @@ def distill(cfg: Config, data_dir: Path, out: Path, teacher_path: Path | None, r
                     break
             bar.close()
             # validation at the epoch's end (or at max_steps), best/, the next epoch, whether to stop, last/
-            stop, checked = end_of_pass(accelerator, student, vocab, valid_data, cfg, state, metrics, log, save,
+            stop, checked = end_of_pass(accelerator, validation, cfg, state, metrics, log, save,
                                         epoch_done=state.batch_in_epoch >= len(batches))
             validated = validated if checked is None else checked
-    validate_the_end(accelerator, student, vocab, valid_data, cfg, state, metrics, log, save, validated)
+    validate_the_end(accelerator, validation, state, metrics, log, save, validated)
     accelerator.wait_for_everyone()
     if main:
         log(f"stopped: {stop}; best valid BLEU {state.best_bleu:.2f} at epoch {state.best_epoch}")

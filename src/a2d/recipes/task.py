@@ -34,9 +34,9 @@ from a2d.losses import IGNORE, label_smoothed_ce
 from a2d.methods import ATTENTIONS, HIDDEN_STATES, DistillMethod, Progress, get_method
 from a2d.models import check_fit, count_parameters
 from a2d.rundir import BEST, LAST, METHOD_TENSORS, RunDir, TrainState, resolve_model_dir, rng_state
-from a2d.training import (RunProgress, RunResult, SavePoints, Throughput, apply_update, check_finite,
-                          inverse_sqrt_schedule, make_accelerator, make_optimizer, micro_batches, next_pass,
-                          resume_trainer, should_stop, start_run, to_device)
+from a2d.training import (RunProgress, RunResult, SavePoints, Throughput, Validation, apply_update, check_finite,
+                          end_of_pass, inverse_sqrt_schedule, make_accelerator, make_optimizer, micro_batches,
+                          resume_trainer, should_stop, start_run, to_device, validate_the_end)
 from a2d.utils import UserError, atomic_write_text
 
 
@@ -335,6 +335,10 @@ def fit_task(cfg: Config, data_dir: Path, out: Path, teacher_path: Path | None =
     progress_line = RunProgress(main, log, int(train_data.lengths.sum()), accelerator.device)
     savepoints = SavePoints(cfg, accelerator, run)
     stop = should_stop(state, cfg)
+    validated = None  # the update of this process's last validation
+    # best_bleu holds the best validation score (higher is better: the task's metric, minus the perplexity)
+    validation = Validation(lambda: validate_task(accelerator, student, family, valid_data, cfg, pad_id), "valid_score",
+                            lambda r: f"valid {score_name} {r['valid_' + score_name]:.2f}")
     with savepoints:
         while stop is None:
             batches = shard_batches(task_batches(train_data, cfg, shuffle=True, epoch=state.epoch),
@@ -374,21 +378,11 @@ def fit_task(cfg: Config, data_dir: Path, out: Path, teacher_path: Path | None =
                 if cfg.max_steps and state.update >= cfg.max_steps:
                     break
             bar.close()
-            epoch_done = state.batch_in_epoch >= len(batches)
-            result = validate_task(accelerator, student, family, valid_data, cfg, pad_id)
-            # best_bleu holds the best validation score (higher is better); best_epoch 0: none yet
-            improved = state.best_epoch == 0 or result["valid_score"] > state.best_bleu
-            if improved:
-                state.best_bleu, state.best_epoch, state.bad_epochs = result["valid_score"], state.epoch, 0
-            elif epoch_done:
-                state.bad_epochs += 1
-            metrics.write(type="valid", update=state.update, epoch=state.epoch, **result)
-            if main:
-                log(f"epoch {state.epoch}: update {state.update}, valid {score_name} "
-                    f"{result['valid_' + score_name]:.2f}" + (" (best)" if improved else ""))
-            if improved:
-                save(BEST)
-            stop = next_pass(state, cfg, save, epoch_done)
+            # validation at the epoch's end (or at max_steps), best/, the next epoch, whether to stop, last/
+            stop, checked = end_of_pass(accelerator, validation, cfg, state, metrics, log, save,
+                                        epoch_done=state.batch_in_epoch >= len(batches))
+            validated = validated if checked is None else checked
+    validate_the_end(accelerator, validation, state, metrics, log, save, validated)
     accelerator.wait_for_everyone()
     if main:
         best = state.best_bleu if task == "classification" else -state.best_bleu

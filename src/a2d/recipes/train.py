@@ -27,7 +27,8 @@ from a2d.rundir import LAST, RunDir, TrainState, rng_state
 from a2d.tokenizer import collate_ids
 from a2d.training import (RunProgress, RunResult, SavePoints, Throughput, apply_update, check_data_fits, check_finite,
                           end_of_pass, inverse_sqrt_schedule, make_accelerator, make_optimizer, micro_batches,
-                          model_inputs, resume_trainer, should_stop, start_run, to_device, validate_the_end)
+                          model_inputs, resume_trainer, should_stop, start_run, to_device, translation_validation,
+                          validate_the_end)
 
 
 def train_step(model, batch: dict, cfg: Config, autocast=contextlib.nullcontext) -> dict[str, torch.Tensor]:
@@ -82,6 +83,7 @@ def train(cfg: Config, data_dir: Path, out: Path, resume: bool = False, log=prin
     savepoints = SavePoints(cfg, accelerator, run)
     stop = should_stop(state, cfg)
     validated = None  # the update of this process's last validation
+    validation = translation_validation(accelerator, model, vocab, valid_data, cfg)
     with savepoints:
         while stop is None:
             batches = token_batches(train_data.src_lens, train_data.tgt_lens, cfg.max_tokens, shuffle=True,
@@ -118,10 +120,10 @@ def train(cfg: Config, data_dir: Path, out: Path, resume: bool = False, log=prin
                     break
             bar.close()
             # validation at the epoch's end (or at max_steps), best/, the next epoch, whether to stop, last/
-            stop, checked = end_of_pass(accelerator, model, vocab, valid_data, cfg, state, metrics, log, save,
+            stop, checked = end_of_pass(accelerator, validation, cfg, state, metrics, log, save,
                                         epoch_done=state.batch_in_epoch >= len(batches))
             validated = validated if checked is None else checked
-    validate_the_end(accelerator, model, vocab, valid_data, cfg, state, metrics, log, save, validated)
+    validate_the_end(accelerator, validation, state, metrics, log, save, validated)
     accelerator.wait_for_everyone()
     if main:
         log(f"stopped: {stop}; best valid BLEU {state.best_bleu:.2f} at epoch {state.best_epoch}")
