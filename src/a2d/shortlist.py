@@ -27,6 +27,7 @@ whole. :class:`a2d.translator.CT2Translator` decodes with it when asked (``a2d t
 from __future__ import annotations
 
 import json
+from importlib.metadata import PackageNotFoundError, version
 from collections.abc import Callable, Iterator
 from datetime import datetime, timezone
 from pathlib import Path
@@ -38,7 +39,7 @@ from a2d.data.prepare import ParallelData
 from a2d.data.vocab import Vocabulary, check_same_vocabulary
 from a2d.defaults import SHORTLIST_FREQUENT, SHORTLIST_TOP_N
 from a2d.errors import BadValue, OutputUnwritable
-from a2d.export import is_exported
+from a2d.export import is_exported, read_settings
 from a2d.utils import UserError, atomic_write_text, check_writable_dir, read_json, sha256_file
 
 VMAP_FILE = "vmap.txt"
@@ -143,6 +144,47 @@ def ct2_vocabularies(folder: Path) -> tuple[list[str], list[str]]:
     return source, target
 
 
+def shifting_tokens(folder: Path, always: set[str]) -> list[str]:
+    """The target pieces whose position in a batch's restricted output layer can change from batch to batch, of
+    those CTranslate2 maps into it (the decoder's start token, ``</s>``, the pieces the export suppresses), given the
+    pieces a map ``always`` allows: a piece after the first one that is not always allowed.
+
+    Such a piece is decoded wrongly after the first batch: CTranslate2 (4.x) keeps the restricted position these
+    pieces had in a translator's first batch for every later one (``Decoder::update_output_layer`` adds to its map
+    from vocabulary ids to restricted ids without clearing it), so a later batch starts the decoder from another
+    piece's embedding, or stops with ``vector::_M_range_check``. a2d's own models start from ``<s>`` among the
+    first ids, which every map allows; OPUS-MT's start from ``<pad>``, the last id."""
+    config = read_json(folder / "config.json", default={}) or {}
+    mapped = {config.get("decoder_start_token"), config.get("eos_token"),
+              *read_settings(folder).get("suppress_tokens", [])}
+    fixed = always | {config.get("unk_token"), config.get("bos_token"), config.get("eos_token")}
+    target = ct2_vocabularies(folder)[1]
+    gap = next((i for i, piece in enumerate(target) if piece not in fixed), len(target))
+    return [piece for i, piece in enumerate(target) if i > gap and piece in mapped]
+
+
+def always_allowed(folder: Path) -> set[str]:
+    """The target pieces the vocabulary map of ``folder`` allows in every batch (its lines with an empty source)."""
+    with open(Path(folder) / VMAP_FILE, encoding="utf-8") as f:
+        return {piece for line in f if line.startswith("\t") for piece in line[1:].split()}
+
+
+def check_batches_decode_alike(folder: Path, always: set[str]) -> None:
+    """Refuse a shortlist CTranslate2 would decode wrongly after a translator's first batch
+    (:func:`shifting_tokens`)."""
+    shifting = shifting_tokens(folder, always)
+    if shifting:
+        try:
+            installed = f"CTranslate2 {version('ctranslate2')}"
+        except PackageNotFoundError:
+            installed = "CTranslate2"
+        raise BadValue("model", folder, f"a shortlist would give it wrong translations: {installed} keeps the "
+                       f"position of {', '.join(shifting)} in a batch's shortened output layer from the first batch "
+                       f"for every later one, and this model's vocabulary puts "
+                       f"{'it' if len(shifting) == 1 else 'them'} after pieces a shortlist leaves out (OPUS-MT's "
+                       "layout: <pad>, the decoder's start token, is the last id); decode it without --shortlist")
+
+
 def _writable(piece: str) -> bool:
     """Whether CTranslate2's reader keeps ``piece`` whole: it splits lines at ``\\n`` and pieces at spaces and tabs."""
     return bool(piece) and not any(c in piece for c in " \t\n\r")
@@ -213,6 +255,7 @@ def write_shortlist(data_dir: Path | str, model: Path | str, top_n: int = DEFAUL
     rows, targets = lexical_table(src, tgt, len(src_pieces), len(tgt_pieces), top_n)
     specials = [vocab.pad_id, vocab.unk_id, vocab.decoder_start_id, vocab.eos_id]
     always = [*specials, *frequent_targets(train.tgt_tokens, len(tgt_pieces), frequent).tolist()]
+    check_batches_decode_alike(model, {tgt_pieces[i] for i in always})
     text, lines = vmap_text(rows, targets, always, src_pieces, tgt_pieces)
     info = {"format": 1, "score": "dice", "top_n": top_n, "frequent": frequent, "always": len(set(always)),
             "source_lines": lines, "data": str(data_dir.resolve()), "train_pairs": len(train),
@@ -274,4 +317,5 @@ def describe(folder: Path | str) -> str | None:
 
 
 __all__ = ["write_shortlist", "lexical_table", "cooccurrences", "frequent_targets", "vmap_text", "coverage",
-           "describe", "ct2_vocabularies", "VMAP_FILE", "INFO_FILE", "DEFAULT_TOP_N", "DEFAULT_FREQUENT"]
+           "describe", "ct2_vocabularies", "shifting_tokens", "check_batches_decode_alike", "always_allowed",
+           "VMAP_FILE", "INFO_FILE", "DEFAULT_TOP_N", "DEFAULT_FREQUENT"]

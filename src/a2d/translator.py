@@ -33,7 +33,7 @@ from a2d.data.vocab import Vocabulary
 from a2d.errors import BadValue
 from a2d.export import is_exported, read_settings, require_ctranslate2
 from a2d.models import load_model, recorded_beam, resolve_model_dir
-from a2d.shortlist import VMAP_FILE
+from a2d.shortlist import VMAP_FILE, always_allowed, check_batches_decode_alike
 from a2d.shortlist import describe as describe_shortlist
 from a2d.utils import UserError, read_json
 
@@ -217,6 +217,8 @@ class CT2Translator(BatchTranslator):
         if shortlist and self.shortlist is None:
             raise BadValue("shortlist", True, f"{self.folder} has no {VMAP_FILE}; make one with `a2d shortlist "
                            f"--data DATA --model {self.folder}`")
+        if shortlist:  # a map made before a2d refused such models, or by hand
+            check_batches_decode_alike(self.folder, always_allowed(self.folder))
         self.vocab = Vocabulary.load(self.folder)
         try:
             self.translator = ctranslate2.Translator(str(self.folder), device=device, compute_type=compute_type,
