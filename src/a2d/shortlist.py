@@ -182,7 +182,7 @@ def check_batches_decode_alike(folder: Path, always: set[str]) -> None:
                        f"position of {', '.join(shifting)} in a batch's shortened output layer from the first batch "
                        f"for every later one, and this model's vocabulary puts "
                        f"{'it' if len(shifting) == 1 else 'them'} after pieces a shortlist leaves out (OPUS-MT's "
-                       "layout: <pad>, the decoder's start token, is the last id); decode it without --shortlist")
+                       "layout: <pad>, the decoder's start token, is the last id); decode it without a shortlist")
 
 
 def _writable(piece: str) -> bool:
