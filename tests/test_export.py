@@ -147,15 +147,22 @@ def test_two_vocabulary_export_matches_hugging_face(tmp_path):
     """A Marian folder with separate source and target vocabularies (vocab.json and target_vocab.json, as
     OPUS-MT's two-vocabulary models): CTranslate2 gets each side's own, and the float32 export decodes as
     Hugging Face does, string for string."""
-    from a2d.translator import CT2Translator
     from a2d.export import export
+    from a2d.shortlist import ct2_vocabularies
+    from a2d.translator import CT2Translator
 
     # large random weights, so that the output depends on the source (at init_std 0.02 every source gives one)
     teacher = hub_folder(tmp_path / "teacher", separate_vocabs=True, init_std=0.5)
     export(teacher, tmp_path / "ct2", quantization="float32", log=lambda *a: None)
-    for hf_name, ct2_name in (("vocab.json", "source_vocabulary.json"), ("target_vocab.json", "target_vocabulary.json")):
-        pieces = json.loads((teacher / hf_name).read_text(encoding="utf-8"))
-        assert json.loads((tmp_path / "ct2" / ct2_name).read_text(encoding="utf-8")) == sorted(pieces, key=pieces.get)
+    # each side's own pieces; the target's with </s> and <pad> (the decoder's start) first, for the shortlist
+    # (export.front_order), which ct2_vocabularies undoes
+    in_model_order = ct2_vocabularies(tmp_path / "ct2")
+    for side, (hf_name, ct2_name) in enumerate((("vocab.json", "source_vocabulary.json"),
+                                                ("target_vocab.json", "target_vocabulary.json"))):
+        pieces = sorted((p := json.loads((teacher / hf_name).read_text(encoding="utf-8"))), key=p.get)
+        assert in_model_order[side] == pieces
+        stored = json.loads((tmp_path / "ct2" / ct2_name).read_text(encoding="utf-8"))
+        assert stored == (pieces if side == 0 else ["</s>", "<pad>", *pieces[1:-1]])
     assert json.loads((tmp_path / "ct2" / "a2d_export.json").read_text())["suppress_tokens"] == ["<pad>"]
     model, vocab = load_model(teacher)
     sources = corpus_text(40)[0]

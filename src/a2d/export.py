@@ -114,6 +114,15 @@ def _loader_class():
             bias = getattr(model, "final_logits_bias", None)
             bias = bias.detach().squeeze(0).clone() if bias is not None else torch.zeros(model.lm_head.out_features)
             bias[suppressed_ids(model)] = SUPPRESSED_BIAS  # never generated, without suppress_sequences
+            self.order, self.shared = front_order(model), shares_vocabulary(model)
+            if self.order is not None:  # the pieces CTranslate2 maps under a shortlist first (front_order)
+                index = torch.tensor(self.order)
+                spec.decoder.embeddings.weight = spec.decoder.embeddings.weight.detach()[index]
+                spec.decoder.projection.weight = spec.decoder.projection.weight.detach()[index]
+                bias = bias[index]
+                if self.shared:  # one vocabulary: the source side in the same order (still one embedding stored)
+                    for embeddings in spec.encoder.embeddings:
+                        embeddings.weight = embeddings.weight.detach()[index]
             if bias.nonzero().numel() != 0:
                 spec.decoder.projection.bias = bias
             return spec
@@ -135,7 +144,12 @@ def _loader_class():
                                  f"embedding {rows}; CTranslate2 needs one target vocabulary for both")
             target = tokenizer.target_encoder if tokenizer.separate_vocabs else tokenizer.get_vocab()
             source_rows = model.model.encoder.embed_tokens.weight.shape[0]
-            return _tokens(tokenizer.get_vocab(), source_rows), _tokens(target, rows)
+            source, target = _tokens(tokenizer.get_vocab(), source_rows), _tokens(target, rows)
+            if self.order is not None:
+                target = [target[i] for i in self.order]
+                if self.shared:
+                    source = [source[i] for i in self.order]
+            return source, target
 
         def set_vocabulary(self, spec, tokens):
             source, target = tokens
@@ -143,6 +157,39 @@ def _loader_class():
             spec.register_target_vocabulary(target)  # one list for both when they are equal: shared_vocabulary.json
 
     return _MarianAsHuggingFace
+
+
+def shares_vocabulary(model) -> bool:
+    """Whether the source and target sides are one vocabulary with one embedding (a2d's models, OPUS-MT's joint
+    ones)."""
+    config = model.config
+    return bool(getattr(config, "share_encoder_decoder_embeddings", True)) and (
+        model.model.encoder.embed_tokens.weight.shape[0] == model.lm_head.weight.shape[0])
+
+
+def front_ids(model) -> list[int]:
+    """The target ids CTranslate2 maps into a batch's shortened output layer under a vocabulary map: the decoder's
+    start token, ``</s>``, ``<pad>`` and the suppressed ids."""
+    config, rows = model.config, model.lm_head.weight.shape[0]
+    ids = (config.decoder_start_token_id, config.eos_token_id, config.pad_token_id, *suppressed_ids(model))
+    return sorted({int(i) for i in ids if i is not None and 0 <= int(i) < rows})
+
+
+def front_order(model) -> list[int] | None:
+    """The order of the target ids in the export (``order[j]``: the model's id at CTranslate2's id ``j``): the
+    :func:`front_ids` first, then the rest in the model's order; None where they are first already (a2d's models).
+
+    Under a vocabulary map CTranslate2 (4.x) keeps the shortened-layer position these pieces had in a translator's
+    first batch for every later batch (``Decoder::update_output_layer`` adds to its id map without clearing it).
+    Ahead of every other piece, and always allowed by the map, their positions are the same in every batch, so the
+    defect cannot act; in OPUS-MT's layout (``<pad>``, the decoder's start token, is the last id) it gives wrong
+    translations after the first batch. Pieces, not ids, cross the CTranslate2 interface, so the order is invisible
+    to a2d and to plain ``ctranslate2`` users; ``a2d_export.json`` records the moved ids (``front_ids``)."""
+    front = front_ids(model)
+    if front == list(range(len(front))):
+        return None
+    moved = set(front)
+    return front + [i for i in range(model.lm_head.weight.shape[0]) if i not in moved]
 
 
 def suppressed_ids(model) -> list[int]:
@@ -215,6 +262,9 @@ def export(model_path: Path | str, out: Path | str, quantization: str = "int8", 
         "beam": recorded_beam(model_dir) or DEFAULT_BEAM,
         # Hugging Face ends a hypothesis that reaches the length limit with a forced </s>, one token early
         "forced_eos": model.generation_config.forced_eos_token_id is not None,
+        # CTranslate2's target ids: these model ids first, then the rest in order (front_order; absent: the model's)
+        "front_ids": front_ids(model) if front_order(model) is not None else None,
+        "shared_vocabulary": shares_vocabulary(model),
         "ctranslate2_version": ctranslate2.__version__,
         "a2d_version": a2d.__version__,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),

@@ -126,7 +126,28 @@ def frequent_targets(tgt_tokens: np.ndarray, tgt_size: int, k: int) -> np.ndarra
 
 # =============================================================================================== the file
 def ct2_vocabularies(folder: Path) -> tuple[list[str], list[str]]:
-    """The source and target pieces of a CTranslate2 model folder, in id order (what its vocabulary files hold)."""
+    """The source and target pieces of an exported model, in the model's id order (the ids of data prepared with
+    its tokenizer): its vocabulary files, with the ids the export moved first (``front_ids`` in ``a2d_export.json``,
+    :func:`a2d.export.front_order`) put back."""
+    source, target = ct2_files_vocabularies(folder)
+    settings = read_settings(folder) if is_exported(folder) else {}
+    front = settings.get("front_ids")
+    if not front:
+        return source, target
+    moved = set(front)
+
+    def model_order(pieces: list[str]) -> list[str]:
+        order = front + [i for i in range(len(pieces)) if i not in moved]
+        back = [""] * len(pieces)
+        for j, i in enumerate(order):
+            back[i] = pieces[j]
+        return back
+
+    return (model_order(source) if settings.get("shared_vocabulary") else source), model_order(target)
+
+
+def ct2_files_vocabularies(folder: Path) -> tuple[list[str], list[str]]:
+    """The source and target pieces of a CTranslate2 model folder, in CTranslate2's id order (its vocabulary files)."""
     def read(names: tuple[str, ...]) -> list[str] | None:
         for name in names:
             value = read_json(folder / name, hint="export the model again")
@@ -158,7 +179,7 @@ def shifting_tokens(folder: Path, always: set[str]) -> list[str]:
     mapped = {config.get("decoder_start_token"), config.get("eos_token"),
               *read_settings(folder).get("suppress_tokens", [])}
     fixed = always | {config.get("unk_token"), config.get("bos_token"), config.get("eos_token")}
-    target = ct2_vocabularies(folder)[1]
+    target = ct2_files_vocabularies(folder)[1]
     gap = next((i for i, piece in enumerate(target) if piece not in fixed), len(target))
     return [piece for i, piece in enumerate(target) if i > gap and piece in mapped]
 
@@ -253,7 +274,9 @@ def write_shortlist(data_dir: Path | str, model: Path | str, top_n: int = DEFAUL
             raise BadValue("data_dir", data_dir, f"its {side} ids go up to {int(tokens.max())}, past the {len(pieces)} "
                            "pieces of {model}'s vocabulary; prepare the data with the model's tokenizer", model=model)
     rows, targets = lexical_table(src, tgt, len(src_pieces), len(tgt_pieces), top_n)
-    specials = [vocab.pad_id, vocab.unk_id, vocab.decoder_start_id, vocab.eos_id]
+    suppressed = set(read_settings(model).get("suppress_tokens", []))
+    specials = [vocab.pad_id, vocab.unk_id, vocab.decoder_start_id, vocab.eos_id,
+                *(i for i, piece in enumerate(tgt_pieces) if piece in suppressed)]
     always = [*specials, *frequent_targets(train.tgt_tokens, len(tgt_pieces), frequent).tolist()]
     check_batches_decode_alike(model, {tgt_pieces[i] for i in always})
     text, lines = vmap_text(rows, targets, always, src_pieces, tgt_pieces)
@@ -317,5 +340,5 @@ def describe(folder: Path | str) -> str | None:
 
 
 __all__ = ["write_shortlist", "lexical_table", "cooccurrences", "frequent_targets", "vmap_text", "coverage",
-           "describe", "ct2_vocabularies", "shifting_tokens", "check_batches_decode_alike", "always_allowed",
-           "VMAP_FILE", "INFO_FILE", "DEFAULT_TOP_N", "DEFAULT_FREQUENT"]
+           "describe", "ct2_vocabularies", "ct2_files_vocabularies", "shifting_tokens", "check_batches_decode_alike",
+           "always_allowed", "VMAP_FILE", "INFO_FILE", "DEFAULT_TOP_N", "DEFAULT_FREQUENT"]
