@@ -175,9 +175,22 @@ def front_ids(model) -> list[int]:
     return sorted({int(i) for i in ids if i is not None and 0 <= int(i) < rows})
 
 
+def ct2_order(front: list[int], size: int) -> list[int]:
+    """CTranslate2's id order of an export that moved ``front`` first (``order[j]``: the model's id at CTranslate2's
+    id ``j``): ``front``, then the other ids of ``range(size)`` in the model's order."""
+    moved = set(front)
+    return front + [i for i in range(size) if i not in moved]
+
+
+def moved_ids(model) -> list[int] | None:
+    """The :func:`front_ids` the export moves first; None where they are first already (a2d's models)."""
+    front = front_ids(model)
+    return None if front == list(range(len(front))) else front
+
+
 def front_order(model) -> list[int] | None:
-    """The order of the target ids in the export (``order[j]``: the model's id at CTranslate2's id ``j``): the
-    :func:`front_ids` first, then the rest in the model's order; None where they are first already (a2d's models).
+    """The order of the target ids in the export (:func:`ct2_order`): the :func:`front_ids` first, then the rest in
+    the model's order; None where they are first already (a2d's models).
 
     Under a vocabulary map CTranslate2 (4.x) keeps the shortened-layer position these pieces had in a translator's
     first batch for every later batch (``Decoder::update_output_layer`` adds to its id map without clearing it).
@@ -185,11 +198,8 @@ def front_order(model) -> list[int] | None:
     defect cannot act; in OPUS-MT's layout (``<pad>``, the decoder's start token, is the last id) it gives wrong
     translations after the first batch. Pieces, not ids, cross the CTranslate2 interface, so the order is invisible
     to a2d and to plain ``ctranslate2`` users; ``a2d_export.json`` records the moved ids (``front_ids``)."""
-    front = front_ids(model)
-    if front == list(range(len(front))):
-        return None
-    moved = set(front)
-    return front + [i for i in range(model.lm_head.weight.shape[0]) if i not in moved]
+    front = moved_ids(model)
+    return None if front is None else ct2_order(front, model.lm_head.weight.shape[0])
 
 
 def suppressed_ids(model) -> list[int]:
@@ -263,7 +273,7 @@ def export(model_path: Path | str, out: Path | str, quantization: str = "int8", 
         # Hugging Face ends a hypothesis that reaches the length limit with a forced </s>, one token early
         "forced_eos": model.generation_config.forced_eos_token_id is not None,
         # CTranslate2's target ids: these model ids first, then the rest in order (front_order; absent: the model's)
-        "front_ids": front_ids(model) if front_order(model) is not None else None,
+        "front_ids": moved_ids(model),
         "shared_vocabulary": shares_vocabulary(model),
         "ctranslate2_version": ctranslate2.__version__,
         "a2d_version": a2d.__version__,

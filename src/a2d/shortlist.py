@@ -27,9 +27,9 @@ whole. :class:`a2d.translator.CT2Translator` decodes with it when asked (``a2d t
 from __future__ import annotations
 
 import json
-from importlib.metadata import PackageNotFoundError, version
 from collections.abc import Callable, Iterator
 from datetime import datetime, timezone
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 import numpy as np
@@ -39,7 +39,7 @@ from a2d.data.prepare import ParallelData
 from a2d.data.vocab import Vocabulary, check_same_vocabulary
 from a2d.defaults import SHORTLIST_FREQUENT, SHORTLIST_TOP_N
 from a2d.errors import BadValue, OutputUnwritable
-from a2d.export import is_exported, read_settings
+from a2d.export import ct2_order, is_exported, read_settings
 from a2d.utils import UserError, atomic_write_text, check_writable_dir, read_json, sha256_file
 
 VMAP_FILE = "vmap.txt"
@@ -134,12 +134,10 @@ def ct2_vocabularies(folder: Path) -> tuple[list[str], list[str]]:
     front = settings.get("front_ids")
     if not front:
         return source, target
-    moved = set(front)
 
     def model_order(pieces: list[str]) -> list[str]:
-        order = front + [i for i in range(len(pieces)) if i not in moved]
         back = [""] * len(pieces)
-        for j, i in enumerate(order):
+        for j, i in enumerate(ct2_order(front, len(pieces))):
             back[i] = pieces[j]
         return back
 
