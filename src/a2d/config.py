@@ -105,7 +105,8 @@ class Config:
     max_steps: int = _f(0, "updates at most; 0 means no limit", low=0)
     patience: int = _f(10, "stop after this many epochs without a better validation BLEU; 0 disables", low=0)
     seed: int = _f(1, "random seed (weights, batch order, dropout)")
-    precision: str = _f("auto", "mixed precision: auto (bf16 on a capable GPU, else fp32), no, bf16, fp16",
+    precision: str = _f("auto", "mixed precision: auto (bf16 on a capable GPU, else fp32), no, bf16 (a GPU, or a CPU "
+                        "with AVX512-BF16 or AMX), fp16 (a GPU)",
                         choices=("auto", "no", "bf16", "fp16"))
     log_every: int = _f(50, "write a metrics line every N updates", low=1)
     save_every: int = _f(0, "also save last/ every N updates (0: at epoch ends only)", low=0)

@@ -16,6 +16,7 @@ from functools import partial
 
 import torch
 from accelerate import Accelerator
+from accelerate.state import AcceleratorState
 from accelerate.utils import gather_object
 
 from a2d.config import Config
@@ -41,16 +42,32 @@ class RunResult:
 def make_accelerator(cfg: Config) -> Accelerator:
     """Accelerate handles devices, data-parallel gradient sync and mixed precision.
 
-    ``precision=auto`` takes bf16 on a GPU that supports it and full fp32 on a CPU. The process's memory
-    allocator is left alone: the ``a2d`` command keeps large CPU tensors in the heap, a library caller opts
-    in with :func:`a2d.allocator.keep_large_allocations`.
+    ``precision=auto`` takes bf16 on a GPU that supports it and full fp32 on a CPU. ``precision=bf16`` on a
+    CPU is an explicit choice (it changes the numbers): bf16 autocast through oneDNN, which needs a CPU with
+    bf16 instructions (AVX512-BF16 or AMX). fp16 autocast needs a GPU. The process's memory allocator is left
+    alone: the ``a2d`` command keeps large CPU tensors in the heap, a library caller opts in with
+    :func:`a2d.allocator.keep_large_allocations`.
     """
     precision = cfg.precision
+    gpu = torch.cuda.is_available()
     if precision == "auto":
-        precision = "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
-    if precision != "no" and not torch.cuda.is_available():
-        raise UserError(f"precision={precision}: mixed precision needs a GPU; use precision=no or auto on a CPU")
-    return Accelerator(mixed_precision=precision, cpu=not torch.cuda.is_available())
+        precision = "bf16" if gpu and torch.cuda.is_bf16_supported() else "no"
+    if precision == "fp16" and not gpu:
+        raise UserError("precision=fp16: fp16 mixed precision needs a GPU; use precision=no, auto, or bf16 on a CPU "
+                        "with bf16 instructions")
+    if precision == "bf16" and not gpu and not cpu_bf16_supported():
+        raise UserError("precision=bf16: this CPU has no bf16 instructions (AVX512-BF16 or AMX); use precision=no "
+                        "or auto")
+    # Accelerate keeps one precision per process; recipes run in turn in one process (a grid's teacher, then its
+    # students) each take their own. The process group (PartialState) is kept.
+    if AcceleratorState._shared_state.get("_mixed_precision", precision) != precision:
+        AcceleratorState._reset_state()
+    return Accelerator(mixed_precision=precision, cpu=not gpu)
+
+
+def cpu_bf16_supported() -> bool:
+    """Whether oneDNN runs bf16 natively on this CPU (AVX512-BF16 or AMX), where bf16 autocast pays."""
+    return torch.backends.mkldnn.is_available() and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
 
 
 def make_optimizer(cfg: Config, param_groups: list[dict]) -> torch.optim.Optimizer:

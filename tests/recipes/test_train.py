@@ -210,3 +210,16 @@ def test_the_first_updates_say_the_rate_the_epoch_time_and_the_memory(small_data
     assert lines.index(epoch) < lines.index(first)
     assert re.search(r"an epoch: [\d,]+ target tokens in [\d,]+ batches \([\d,]+ updates\); memory now [\d.]+ GiB", epoch)
     assert re.search(r"[\d,]+ target tokens/s, about [\d.,]+ min per epoch; peak memory [\d.]+ GiB resident", first)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="CPU bf16 autocast")
+def test_bf16_training_on_a_cpu_learns_and_keeps_fp32_weights(small_data, tmp_path, monkeypatch):
+    """The whole recipe under CPU bf16 autocast (forced on, whatever this CPU's instructions): the loss
+    falls, and the saved weights stay fp32."""
+    monkeypatch.setattr(training, "cpu_bf16_supported", lambda: True)
+    run = tmp_path / "bf16"
+    train(load_config("tiny-student", TINY + ["max_epochs=2", "precision=bf16"]), small_data, run, log=quiet)
+    valid = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()
+             if json.loads(line)["type"] == "valid"]
+    assert len(valid) == 2 and valid[1]["valid_loss"] < valid[0]["valid_loss"]
+    assert {t.dtype for t in load_file(run / "best" / "model.safetensors").values()} == {torch.float32}
