@@ -34,11 +34,13 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--max-tokens", type=int, default=2048)
+    parser.add_argument("--precision", default="auto", choices=["auto", "no", "bf16", "fp16"],
+                        help="the recipes' precision setting (auto: bf16 on a capable GPU, fp32 on a CPU)")
     parser.add_argument("--profile", nargs="*", default=[], metavar="RUN", help="also profile these methods")
     parser.add_argument("--out", required=True, help="path prefix for .json and .md")
     args = parser.parse_args()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    overrides = [f"max_tokens={args.max_tokens}"]
+    overrides = [f"max_tokens={args.max_tokens}", f"precision={args.precision}"]
     batches, per_epoch = tp.load_batches(Path(args.data), args.max_tokens, args.warmup + args.batches, device)
     vocab_size = len(Vocabulary.load(args.data))
     variants = [tp.student_step_variant(args.student, overrides, vocab_size, device),
@@ -48,7 +50,7 @@ def main() -> None:
     tp.measure(variants, batches, args.warmup, args.rounds, device)
     tokens = sum(int(b["ntokens"]) for b in batches[args.warmup:])
     info = {"hardware": hardware(), "commit": git_commit(), "torch": torch.__version__,
-            "command": " ".join([Path(sys.argv[0]).as_posix(), *sys.argv[1:]]), "max_tokens": args.max_tokens,
+            "command": " ".join([Path(sys.argv[0]).as_posix(), *sys.argv[1:]]), "max_tokens": args.max_tokens, "precision": args.precision,
             "batches": args.batches, "tokens": tokens, "rounds": args.rounds,
             "memory": "GPU peak allocation" if device.type == "cuda" else "CPU peak resident set",
             "rows": tp.rows(variants, tokens),

@@ -78,10 +78,14 @@ def _sync(device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _autocast(device):
-    if device.type == "cuda" and torch.cuda.is_bf16_supported():
-        return lambda: torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext
+def _autocast(device, precision: str = "auto"):
+    """The autocast the recipes run under at ``precision`` (the rules of :func:`a2d.training.make_accelerator`)."""
+    if precision == "auto":
+        precision = "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "no"
+    if precision == "no":
+        return contextlib.nullcontext
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+    return lambda: torch.autocast(device.type, dtype=dtype)
 
 
 def _update(optimizer, loss: torch.Tensor, params, clip_norm: float) -> None:
@@ -97,7 +101,7 @@ def student_step_variant(preset: str, overrides: list[str], vocab_size: int, dev
     model = build_model(cfg, vocab_size, seed=1).to(device).train()
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = make_optimizer(cfg, [{"params": params}])
-    autocast = _autocast(device)
+    autocast = _autocast(device, cfg.precision)
 
     def run(batch, i):
         _update(optimizer, train_step(model, batch, cfg, autocast)["loss"], params, cfg.clip_norm)
@@ -108,7 +112,7 @@ def student_step_variant(preset: str, overrides: list[str], vocab_size: int, dev
 def teacher_forward_variant(preset: str, overrides: list[str], vocab_size: int, device) -> Variant:
     cfg = load_config(preset, overrides)
     teacher = build_model(cfg, vocab_size, seed=2).to(device).eval().requires_grad_(False)
-    autocast = _autocast(device)
+    autocast = _autocast(device, cfg.precision)
 
     def run(batch, i):
         with torch.inference_mode(), autocast():
@@ -138,7 +142,7 @@ def method_variant(method_name: str, teacher_preset: str, student_preset: str, o
         groups.append({"params": extra, "weight_decay": 0.0, "lr": cfg.aam_lr or cfg.lr})
     optimizer = make_optimizer(cfg, groups)
     params = [p for g in groups for p in g["params"]]
-    autocast = _autocast(device)
+    autocast = _autocast(device, cfg.precision)
 
     def run(batch, i):
         progress = Progress(epoch=1, update=i, updates_per_epoch=updates_per_epoch)
@@ -221,6 +225,7 @@ def markdown(info: dict) -> str:
     lines = [f"Training throughput, {info['hardware']}, commit {info['commit']}, torch {info['torch']}, "
              f"max_tokens {info['max_tokens']}, {info['batches']} batches ({info['tokens']:,} target tokens) "
              f"x {info['rounds']} rounds, median"
+             + (f", precision {info['precision']}" if "precision" in info else "")
              + (f", allocator: {info['allocator']}" if "allocator" in info else ""),
              "", f"`{info['command']}`", "",
              "| run | model | teacher | target tokens/s | vs. No KD | bound tokens/s | over the bound | peak memory |",
