@@ -50,7 +50,8 @@ def main() -> None:
     tp.measure(variants, batches, args.warmup, args.rounds, device)
     tokens = sum(int(b["ntokens"]) for b in batches[args.warmup:])
     info = {"hardware": hardware(), "commit": git_commit(), "torch": torch.__version__,
-            "command": " ".join([Path(sys.argv[0]).as_posix(), *sys.argv[1:]]), "max_tokens": args.max_tokens, "precision": args.precision,
+            "command": " ".join([Path(sys.argv[0]).as_posix(), *sys.argv[1:]]), "max_tokens": args.max_tokens,
+            "precision": args.precision,
             "batches": args.batches, "tokens": tokens, "rounds": args.rounds,
             "memory": "GPU peak allocation" if device.type == "cuda" else "CPU peak resident set",
             "rows": tp.rows(variants, tokens),
