@@ -48,7 +48,16 @@ def make_accelerator(cfg: Config) -> Accelerator:
     alone: the ``a2d`` command keeps large CPU tensors in the heap, a library caller opts in with
     :func:`a2d.allocator.keep_large_allocations`.
     """
-    precision = cfg.precision
+    precision = resolve_precision(cfg.precision)
+    # Accelerate keeps one precision per process; recipes run in turn in one process (a grid's teacher, then its
+    # students) each take their own. The process group (PartialState) is kept.
+    if AcceleratorState._shared_state.get("_mixed_precision", precision) != precision:
+        AcceleratorState._reset_state()
+    return Accelerator(mixed_precision=precision, cpu=not torch.cuda.is_available())
+
+
+def resolve_precision(precision: str) -> str:
+    """``precision`` as it runs here (``auto`` resolved), or a :class:`UserError` where this device cannot run it."""
     gpu = torch.cuda.is_available()
     if precision == "auto":
         precision = "bf16" if gpu and torch.cuda.is_bf16_supported() else "no"
@@ -58,11 +67,7 @@ def make_accelerator(cfg: Config) -> Accelerator:
     if precision == "bf16" and not gpu and not cpu_bf16_supported():
         raise UserError("precision=bf16: this CPU has no bf16 instructions (AVX512-BF16 or AMX); use precision=no "
                         "or auto")
-    # Accelerate keeps one precision per process; recipes run in turn in one process (a grid's teacher, then its
-    # students) each take their own. The process group (PartialState) is kept.
-    if AcceleratorState._shared_state.get("_mixed_precision", precision) != precision:
-        AcceleratorState._reset_state()
-    return Accelerator(mixed_precision=precision, cpu=not gpu)
+    return precision
 
 
 def cpu_bf16_supported() -> bool:

@@ -4,6 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from a2d import training
 from a2d.experiments import throughput as tp
 
 cpu = torch.device("cpu")
@@ -15,7 +16,8 @@ def _dtype(autocast) -> torch.dtype:
 
 
 @pytest.mark.parametrize("precision, dtype", [("no", torch.float32), ("bf16", torch.bfloat16)])
-def test_the_timed_step_runs_at_the_asked_precision(precision, dtype):
+def test_the_timed_step_runs_at_the_asked_precision(precision, dtype, monkeypatch):
+    monkeypatch.setattr(training, "cpu_bf16_supported", lambda: True)
     assert _dtype(tp._autocast(cpu, precision)) == dtype
 
 

@@ -38,7 +38,7 @@ from a2d.recipes.distill import distill_step
 from a2d.recipes.train import train_step
 from a2d.settings import load_config
 from a2d.tokenizer import collate_ids
-from a2d.training import make_optimizer, model_inputs, to_device
+from a2d.training import make_optimizer, model_inputs, resolve_precision, to_device
 
 STUDENT_STEP, TEACHER_FORWARD = "student step", "teacher forward"
 
@@ -79,9 +79,8 @@ def _sync(device) -> None:
 
 
 def _autocast(device, precision: str = "auto"):
-    """The autocast the recipes run under at ``precision`` (the rules of :func:`a2d.training.make_accelerator`)."""
-    if precision == "auto":
-        precision = "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "no"
+    """The autocast the recipes run under at ``precision`` (:func:`a2d.training.resolve_precision`)."""
+    precision = resolve_precision(precision)
     if precision == "no":
         return contextlib.nullcontext
     dtype = torch.bfloat16 if precision == "bf16" else torch.float16
