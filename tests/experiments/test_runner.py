@@ -209,3 +209,47 @@ def test_kd_cache_cells_train_from_a_cache_the_runner_builds(tmp_path, data_root
     dry_run(load_grid(grid_file), runs, results, None, log=lines.append)
     assert sum("(built)" in x for x in lines) == 2
 
+
+
+def test_a_finished_teacher_goes_on_when_the_grid_raises_its_budget(tmp_path, data_root):
+    """A teacher that ended at max_epochs goes on from its last checkpoint when the grid raises max_epochs: it is the
+    teacher trained for the new budget from the start, bit for bit, scored and stored again. Once a student was
+    distilled from it, raising the budget again is refused."""
+    def teacher(epochs):
+        return {"preset": "tiny-teacher", "overrides": ["encoder_layers=2", "decoder_layers=2", "d_model=32",
+                                                        "ffn_dim=64", "max_tokens=8192", f"max_epochs={epochs}",
+                                                        "warmup_updates=10", "lr=3e-3", "valid_max_sentences=20"]}
+
+    runs, results = tmp_path / "runs", tmp_path / "results"
+    grid = lambda epochs, name="long": smoke_variant(tmp_path, name, store_teachers=True, teacher=teacher(epochs),
+                                                     methods={"kd": {"method": "kd"}})
+    argv = lambda path, *extra: [str(path), "--runs-dir", str(runs), "--results-dir", str(results), *extra]
+    assert reproduce(argv(grid(1), "--only", "de-en/teacher")) == 0
+    run = runs / "long" / "de-en" / "teacher"
+    first = json.loads((run / "cell.json").read_text())
+    assert first["valid_epochs"] == 1
+
+    lines = []
+    dry_run(load_grid(grid(2)), runs, results, ["de-en/teacher"], log=lines.append)
+    assert any("de-en/teacher" in x and "to go on (max_epochs 1 -> 2)" in x for x in lines), lines
+    assert reproduce(argv(grid(2), "--only", "de-en/teacher")) == 0
+    cell = json.loads((run / "cell.json").read_text())
+    assert cell["valid_epochs"] == 2 and cell["valid_curve"][0] == first["valid_curve"][0] and len(cell["pieces"]) == 2
+    assert yaml.safe_load((run / "config.yaml").read_text())["max_epochs"] == 2
+    stored = json.loads((results / "quality-long-teachers" / "de-en" / "teacher.json").read_text())
+    info = {c["id"]: c for c in json.loads((results / "quality-long.json").read_text())["cells"]}
+    assert info["de-en/teacher"]["hyp_sha256"] == stored["hyp_sha256"] == cell["hyp_sha256"]
+
+    # the same teacher trained for 2 epochs from the start
+    assert reproduce(argv(grid(2, "fresh"), "--only", "de-en/teacher")) == 0
+    fresh = json.loads((runs / "fresh" / "de-en" / "teacher" / "cell.json").read_text())
+    assert fresh["hyp_sha256"] == cell["hyp_sha256"] and fresh["valid_curve"] == cell["valid_curve"]
+    losses = lambda path: [r["valid_loss"] for r in map(json.loads, (path / "metrics.jsonl").read_text().splitlines())
+                           if r["type"] == "valid"]
+    assert len(losses(run)) == 2 and losses(runs / "fresh" / "de-en" / "teacher") == losses(run)
+
+    # a student distilled from it: the teacher is kept as it is
+    assert reproduce(argv(grid(2), "--only", "de-en/kd")) == 0
+    with pytest.raises(UserError, match="de-en/kd-s1 were distilled from it as it is"):
+        run_grid(load_grid(grid(3)), runs, results, ["de-en/teacher"], log=lambda _: None)
+    assert (run / "cell.json").is_file()

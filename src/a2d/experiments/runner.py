@@ -15,7 +15,9 @@ built once per direction, K and temperature into ``RUNS/<name>/<src>-<tgt>/kd-ca
 A cell whose result is in its ``cell.json``, or in the results JSON while its run folder is absent, is
 skipped; a run that was started and not finished is resumed (``resume=True``); a finished run without
 ``cell.json`` is only scored; so the grid can be run in pieces (``--only``), interrupted, and continued on
-other machines or in later sessions. To redo a cell, remove its run folder and pass ``--redo``.
+other machines or in later sessions. To redo a cell, remove its run folder and pass ``--redo``. A finished
+teacher goes on from its last checkpoint when the grid raises its budget (``max_epochs``), until a student is
+distilled from it.
 Training wall time is measured per piece (updated at every epoch end, so an interrupted piece still
 counts up to its last checkpoint) and summed; every piece records its hardware and commit.
 
@@ -50,6 +52,7 @@ from a2d.recipes.distill_data import distill_data
 from a2d.recipes.train import train
 from a2d.rundir import RunDir, model_config
 from a2d.teacher_cache import INDEX_FILE
+from a2d.training import should_stop
 from a2d.utils import UserError, atomic_dir, atomic_write_text, sha256_file
 
 
@@ -308,7 +311,7 @@ def _matches(job: Job, only: list[str] | None) -> bool:
 
 def run_grid(grid: Grid, runs: Path, results: Path, only: list[str] | None, log=print, redo: bool = False) -> None:
     jobs = plan(grid, runs)
-    done = {j.id for j in jobs if (j.run / CELL_FILE).is_file()}
+    done = {j.id for j in jobs if (j.run / CELL_FILE).is_file() and not goes_on(grid, j)}
     if not redo:  # results in the JSON count as done, also when their run folders are gone
         known, _ = collect(grid, runs, results, log=lambda _msg: None)
         done |= {j.id for j in jobs if j.id in known and run_status(j.run) == "new"}
@@ -347,8 +350,23 @@ def run_grid(grid: Grid, runs: Path, results: Path, only: list[str] | None, log=
 def ensure_teacher(grid: Grid, runs: Path, results: Path, job: Job, data: Path, evaldir: Path, done: set, log) -> Path:
     """The teacher students are distilled from: its run folder (trained and scored first where need be), or,
     when the run is gone, the stored copy of the teacher the results describe. A teacher whose distilled
-    students are in the results is never replaced by a newly trained one."""
-    if run_status(job.run) != "finished":
+    students are in the results is never replaced by a newly trained one, nor trained further. A finished teacher
+    that the grid's teacher settings would train further (a larger ``max_epochs``) goes on from its last checkpoint,
+    and is scored and stored again, as long as no student was distilled from it."""
+    why = goes_on(grid, job)
+    if why:
+        records, _ = collect(grid, runs, results, log=lambda _msg: None)
+        students = sorted(r["id"] for r in records.values() if r["direction"] == job.direction and distilled(r))
+        if students:
+            raise UserError(f"{job.id}: the grid's teacher settings would train {job.run} further ({why}), but "
+                            f"{', '.join(students)} were distilled from it as it is; give the teacher back its "
+                            "settings, or run a grid with a new name")
+        log(f"== {job.id}: going on from {job.run} ({why}); it is scored and stored again when it ends")
+        reopen_teacher(grid, job)
+        done.discard(job.id)
+    if run_status(job.run) == "started" and (job.run / CELL_FILE).is_file():
+        raise UserError(f"{job.id}: {job.run} is a run to resume, but its cell.json holds a result; remove it")
+    if run_status(job.run) not in ("finished", "started"):
         if (job.run / CELL_FILE).is_file():
             raise UserError(f"{job.id}: its cell.json exists but the run {job.run} is not here to distill "
                             "from; copy the teacher's run folder, or remove its cell.json")
@@ -398,6 +416,35 @@ def ensure_teacher(grid: Grid, runs: Path, results: Path, job: Job, data: Path, 
     return job.run
 
 
+def goes_on(grid: Grid, job: Job) -> str | None:
+    """Why the teacher's finished run would train further under the grid's teacher settings now, or None.
+
+    A run ends when :func:`a2d.training.should_stop` says so; a grid that raised ``max_epochs`` (or ``max_steps``, or
+    ``patience``) since makes it say nothing. Nothing before the old end depends on those settings (the
+    inverse-sqrt schedule and the batch order do not; a resume restores every random state), so going on trains the
+    teacher a longer first run would have, and its best checkpoint can only get better on validation."""
+    if job.cell is not None or run_status(job.run) != "finished":
+        return None
+    cfg = grid.teacher_config()
+    run = RunDir(job.run)
+    if should_stop(run.state(), cfg) is not None:
+        return None
+    had = read_yaml(run.config_file)
+    changed = [f"{k} {had[k]} -> {getattr(cfg, k)}" for k in ("max_epochs", "max_steps", "patience")
+               if k in had and had[k] != getattr(cfg, k)]
+    return ", ".join(changed) or "the run ended before its budget"
+
+
+def reopen_teacher(grid: Grid, job: Job) -> None:
+    """Make the finished teacher run a run to resume under the grid's teacher settings: its test results go (they
+    describe the teacher as it was), its state says unfinished, its config.yaml says the new budget."""
+    for name in (CELL_FILE, "test.json", "test.hyp"):
+        (job.run / name).unlink(missing_ok=True)
+    run = RunDir(job.run)
+    run.reopen()
+    save_config(grid.teacher_config(), run.config_file)
+
+
 def _config_differences(config_file: Path, want: dict) -> list[str]:
     """The settings of ``want`` that the run's saved config.yaml holds with another value (keys it lacks: skipped)."""
     try:
@@ -436,7 +483,11 @@ def dry_run(grid: Grid, runs: Path, results: Path, only: list[str] | None, log=p
         status = run_status(job.run)
         rec = known.get(job.id)
         local = (job.run / CELL_FILE).is_file()
-        if local or (rec is not None and not redo and status == "new"):
+        why = goes_on(grid, job)
+        if why:
+            todo += 1
+            state = f"to go on ({why})"
+        elif local or (rec is not None and not redo and status == "new"):
             state = f"done: test BLEU {rec['bleu']:.2f}"
             if not local and job.cell is None:
                 stored = (teacher_store(grid, results, job.direction) / TEACHER_MANIFEST).is_file()
