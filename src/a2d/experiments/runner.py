@@ -422,8 +422,9 @@ def goes_on(grid: Grid, job: Job) -> str | None:
     A run ends when :func:`a2d.training.should_stop` says so; a grid that raised ``max_epochs`` (or ``max_steps``, or
     ``patience``) since makes it say nothing. Nothing before the old end depends on those settings (the
     inverse-sqrt schedule and the batch order do not; a resume restores every random state), so going on trains the
-    teacher a longer first run would have, and its best checkpoint can only get better on validation."""
-    if job.cell is not None or run_status(job.run) != "finished":
+    teacher a longer first run would have, and its best checkpoint can only get better on validation. The teacher
+    of a grid that continues another belongs to that grid, and is left as it is."""
+    if job.cell is not None or grid.continue_from or run_status(job.run) != "finished":
         return None
     cfg = grid.teacher_config()
     run = RunDir(job.run)
