@@ -56,6 +56,10 @@ from a2d.training import should_stop
 from a2d.utils import UserError, atomic_dir, atomic_write_text, sha256_file
 
 
+#: What scoring a run writes beside it (:func:`evaluate_job`): results of the model as it was scored.
+SCORED_FILES = (CELL_FILE, "test.json", "test.hyp")
+
+
 def reproduce(args, log=print) -> None:
     """What the arguments of ``a2d reproduce`` (:func:`a2d.experiments.command.add_arguments`) say: a dry run, the
     report only, or the grid's work."""
@@ -188,7 +192,7 @@ def continuable(job: Job, grid: Grid) -> tuple[Path | None, str]:
 def copy_to_continue(source: Path, run: Path, cfg) -> None:
     """Copy a finished run (not its test results) to ``run`` as a run to resume under ``cfg``, in one piece."""
     with atomic_dir(run) as tmp:
-        shutil.copytree(source, tmp, dirs_exist_ok=True, ignore=shutil.ignore_patterns(CELL_FILE, "test.json", "test.hyp"))
+        shutil.copytree(source, tmp, dirs_exist_ok=True, ignore=shutil.ignore_patterns(*SCORED_FILES))
         RunDir(tmp).reopen()
         save_config(cfg, RunDir(tmp).config_file)
 
@@ -356,7 +360,7 @@ def ensure_teacher(grid: Grid, runs: Path, results: Path, job: Job, data: Path, 
     why = goes_on(grid, job)
     if why:
         records, _ = collect(grid, runs, results, log=lambda _msg: None)
-        students = sorted(r["id"] for r in records.values() if r["direction"] == job.direction and distilled(r))
+        students = distilled_students(records, job.direction)
         if students:
             raise UserError(f"{job.id}: the grid's teacher settings would train {job.run} further ({why}), but "
                             f"{', '.join(students)} were distilled from it as it is; give the teacher back its "
@@ -364,9 +368,10 @@ def ensure_teacher(grid: Grid, runs: Path, results: Path, job: Job, data: Path, 
         log(f"== {job.id}: going on from {job.run} ({why}); it is scored and stored again when it ends")
         reopen_teacher(grid, job)
         done.discard(job.id)
-    if run_status(job.run) == "started" and (job.run / CELL_FILE).is_file():
+    status = run_status(job.run)
+    if status == "started" and (job.run / CELL_FILE).is_file():
         raise UserError(f"{job.id}: {job.run} is a run to resume, but its cell.json holds a result; remove it")
-    if run_status(job.run) not in ("finished", "started"):
+    if status not in ("finished", "started"):
         if (job.run / CELL_FILE).is_file():
             raise UserError(f"{job.id}: its cell.json exists but the run {job.run} is not here to distill "
                             "from; copy the teacher's run folder, or remove its cell.json")
@@ -383,7 +388,7 @@ def ensure_teacher(grid: Grid, runs: Path, results: Path, job: Job, data: Path, 
             if grid.continue_from:
                 raise UserError(f"{job.id}: the teacher of grid {grid.continue_from} that this grid continues is "
                                 f"neither in {job.run} nor stored in {teacher_store(grid, results, job.direction)}")
-            students = sorted(r["id"] for r in records.values() if r["direction"] == job.direction and distilled(r))
+            students = distilled_students(records, job.direction)
             if students:
                 raise UserError(f"{job.id}: {results_paths(grid, results)[0]} holds the teacher that "
                                 f"{', '.join(students)} were distilled from, but its run {job.run} is not here and no "
@@ -397,7 +402,7 @@ def ensure_teacher(grid: Grid, runs: Path, results: Path, job: Job, data: Path, 
             raise UserError(f"{job.id}: grid {grid.continue_from}, which this grid continues, has no {job.direction} "
                             f"teacher: neither a finished run {job.run} nor a result in "
                             f"{results / f'quality-{grid.continue_from}.json'}; run that grid's teacher first")
-    if grid.continue_from and run_status(job.run) == "finished":
+    if grid.continue_from and status == "finished":
         _check_same_teacher(grid, RunDir(job.run).config_file, job.id)
     train_job(job, grid, data, job.run, None, log)
     if grid.teacher_dtype == "float16" and round_to_fp16(RunDir(job.run).best / WEIGHTS):
@@ -414,6 +419,11 @@ def ensure_teacher(grid: Grid, runs: Path, results: Path, job: Job, data: Path, 
     if grid.store_teachers:
         store_teacher(grid, results, job, record, log)
     return job.run
+
+
+def distilled_students(records: dict[str, dict], direction: str) -> list[str]:
+    """The ids of the results' students of ``direction`` that were distilled from its teacher."""
+    return sorted(r["id"] for r in records.values() if r["direction"] == direction and distilled(r))
 
 
 def goes_on(grid: Grid, job: Job) -> str | None:
@@ -439,7 +449,7 @@ def goes_on(grid: Grid, job: Job) -> str | None:
 def reopen_teacher(grid: Grid, job: Job) -> None:
     """Make the finished teacher run a run to resume under the grid's teacher settings: its test results go (they
     describe the teacher as it was), its state says unfinished, its config.yaml says the new budget."""
-    for name in (CELL_FILE, "test.json", "test.hyp"):
+    for name in SCORED_FILES:
         (job.run / name).unlink(missing_ok=True)
     run = RunDir(job.run)
     run.reopen()
