@@ -286,6 +286,7 @@ def test_distill_data_command(tiny_data, teacher, tmp_path, capsys):
                            (["--kd-temperature", "2"], "--kd-temperature: used with --cache-topk only"),
                            (["--cache-topk", "4", "--beam", "4"], "--beam: not used with --cache-topk"),
                            (["--max-tokens", "100"], "--max-tokens: used with --cache-topk only"),
+                           (["--cache-attention"], "--cache-attention: used with --cache-topk only"),
                            (["--cache-topk", "4", "--max-tokens", "5"], "--max-tokens 5: smaller than")):
         assert main(base[:-1] + [str(tmp_path / "d"), *extra]) == 2
         err = capsys.readouterr().err.strip()
@@ -415,3 +416,132 @@ def test_an_old_format_cache_is_refused(tiny_data, teacher, full_cache, tmp_path
     with pytest.raises(UserError, match="format 1.*rebuild"):
         build_cache(teacher, tiny_data, old, topk=len(Vocabulary.load(tiny_data)), shard_size=100, log=quiet)
     assert {p.name: p.read_bytes() for p in old.iterdir()} == before
+
+
+# --------------------------------------------------------------------------------------------- the teacher's attention maps
+@pytest.fixture(scope="module")
+def attention_cache(tiny_data, teacher, tmp_path_factory):
+    """K = V and the teacher's attention maps, in three shards."""
+    out = tmp_path_factory.mktemp("cache") / "full-att"
+    build_cache(teacher, tiny_data, out, topk=len(Vocabulary.load(tiny_data)), shard_size=100, attention=True,
+                log=quiet)
+    return out
+
+
+def live_maps(teacher_dir, batch):
+    from a2d.attention import collect_attention
+    from a2d.models import use_attention_maps
+
+    model, _ = load_model(teacher_dir)
+    use_attention_maps(model)
+    model.eval()
+    with torch.no_grad():
+        return collect_attention(model(**model_inputs(batch), output_attentions=True), batch)
+
+
+def test_an_attention_cache_holds_the_live_teachers_maps(tiny_data, teacher, attention_cache):
+    """Every head of every kind, for a shuffled batch (other padding than the build's): the live teacher's maps
+    on each example's real cells (float16), 0 elsewhere; the index says what it holds."""
+    from a2d.attention import KINDS, TEACHER_MAPS
+
+    data, vocab = ParallelData.load(tiny_data, "train"), Vocabulary.load(tiny_data)
+    cache = TeacherCache(attention_cache)
+    cache.check(tiny_data, data, vocab, teacher)
+    assert cache.attention["kinds"] == list(KINDS)
+    assert cache.attention["layers"] == {k: 2 for k in KINDS} and len(cache.index["shards"]) == 3
+    indices = token_batches(data.src_lens, data.tgt_lens, 1024, shuffle=True, seed=3, epoch=1)[0]
+    batch = batch_of(data, vocab, indices)
+    cached = cache.lookup_maps(indices, batch, KINDS)
+    live = live_maps(teacher, batch)
+    for kind in KINDS:
+        maps = cached[TEACHER_MAPS[kind]]
+        assert maps.dtype == torch.float16 and maps.shape == live[kind].maps.shape
+        valid = live[kind].valid()[:, None].expand_as(maps)
+        torch.testing.assert_close(maps.float()[valid], live[kind].maps[valid], rtol=2e-3, atol=1e-4, msg=kind)
+        assert maps[~live[kind].query_mask[:, None, :, None].expand_as(maps)].abs().max() == 0
+        # the maps are distributions over each real query's allowed keys
+        rows = maps.float().sum(-1)[live[kind].query_mask[:, None, :].expand(maps.shape[:3])]
+        torch.testing.assert_close(rows, torch.ones_like(rows), rtol=0, atol=3e-3)
+
+
+@pytest.mark.parametrize("method", ["a2d", "a2d-layerwise"])
+def test_a2d_step_from_an_attention_cache_equals_the_live_teacher_without_running_it(method, tiny_data, teacher,
+                                                                                    attention_cache):
+    """With the maps cached, A2D's every loss term is the live teacher's (up to the maps' float16) and the teacher
+    never runs, not even its body."""
+    from a2d.attention import TEACHER_MAPS
+    from a2d.methods import Progress, get_method
+    from a2d.models import use_attention_maps
+    from a2d.recipes.distill import distill_step, load_teacher
+
+    data, vocab = ParallelData.load(tiny_data, "train"), Vocabulary.load(tiny_data)
+    cfg = distill_cfg(method, f"kd_cache={attention_cache}")
+    t = load_teacher(teacher, vocab, tiny_data)
+    student = build_model(cfg, len(vocab), seed=1)
+    m = get_method(method)(cfg.settings, student.config, t.config)
+    cache = TeacherCache(attention_cache)
+    kinds = m.cached_map_kinds(cache.attention, "the cache")
+    assert kinds == ("enc_self", "dec_self", "dec_cross")
+    use_attention_maps(student)
+    use_attention_maps(t)
+    student.eval()
+    indices = token_batches(data.src_lens, data.tgt_lens, 1024, shuffle=True, seed=5, epoch=2)[1]
+    batch = batch_of(data, vocab, indices)
+    progress = Progress(epoch=1, update=3, updates_per_epoch=10)
+    live, _ = distill_step(student, t, m, batch, cfg, progress)
+    calls = []
+    t.register_forward_pre_hook(lambda *a: calls.append("lm"))
+    t.model.register_forward_pre_hook(lambda *a: calls.append("body"))
+    cached_batch = {**batch, **cache.lookup(indices, batch["labels"].shape[1]), **cache.lookup_maps(indices, batch, kinds)}
+    cached, _ = distill_step(student, t, m, cached_batch, cfg, progress)
+    assert calls == []
+    for name in live:
+        torch.testing.assert_close(cached[name], live[name], rtol=2e-3, atol=1e-5, msg=name)
+    assert float(live["att"]) > 0.1  # a student far from the teacher: the terms compared are not all ~0
+    # without the teacher at all, too
+    again, _ = distill_step(student, None, m, cached_batch, cfg, progress)
+    torch.testing.assert_close(again["loss"], cached["loss"])
+    with pytest.raises(ValueError, match="cached maps"):
+        distill_step(student, None, m, {k: v for k, v in cached_batch.items() if k != TEACHER_MAPS["dec_self"]},
+                     cfg, progress)
+
+
+def test_distill_with_an_attention_cache_and_what_it_refuses(tiny_data, teacher, attention_cache, full_cache, tmp_path):
+    from a2d.recipes.distill import distill
+
+    logs = []
+    result = distill(distill_cfg("a2d", f"kd_cache={attention_cache}"), tiny_data, tmp_path / "a2d", teacher,
+                     log=logs.append)
+    assert result.state.update == 2 and (tmp_path / "a2d" / "best" / "model.safetensors").is_file()
+    line = next(line for line in logs if line.startswith("kd_cache"))
+    assert "enc_self, dec_self, dec_cross maps" in line and "the teacher does not run" in line, line
+    # word KD reads its top K and ignores the maps
+    result = distill(distill_cfg("kd", f"kd_cache={attention_cache}"), tiny_data, tmp_path / "kd", teacher, log=quiet)
+    assert result.state.update == 2
+    with pytest.raises(UserError, match="kl_norm=reference reads the padding cells too") as e:
+        distill(distill_cfg("a2d", f"kd_cache={attention_cache}", "kl_norm=reference"), tiny_data, tmp_path / "x",
+                teacher, log=quiet)
+    assert len(str(e.value).splitlines()) == 1 and not (tmp_path / "x").exists()
+    # a build into a cache of the other content is refused, and leaves it as it was
+    before = (full_cache / INDEX_FILE).read_bytes()
+    with pytest.raises(BadValue, match="with or without the attention maps"):
+        build_cache(teacher, tiny_data, full_cache, topk=len(Vocabulary.load(tiny_data)), shard_size=100,
+                    attention=True, log=quiet)
+    assert (full_cache / INDEX_FILE).read_bytes() == before
+
+
+def test_an_attention_cache_that_does_not_fit_the_data_is_refused(tiny_data, teacher, attention_cache, tmp_path):
+    """Offsets of the maps that disagree with the examples' lengths: one line, at check time."""
+    data, vocab = ParallelData.load(tiny_data, "train"), Vocabulary.load(tiny_data)
+    copy = tmp_path / "cache"
+    shutil.copytree(attention_cache, copy)
+    shard = copy / json.loads((copy / INDEX_FILE).read_text())["shards"][1]["file"]
+    tensors = load_file(shard)
+    offsets = tensors["att_dec_cross_offsets"].clone()
+    offsets[5:8] = offsets[4]  # examples 4-6 of the shard own no cells; 7 takes theirs
+    save_file({**tensors, "att_dec_cross_offsets": offsets}, shard)
+    index = json.loads((copy / INDEX_FILE).read_text())
+    index["shards"][1]["bytes"] = shard.stat().st_size
+    (copy / INDEX_FILE).write_text(json.dumps(index))
+    with pytest.raises(UserError, match="its dec_cross attention maps do not match the examples"):
+        TeacherCache(copy).check(tiny_data, data, vocab, teacher)

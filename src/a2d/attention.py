@@ -30,6 +30,8 @@ GRANULARITIES = ("head", "layer")
 
 # Hugging Face output attribute of each kind.
 _OUTPUT_FIELD = {"enc_self": "encoder_attentions", "dec_self": "decoder_attentions", "dec_cross": "cross_attentions"}
+#: The batch key under which a teacher cache (:mod:`a2d.teacher_cache`) hands over the teacher's maps of each kind.
+TEACHER_MAPS = {kind: f"teacher_maps_{kind}" for kind in KINDS}
 
 
 @dataclass
@@ -127,10 +129,28 @@ def stack_attention(per_layer: tuple[torch.Tensor, ...], kind: str, batch: dict[
     layers, heads = len(per_layer), per_layer[0].shape[1]
     maps = torch.stack(tuple(per_layer), dim=1)  # (B, N, M, Lq, Lk)
     b, _, _, lq, lk = maps.shape
-    if granularity == "head":
-        maps = maps.reshape(b, layers * heads, lq, lk)
-    else:
-        maps = maps.mean(dim=2)
+    return _with_masks(kind, maps.reshape(b, layers * heads, lq, lk), batch, layers, heads, granularity)
+
+
+def cached_attention(batch: dict[str, torch.Tensor], kind: str, layers: int, heads: int,
+                     granularity: str = "head") -> AttentionMaps:
+    """The teacher's maps of one kind as a teacher cache gave them with the batch (``batch[TEACHER_MAPS[kind]]``,
+    ``(B, layers*heads, Lq, Lk)`` layer-major, 0 outside each example's real cells), with the batch's masks,
+    as :func:`stack_attention` gives a live teacher's (the padding cells differ; every mask hides them)."""
+    if granularity not in GRANULARITIES:
+        raise ValueError(f"granularity={granularity!r}: must be one of {', '.join(GRANULARITIES)}")
+    maps = batch[TEACHER_MAPS[kind]]
+    if maps.shape[1] != layers * heads:
+        raise ValueError(f"{kind}: the cache gave {maps.shape[1]} maps, the teacher has {layers} x {heads}")
+    return _with_masks(kind, maps, batch, layers, heads, granularity)
+
+
+def _with_masks(kind: str, maps: torch.Tensor, batch: dict[str, torch.Tensor], layers: int, heads: int,
+                granularity: str) -> AttentionMaps:
+    """``maps`` ``(B, N*M, Lq, Lk)`` layer-major, at ``granularity``, with the batch's masks of ``kind``."""
+    b, _, lq, lk = maps.shape
+    if granularity == "layer":
+        maps = maps.reshape(b, layers, heads, lq, lk).mean(dim=2)
     if kind == "enc_self":
         src = _bool_mask(batch.get("attention_mask"), b, lq, maps.device)
         query_mask, key_mask = src, src[:, None, :]
@@ -150,4 +170,5 @@ def stack_attention(per_layer: tuple[torch.Tensor, ...], kind: str, batch: dict[
                          layers=layers, heads=heads, granularity=granularity)
 
 
-__all__ = ["AttentionMaps", "KindMaps", "KINDS", "GRANULARITIES", "collect_attention", "stack_attention"]
+__all__ = ["AttentionMaps", "KindMaps", "KINDS", "GRANULARITIES", "TEACHER_MAPS", "collect_attention", "stack_attention",
+           "cached_attention"]

@@ -20,12 +20,25 @@ A cache is a folder::
                                     offsets (n + 1,) int64: example start + j holds rows offsets[j]:offsets[j+1]
     ...
 
+A cache built with ``--cache-attention`` (for A2D, :mod:`a2d.methods.a2d`) also holds, per shard and per attention
+kind the teacher has (``enc_self``, ``dec_self``, ``dec_cross``; :mod:`a2d.attention`)::
+
+                                  att_<kind>         (E,)    float16: each example's maps (N*M, Lq, Lk), layer-major,
+                                                             over its real positions only, flattened, one after another
+                                  att_<kind>_offsets (n + 1,) int64: example start + j holds elements
+                                                             offsets[j]:offsets[j+1]
+
+with ``Lq``/``Lk`` the example's source length + 1 (``enc_self`` and the keys of ``dec_cross``) or target length
++ 1 (the decoder's queries and ``dec_self``'s keys). A2D then reads the teacher's maps from the cache too, and
+the teacher never runs: its maps, like its logits, depend only on the example (eval mode, teacher-forced).
+
 P counts the shard's real target positions: ``len(target) + 1`` per example (the target pieces and
 ``</s>``), exactly the positions whose ``labels`` are not padding in :func:`a2d.data.batching.collate`.
 The teacher sees exactly the inputs a training batch gives it (the same collate, the same special ids),
 in eval mode (no dropout), in fp32; ``z`` are its logits and ``T`` the cache's ``temperature``.
 
-``index.json`` records the format version, the temperature ``T``, the teacher (the SHA-256 of its
+``index.json`` records the format version, the attention maps it holds (``attention``: kinds, layers and heads
+per kind; null without them), the temperature ``T``, the teacher (the SHA-256 of its
 ``model.safetensors`` and of its ``config.json``), the data (the SHA-256 of its ``train.safetensors`` and
 of its tokenizer, the number of examples and positions), K, the dtypes, the shard list (file, example
 range, positions, bytes) and the totals. A shard is written to a temporary file and renamed, then listed
@@ -47,6 +60,7 @@ import numpy as np
 import torch
 from safetensors import SafetensorError, safe_open
 
+from a2d.attention import TEACHER_MAPS
 from a2d.losses import IDS_KEY, LOGP_KEY, REST_KEY
 from a2d.utils import UserError, atomic_write_text, sha256_file
 
@@ -55,6 +69,20 @@ KIND = "a2d-teacher-topk"
 FORMAT_VERSION = 2
 #: the tensors of a shard file: ids (P, K), logp (P, K), rest (P,), offsets (n + 1,)
 SHARD_TENSORS = ("ids", "logp", "rest", "offsets")
+
+
+def attention_tensors(kind: str) -> tuple[str, str]:
+    """The names of a shard's tensors holding the teacher's maps of ``kind``: the maps and their offsets."""
+    return f"att_{kind}", f"att_{kind}_offsets"
+
+
+def map_sizes(attention: dict, kind: str, src_lens, tgt_lens) -> np.ndarray:
+    """Elements of each example's maps of ``kind`` (``N*M*Lq*Lk``), ``src_lens``/``tgt_lens`` its pieces
+    (without ``</s>``), for a cache whose index records ``attention``."""
+    s = np.asarray(src_lens, dtype=np.int64) + 1
+    t = np.asarray(tgt_lens, dtype=np.int64) + 1
+    lq, lk = {"enc_self": (s, s), "dec_self": (t, t), "dec_cross": (t, s)}[kind]
+    return int(attention["layers"][kind]) * int(attention["heads"][kind]) * lq * lk
 
 
 def shard_name(i: int) -> str:
@@ -95,7 +123,9 @@ def describe(index: dict) -> str:
     total = sum(s["bytes"] for s in index["shards"])
     positions = sum(s["positions"] for s in index["shards"])
     seconds = sum(s.get("seconds", 0.0) for s in index["shards"])  # teacher passes and writes, over all runs
-    return (f"top {index['topk']} of {index['vocab_size']} at temperature {index['temperature']:g} for "
+    maps = index.get("attention")
+    return (f"top {index['topk']} of {index['vocab_size']} at temperature {index['temperature']:g}"
+            + (f" and the attention maps ({', '.join(maps['kinds'])})" if maps else "") + " for "
             f"{positions:,} target positions of {index['data']['examples']:,} examples in {len(index['shards'])} "
             f"shard(s), {total / 1e6:.1f} MB ({total / max(positions, 1):.0f} bytes per position), "
             f"build time {seconds:.1f} s")
@@ -150,23 +180,32 @@ class TeacherCache:
         self.topk = int(self.index["topk"])
         self.temperature = float(self.index["temperature"])
         self.vocab_size = int(self.index["vocab_size"])
+        self.attention: dict | None = self.index.get("attention")  # the maps it holds (None: logits only)
         self.starts = np.array([s["start"] for s in self.index["shards"]], dtype=np.int64)
-        self._files, self._offsets = [], []
+        self._files, self._offsets, self._map_offsets = [], [], []
         for shard in self.index["shards"]:
             file = self.path / shard["file"]
             try:
                 handle = safe_open(str(file), framework="pt")
                 offsets = handle.get_tensor("offsets").numpy()
                 shapes = {k: tuple(handle.get_slice(k).get_shape()) for k in ("ids", "logp", "rest")}
+                map_offsets = {}
+                for kind in (self.attention or {}).get("kinds", ()):
+                    maps, where = attention_tensors(kind)
+                    map_offsets[kind] = handle.get_tensor(where).numpy()
+                    shapes[maps] = tuple(handle.get_slice(maps).get_shape())
             except (SafetensorError, OSError, KeyError) as e:
                 raise UserError(f"{file}: damaged or missing ({str(e).splitlines()[0] if str(e) else 'unreadable'}); "
                                 f"remove {self.path} and build the cache again") from None
-            if (len(offsets) != shard["end"] - shard["start"] + 1
-                    or shapes != {"ids": (shard["positions"], self.topk), "logp": (shard["positions"], self.topk),
-                                  "rest": (shard["positions"],)}):
+            n = shard["end"] - shard["start"]
+            expected = {"ids": (shard["positions"], self.topk), "logp": (shard["positions"], self.topk),
+                        "rest": (shard["positions"],)}
+            expected.update({attention_tensors(kind)[0]: (int(where[-1]),) for kind, where in map_offsets.items()})
+            if len(offsets) != n + 1 or shapes != expected or any(len(o) != n + 1 for o in map_offsets.values()):
                 raise UserError(f"{file}: does not match {INDEX_FILE}; remove {self.path} and build the cache again")
             self._files.append(handle)
             self._offsets.append(offsets)
+            self._map_offsets.append(map_offsets)
 
     def __len__(self) -> int:
         return int(self.index["data"]["examples"])
@@ -195,6 +234,11 @@ class TeacherCache:
         lengths = np.concatenate([np.diff(o) for o in self._offsets]) if self._offsets else np.zeros(0, np.int64)
         if not np.array_equal(lengths, np.asarray(data.tgt_lens, dtype=np.int64) + 1):
             raise UserError(f"{where}: its positions do not match the targets of {data_dir}; build the cache again")
+        for kind in (self.attention or {}).get("kinds", ()):
+            sizes = np.concatenate([np.diff(o[kind]) for o in self._map_offsets])
+            if not np.array_equal(sizes, map_sizes(self.attention, kind, data.src_lens, data.tgt_lens)):
+                raise UserError(f"{where}: its {kind} attention maps do not match the examples of {data_dir}; "
+                                "build the cache again")
         made = self.index["teacher"]
         if sha256_file(model_dir / "model.safetensors") != made["sha256"]:
             raise UserError(f"{where}: made with another teacher ({made['path']}) than the run's, {teacher}; build a "
@@ -223,7 +267,37 @@ class TeacherCache:
             rest[row, :b - a] = handle.get_slice("rest")[a:b]
         return {IDS_KEY: ids, LOGP_KEY: logp, REST_KEY: rest}
 
+    def lookup_maps(self, indices, batch: dict[str, torch.Tensor], kinds) -> dict[str, torch.Tensor]:
+        """The teacher's maps of ``kinds`` for the examples ``indices`` of ``batch`` (their collated tensors, in
+        that order): ``{TEACHER_MAPS[kind]: (B, N*M, Lq, Lk) float16}`` with the batch's widths, 0 outside each
+        example's real cells (:func:`a2d.attention.cached_attention` reads them)."""
+        if not self.attention:
+            raise ValueError(f"{self.path} holds no attention maps")
+        src = batch["attention_mask"].sum(1).tolist()
+        tgt = batch["decoder_attention_mask"].sum(1).tolist()
+        widths = {"enc_self": (batch["input_ids"].shape[1],) * 2,
+                  "dec_self": (batch["decoder_input_ids"].shape[1],) * 2,
+                  "dec_cross": (batch["decoder_input_ids"].shape[1], batch["input_ids"].shape[1])}
+        out = {}
+        for kind in kinds:
+            if kind not in self.attention["kinds"]:
+                raise ValueError(f"{self.path} holds no {kind} maps")
+            c = int(self.attention["layers"][kind]) * int(self.attention["heads"][kind])
+            maps = torch.zeros(len(indices), c, *widths[kind], dtype=torch.float16)
+            for row, i in enumerate(indices):
+                s = int(np.searchsorted(self.starts, i, side="right")) - 1
+                local = int(i) - int(self.starts[s])
+                offsets = self._map_offsets[s][kind]
+                a, b = int(offsets[local]), int(offsets[local + 1])
+                lq, lk = {"enc_self": (src[row], src[row]), "dec_self": (tgt[row], tgt[row]),
+                          "dec_cross": (tgt[row], src[row])}[kind]
+                if b - a != c * lq * lk:
+                    raise ValueError(f"example {i}: {b - a} cached {kind} cells, the batch gives {c} x {lq} x {lk}")
+                maps[row, :, :lq, :lk] = self._files[s].get_slice(attention_tensors(kind)[0])[a:b].view(c, lq, lk)
+            out[TEACHER_MAPS[kind]] = maps
+        return out
 
-__all__ = ["write_index", "read_index", "shard_name", "ids_dtype", "teacher_identity", "data_identity",
+
+__all__ = ["write_index", "read_index", "shard_name", "attention_tensors", "map_sizes", "ids_dtype", "teacher_identity", "data_identity",
            "build_command", "TeacherCache", "describe", "IDS_KEY", "LOGP_KEY", "REST_KEY",
            "INDEX_FILE", "SHARD_TENSORS"]

@@ -124,6 +124,8 @@ def test_seq_kd_engine_is_passed_to_distill_data(tmp_path, monkeypatch):
     ({"method": "none", "kd_cache_topk": 4}, "method none does not read a teacher cache"),
     ({"method": "kd", "kd_cache_topk": 0}, "kd_cache_topk: expected an integer >= 1"),
     ({"method": "kd", "overrides": ["kd_cache=/x"]}, "the runner builds the cache; use kd_cache_topk"),
+    ({"method": "a2d", "kd_cache_attention": True}, "kd_cache_attention: a cache needs kd_cache_topk: K too"),
+    ({"method": "kd", "kd_cache_topk": 4, "kd_cache_attention": True}, "method kd reads no attention maps"),
 ])
 def test_kd_cache_cells_refuse_what_cannot_work(tmp_path, cell, message):
     with pytest.raises(UserError, match=message):

@@ -187,23 +187,27 @@ def test_continue_from_goes_on_from_shorter_runs(tmp_path, data_root):
 
 def test_kd_cache_cells_train_from_a_cache_the_runner_builds(tmp_path, data_root):
     """A cell with kd_cache_topk trains with kd_cache= pointing at a cache of the grid's teacher, built once at the
-    cell's kd_temperature (one per K and temperature), and the dry run says whether it is built."""
+    cell's kd_temperature (one per K, temperature and content: kd_cache_attention keeps the teacher's maps too),
+    and the dry run says whether it is built."""
     grid_file = smoke_variant(tmp_path, "cached", methods={
         "kd": {"method": "kd"},
         "kd-top4": {"method": "kd", "kd_cache_topk": 4, "compare_to": "kd"},
-        "a2d-t2-top4": {"method": "a2d", "kd_cache_topk": 4, "overrides": ["kd_temperature=2"]}})
+        "a2d-t2-top4": {"method": "a2d", "kd_cache_topk": 4, "kd_cache_attention": True,
+                        "overrides": ["kd_temperature=2"]}})
     runs, results = tmp_path / "runs", tmp_path / "results"
     grid = load_grid(grid_file)
     lines = []
     dry_run(grid, runs, results, None, log=lines.append)
-    assert any("kd-cache-top4-t1 (to build)" in x for x in lines) and any("kd-cache-top4-t2 (to build)" in x for x in lines)
+    assert any("kd-cache-top4-t1 (to build)" in x for x in lines) and any("kd-cache-top4-t2-att (to build)" in x
+                                                                          for x in lines)
     assert reproduce([str(grid_file), "--runs-dir", str(runs), "--results-dir", str(results)]) == 0
     base = runs / "cached" / "de-en"
-    for cell, temperature in (("kd-top4", 1), ("a2d-t2-top4", 2)):
+    for cell, cache, temperature in (("kd-top4", "kd-cache-top4-t1", 1), ("a2d-t2-top4", "kd-cache-top4-t2-att", 2)):
         saved = yaml.safe_load((base / f"{cell}-s1" / "config.yaml").read_text())
-        assert saved["kd_cache"] == str(base / f"kd-cache-top4-t{temperature}")
-        index = json.loads((base / f"kd-cache-top4-t{temperature}" / "index.json").read_text())
+        assert saved["kd_cache"] == str(base / cache)
+        index = json.loads((base / cache / "index.json").read_text())
         assert index["complete"] and index["topk"] == 4 and index["temperature"] == temperature
+        assert bool(index["attention"]) == cache.endswith("-att")
     assert not yaml.safe_load((base / "kd-s1" / "config.yaml").read_text()).get("kd_cache")  # the live teacher
     lines = []
     dry_run(load_grid(grid_file), runs, results, None, log=lines.append)

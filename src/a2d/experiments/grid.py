@@ -39,6 +39,9 @@ A grid file is YAML; every key but ``name``, ``teacher``, ``student_preset`` and
       kd-top8: {method: kd, kd_cache_topk: 8, compare_to: kd}
                                      # kd_cache_topk: read the KD term from a cache of the teacher's top K at the
                                      #   cell's kd_temperature (the runner builds it: RUNS/<name>/<dir>/kd-cache-...)
+      a2d-cached: {method: a2d, kd_cache_topk: 8, kd_cache_attention: true, compare_to: a2d}
+                                     # kd_cache_attention: the cache holds the teacher's attention maps too, and
+                                     #   A2D trains without running the teacher
     ablations:                       # extra cells; each varies the `base` A2D cell (its method, preset, overrides)
       base: a2d                      # default a2d
       heads: [2, 4, 8, 16]           # Table 3: cells <base>-heads-N and <nokd>-heads-N with N encoder and
@@ -108,6 +111,8 @@ class CellSpec:
     kd_cache_topk: int | None = _key(None, "train from a cache of the teacher's top-K log-probabilities (a2d "
                                      "distill-data --cache-topk K), built once per direction, K and kd_temperature",
                                      low=1)
+    kd_cache_attention: bool = _key(False, "the cache holds the teacher's attention maps too (a2d distill-data "
+                                    "--cache-attention): A2D then trains without running the teacher")
 
 
 @dataclass
@@ -242,6 +247,7 @@ class Cell:
     compare_to: str | None = None  # the cell this one varies: paired-tested against it too
     seeds: list[int] | None = None  # the seeds it runs for (None: the grid's)
     kd_cache_topk: int | None = None  # reads its KD term from a cache of the teacher's top K (None: live teacher)
+    kd_cache_attention: bool = False  # and the teacher's attention maps from it
 
     @property
     def method_class(self):
@@ -374,12 +380,17 @@ def _add_cells(grid: Grid) -> None:
         if spec.kd_cache_topk is not None and not method.reads_kd_cache:
             raise UserError(f"{where}: {cname}: kd_cache_topk: method {spec.method} does not read a teacher cache "
                             f"(those that do: {', '.join(CACHE_READERS)})")
+        if spec.kd_cache_attention and spec.kd_cache_topk is None:
+            raise UserError(f"{where}: {cname}: kd_cache_attention: a cache needs kd_cache_topk: K too")
+        if spec.kd_cache_attention and not method.reads_cached_maps:
+            raise UserError(f"{where}: {cname}: kd_cache_attention: method {spec.method} reads no attention maps from "
+                            "a teacher cache (a2d does)")
         if any(o.split("=", 1)[0].strip() == "kd_cache" for o in grid.student_overrides + spec.overrides):
             raise UserError(f"{where}: {cname}: overrides: kd_cache: the runner builds the cache; use kd_cache_topk: K")
         grid.cells[cname] = Cell(cname, spec.method, spec.preset or grid.student_preset,
                                  grid.student_overrides + spec.overrides, label, compare_to=spec.compare_to,
                                  seeds=_some_seeds(spec.seeds, grid.seeds, f"{where}: {cname}: seeds"),
-                                 kd_cache_topk=spec.kd_cache_topk)
+                                 kd_cache_topk=spec.kd_cache_topk, kd_cache_attention=spec.kd_cache_attention)
     for cell in grid.cells.values():
         if cell.compare_to is not None and (cell.compare_to not in grid.cells or cell.compare_to == cell.name):
             raise UserError(f"{where}: {cell.name}: compare_to {cell.compare_to!r}: not another cell of methods")
@@ -409,7 +420,7 @@ def _add_ablations(grid: Grid) -> None:
         if name not in grid.cells:  # a cell the grid defines itself is used as it is
             grid.cells[name] = Cell(name, method, like.preset, like.overrides + extra, label, main=False,
                                     compare_to=like.name if compare else None, seeds=seeds,
-                                    kd_cache_topk=like.kd_cache_topk)
+                                    kd_cache_topk=like.kd_cache_topk, kd_cache_attention=like.kd_cache_attention)
         return name
 
     try:

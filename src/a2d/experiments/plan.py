@@ -65,10 +65,12 @@ def seqkd_dir(grid: Grid, runs: Path, direction: str) -> Path:
     return runs / grid.name / direction / f"seqkd-data-b{grid.seq_kd_beam}{engine}"
 
 
-def kd_cache_dir(grid: Grid, runs: Path, direction: str, topk: int, temperature: float) -> Path:
-    """The cache of the teacher's top-``topk`` log-probabilities at ``temperature`` that cells with
-    ``kd_cache_topk`` read (``kd-cache-top<K>-t<T>``), one per grid, direction, K and temperature."""
-    return runs / grid.name / direction / f"kd-cache-top{topk}-t{temperature:g}"
+def kd_cache_dir(grid: Grid, runs: Path, direction: str, topk: int, temperature: float,
+                 attention: bool = False) -> Path:
+    """The cache of the teacher's top-``topk`` log-probabilities at ``temperature`` (and with ``attention`` its
+    attention maps) that cells with ``kd_cache_topk`` read (``kd-cache-top<K>-t<T>[-att]``), one per grid,
+    direction, K, temperature and content."""
+    return runs / grid.name / direction / f"kd-cache-top{topk}-t{temperature:g}{'-att' if attention else ''}"
 
 
 def run_status(run: Path) -> str:

@@ -10,7 +10,8 @@ written once per direction by ``distill_data`` (decoded by the grid's ``seq_kd_e
 ``RUNS/<name>/<src>-<tgt>/seqkd-data-b<beam>`` (``-<engine>`` appended for CTranslate2). Cells of a method that
 needs no teacher at all (No KD) are trained with the plain ``train`` recipe, every other with ``distill``. Cells with
 ``kd_cache_topk`` read their KD term from a cache of the teacher's top K (``a2d distill-data --cache-topk``),
-built once per direction, K and temperature into ``RUNS/<name>/<src>-<tgt>/kd-cache-top<K>-t<T>``.
+built once per direction, K and temperature into ``RUNS/<name>/<src>-<tgt>/kd-cache-top<K>-t<T>``; with
+``kd_cache_attention`` the cache (``...-att``) holds the teacher's attention maps too, and A2D trains without it.
 
 A cell whose result is in its ``cell.json``, or in the results JSON while its run folder is absent, is
 skipped; a run that was started and not finished is resumed (``resume=True``); a finished run without
@@ -146,10 +147,12 @@ def ensure_kd_cache(grid: Grid, runs: Path, job: Job, data: Path, teacher: Path,
     the builder resumes) from ``teacher`` over ``data`` first. The cache records the teacher and the data it was
     built from, and training refuses it for any other, so a cache left by another teacher fails, never misleads."""
     temperature = job.config(grid).settings.kd_temperature
-    out = kd_cache_dir(grid, runs, job.direction, job.cell.kd_cache_topk, temperature)
-    log(f"== {job.id}: the teacher's top {job.cell.kd_cache_topk} at temperature {temperature:g} -> {out}")
+    attention = job.cell.kd_cache_attention
+    out = kd_cache_dir(grid, runs, job.direction, job.cell.kd_cache_topk, temperature, attention)
+    log(f"== {job.id}: the teacher's top {job.cell.kd_cache_topk} at temperature {temperature:g}"
+        + (" and its attention maps" if attention else "") + f" -> {out}")
     start = time.perf_counter()
-    build_cache(teacher, data, out, job.cell.kd_cache_topk, temperature=temperature, log=log)
+    build_cache(teacher, data, out, job.cell.kd_cache_topk, temperature=temperature, attention=attention, log=log)
     timing = out.with_name(out.name + ".timing.json")
     if not timing.is_file():
         atomic_write_text(timing, json.dumps({"seconds": round(time.perf_counter() - start, 1), "hardware": hardware(),
@@ -484,7 +487,8 @@ def dry_run(grid: Grid, runs: Path, results: Path, only: list[str] | None, log=p
         if any(j.cell is not None and j.cell.method_class.generated_data for j in jobs if j.direction == d):
             s = seqkd_dir(grid, runs, d)
             log(f"{d}: seq-kd data {s} " + ("(written)" if (s / 'meta.json').is_file() else "(to write)"))
-        caches = {kd_cache_dir(grid, runs, d, j.cell.kd_cache_topk, j.config(grid).settings.kd_temperature)
+        caches = {kd_cache_dir(grid, runs, d, j.cell.kd_cache_topk, j.config(grid).settings.kd_temperature,
+                               j.cell.kd_cache_attention)
                   for j in jobs if j.direction == d and j.cell is not None and j.cell.kd_cache_topk is not None}
         for c in sorted(caches):
             log(f"{d}: teacher cache {c} " + ("(built)" if cache_finished(c) else "(to build)"))

@@ -20,13 +20,14 @@ import torch
 from torch import nn
 
 from a2d.alignment import AAM_MODES, AttentionAlignment
-from a2d.attention import GRANULARITIES, KINDS, collect_attention
+from a2d.attention import GRANULARITIES, KINDS, TEACHER_MAPS, cached_attention, collect_attention
 from a2d.config import setting
 from a2d.families import check_kinds
 from a2d.losses import (ATT_KINDS, DECAY_UNITS, KL_NORMS, attention_kl_per_query, attention_kl_reference,
                         kd_loss, kind_weights, lambda_schedule)
 from a2d.methods.base import ATTENTIONS, KD_TERM, LOGITS, DistillMethod, Progress
 from a2d.methods.kd import WordKDSettings
+from a2d.utils import UserError
 
 @dataclass
 class A2DSettings(WordKDSettings):
@@ -58,7 +59,8 @@ class AlignToDistill(DistillMethod):
     needs = frozenset({LOGITS, ATTENTIONS})
     forced_granularity: str | None = None
     Settings = A2DSettings
-    reads_kd_cache = True  # its KD term; the attention maps still come from the live teacher
+    reads_kd_cache = True  # its KD term
+    reads_cached_maps = True  # and the teacher's maps, where the cache holds them
     families = None  # every family: the kinds it has (encoder-only: enc_self; decoder-only: dec_self)
 
     def __init__(self, settings: A2DSettings, student_config, teacher_config):
@@ -88,11 +90,34 @@ class AlignToDistill(DistillMethod):
             modules[kind] = AttentionAlignment(n_student, n_teacher, mode=opts.aam)
         self.aam = nn.ModuleDict(modules)
 
+    def cached_map_kinds(self, attention: dict | None, where: str) -> tuple[str, ...]:
+        """Every kind it transfers, when the cache holds their maps for this teacher's layers and heads; ()
+        without maps. The cache keeps each example's real cells only, so ``kl_norm=reference`` (which reads the
+        padding cells too) cannot use it."""
+        if not attention:
+            return ()
+        for kind in self.kinds:
+            if kind not in attention["kinds"]:
+                raise UserError(f"{where}: holds no {kind} attention maps; build it again with this teacher")
+            cached = (int(attention["layers"][kind]), int(attention["heads"][kind]))
+            if cached != self.teacher_shape.layers_heads(kind):
+                raise UserError(f"{where}: its {kind} maps are of {cached[0]} layers x {cached[1]} heads, the "
+                                f"teacher has {self.teacher_shape.layers_heads(kind)}; build it again with this teacher")
+        if self.settings.kl_norm == "reference":
+            raise UserError(f"{where}: holds the teacher's attention maps over real tokens only, and kl_norm=reference "
+                            "reads the padding cells too; use kl_norm=per-query, or a cache without attention maps")
+        return self.kinds
+
     # ------------------------------------------------------------------------------------------
     def attention_losses(self, batch: dict[str, torch.Tensor], student, teacher) -> dict[str, torch.Tensor]:
-        """Eq. 10 per kind: ``{kind: L_att^kind}`` (0-dim fp32), AAM on the student's maps only."""
+        """Eq. 10 per kind: ``{kind: L_att^kind}`` (0-dim fp32), AAM on the student's maps only. The teacher's maps
+        come from its forward pass, or from the teacher cache with the batch (``TEACHER_MAPS``)."""
         s_maps = collect_attention(student, batch, self.granularity, self.kinds)
-        t_maps = collect_attention(teacher, batch, self.granularity, self.kinds)
+        if all(TEACHER_MAPS[kind] in batch for kind in self.kinds):
+            t_maps = {kind: cached_attention(batch, kind, *self.teacher_shape.layers_heads(kind), self.granularity)
+                      for kind in self.kinds}
+        else:
+            t_maps = collect_attention(teacher, batch, self.granularity, self.kinds)
         losses = {}
         for kind in self.kinds:
             s, t = s_maps[kind], t_maps[kind]
@@ -109,14 +134,15 @@ class AlignToDistill(DistillMethod):
         return losses
 
     def loss_terms(self, batch, student, teacher, progress: Progress) -> dict[str, torch.Tensor]:
-        if teacher is None:
-            raise ValueError(f"method {self.name} needs the teacher's forward pass")
+        if teacher is None and not all(TEACHER_MAPS[kind] in batch for kind in self.kinds):
+            raise ValueError(f"method {self.name} needs the teacher's forward pass or its cached maps")
         per_kind = self.attention_losses(batch, student, teacher)
         att = sum(self.kind_weights[k] * per_kind[k] for k in self.kinds)  # eq. 11
         terms = {"att": att}
         for kind, value in per_kind.items():
             terms[f"att_{kind}"] = value.detach()
-        # live logits, or the cache's top-K (kd_cache: the teacher then runs without its lm_head, for its maps)
+        # live logits, or the cache's top-K (kd_cache: the teacher then runs without its lm_head, for its maps, unless
+        # the cache holds them too)
         terms[KD_TERM] = kd_loss(student.logits, teacher, batch, self.settings.kd_temperature)
         return terms
 

@@ -60,6 +60,7 @@ class DistillMethod(nn.Module):
     needs: frozenset[str] = frozenset()
     needs_teacher: bool = True
     reads_kd_cache: bool = False  # its KD term can come from a teacher cache (kd_cache=, `a2d distill-data --cache-topk`)
+    reads_cached_maps: bool = False  # and the teacher's attention maps (`--cache-attention`; see cached_map_kinds)
     # what the experiments (a2d.experiments) need to know about a method
     label: str = ""  # its row in the result tables ("Vanilla KD"); empty: its name
     generated_data: bool = False  # trains on the teacher's translations (`a2d distill-data`), not on the corpus
@@ -101,6 +102,13 @@ class DistillMethod(nn.Module):
 
         Keep plain references only: the models must not become submodules (parameters or state) of the method.
         """
+
+    def cached_map_kinds(self, attention: dict | None, where: str) -> tuple[str, ...]:
+        """The kinds of teacher attention maps this method reads from its teacher cache, whose index records
+        ``attention`` (kinds, layers and heads per kind; None: the cache holds no maps); ``where`` names the cache
+        in errors. A method that cannot learn from the maps as cached raises ``UserError``. () : none (the
+        teacher runs for whatever maps the method needs)."""
+        return ()
 
     def check_data(self, meta: dict) -> None:
         """Called with the data directory's ``meta.json``; raise ``UserError`` if the method cannot train on it."""

@@ -7,7 +7,8 @@ tokens, K, T); keep the shards an interrupted run finished and remove what it le
 teacher over the training split shard by shard, teacher-forced on the references, in eval mode and fp32
 (:func:`compute_shard`), writing each shard through a temporary file and listing it in ``index.json`` once
 renamed. The format: :mod:`a2d.teacher_cache`; the loss that reads it: :func:`a2d.losses.cached_word_kd`.
-A cache serves runs whose ``kd_temperature`` is its ``T`` only.
+A cache serves runs whose ``kd_temperature`` is its ``T`` only. With ``--cache-attention`` it also keeps the
+teacher's attention maps (every head of every layer and kind, float16), so that A2D trains without the teacher.
 
     a2d distill-data --teacher runs/teacher --data data/m30k-de-en --out cache/kd-top8 --cache-topk 8
     a2d distill --data data/m30k-de-en --teacher runs/teacher --method kd --preset tiny-student \
@@ -27,6 +28,7 @@ import torch.nn.functional as F
 from safetensors.torch import save as save_safetensors
 
 import a2d
+from a2d.attention import KINDS, collect_attention
 from a2d.data.batching import collate, token_batches
 from a2d.data.prepare import ParallelData, load_meta
 from a2d.data.vocab import Vocabulary
@@ -34,10 +36,11 @@ from a2d.defaults import CACHE_MAX_TOKENS, CACHE_SHARD_SIZE, CACHE_TEMPERATURE
 from a2d.errors import BadValue, OutputExists
 from a2d.losses import IGNORE
 from a2d.methods.kd import WordKDSettings
-from a2d.models import resolve_model_dir
+from a2d.families import shape_of
+from a2d.models import resolve_model_dir, use_attention_maps
 from a2d.recipes.distill import load_teacher
-from a2d.teacher_cache import (FORMAT_VERSION, INDEX_FILE, KIND, data_identity, describe, ids_dtype, read_index,
-                               shard_name, teacher_identity, write_index)
+from a2d.teacher_cache import (FORMAT_VERSION, INDEX_FILE, KIND, attention_tensors, data_identity, describe, ids_dtype,
+                               map_sizes, read_index, shard_name, teacher_identity, write_index)
 from a2d.tokenizer import collate_ids
 from a2d.training import model_inputs, to_device
 from a2d.utils import UserError, atomic_write_bytes
@@ -48,15 +51,17 @@ MIN_TEMPERATURE = next(f.metadata["low"] for f in dataclasses.fields(WordKDSetti
 
 @torch.inference_mode()
 def compute_shard(model, vocab, data, start: int, end: int, topk: int, max_tokens: int,
-                  device: torch.device | str = "cpu",
-                  temperature: float = CACHE_TEMPERATURE) -> dict[str, torch.Tensor]:
+                  device: torch.device | str = "cpu", temperature: float = CACHE_TEMPERATURE,
+                  attention: dict | None = None) -> dict[str, torch.Tensor]:
     """The tensors of the shard holding examples ``[start, end)`` of ``data`` (:mod:`a2d.teacher_cache`'s format).
 
     Per real target position, in fp32: ``t = log_softmax(logits / temperature)``, its top ``topk`` ids and
     values (descending), and the log-sum-exp of the other entries of ``t`` (the rest of the vocabulary's
     tempered log-mass; -inf when ``topk`` is the vocabulary size). The examples are batched by length
     (:func:`a2d.data.batching.token_batches`, no shuffling) for little padding; the rows are stored in
-    example order. The result depends only on the arguments.
+    example order. With ``attention`` (the index's entry: kinds, layers, heads; the model must run the eager
+    attention kernel) each example's maps of those kinds too, over its real cells, in float16. The result
+    depends only on the arguments.
     """
     lengths = np.asarray(data.tgt_lens[start:end], dtype=np.int64) + 1  # positions per example (with </s>)
     offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
@@ -64,13 +69,28 @@ def compute_shard(model, vocab, data, start: int, end: int, topk: int, max_token
     ids = torch.zeros(int(offsets[-1]), topk, dtype=ids_dtype(len(vocab)))
     logp = torch.zeros(int(offsets[-1]), topk, dtype=torch.float32)
     rest = torch.zeros(int(offsets[-1]), dtype=torch.float32)
+    kinds = attention["kinds"] if attention else ()
+    src_lens, tgt_lens = data.src_lens[start:end], data.tgt_lens[start:end]
+    maps, map_offsets = {}, {}
+    for kind in kinds:
+        map_offsets[kind] = np.zeros(end - start + 1, dtype=np.int64)
+        np.cumsum(map_sizes(attention, kind, src_lens, tgt_lens), out=map_offsets[kind][1:])
+        maps[kind] = torch.zeros(int(map_offsets[kind][-1]), dtype=torch.float16)
     special = collate_ids(vocab)
     batches = token_batches(data.src_lens[start:end], data.tgt_lens[start:end], max_tokens, shuffle=False,
                             seed=0, epoch=0)
     model.eval()
     for local in batches:
         batch = to_device(collate([data[start + j] for j in local], **special), device)
-        logits = model(**model_inputs(batch)).logits
+        out = model(**model_inputs(batch), output_attentions=bool(kinds))
+        logits = out.logits
+        for kind, per_kind in collect_attention(out, batch, "head", kinds).items() if kinds else ():
+            for row, j in enumerate(local):  # the real cells of each example, (N*M, Lq, Lk) flattened
+                lq, lk = {"enc_self": ("attention_mask",) * 2, "dec_self": ("decoder_attention_mask",) * 2,
+                          "dec_cross": ("decoder_attention_mask", "attention_mask")}[kind]
+                lq, lk = int(batch[lq][row].sum()), int(batch[lk][row].sum())
+                a, b = map_offsets[kind][j], map_offsets[kind][j + 1]
+                maps[kind][a:b] = per_kind.maps[row, :, :lq, :lk].reshape(-1).to(torch.float16).cpu()
         mask = batch["labels"].ne(IGNORE)
         z = logits.float()[mask]  # (N, V), rows in (example, position) order
         t = F.log_softmax(z if temperature == 1.0 else z / temperature, dim=-1)  # as a2d.losses.log_probs
@@ -81,17 +101,23 @@ def compute_shard(model, vocab, data, start: int, end: int, topk: int, max_token
         ids[rows] = top.indices.cpu().to(ids.dtype)
         logp[rows] = top.values.cpu()
         rest[rows] = t.scatter(-1, top.indices, -math.inf).logsumexp(-1).cpu()  # -inf for an empty rest
-    return {"ids": ids, "logp": logp, "rest": rest, "offsets": torch.from_numpy(offsets)}
+    tensors = {"ids": ids, "logp": logp, "rest": rest, "offsets": torch.from_numpy(offsets)}
+    for kind in kinds:
+        name, where = attention_tensors(kind)
+        tensors[name], tensors[where] = maps[kind], torch.from_numpy(map_offsets[kind])
+    return tensors
 
 
 def build_cache(teacher: Path, data_dir: Path, out: Path, topk: int, max_tokens: int = CACHE_MAX_TOKENS,
-                shard_size: int = CACHE_SHARD_SIZE, temperature: float = CACHE_TEMPERATURE, log=print) -> dict:
+                shard_size: int = CACHE_SHARD_SIZE, temperature: float = CACHE_TEMPERATURE, attention: bool = False,
+                log=print) -> dict:
     """Write (or finish) the cache ``out``: ``teacher``'s top-``topk`` log-probabilities at ``temperature`` over
     ``data_dir``'s train split.
 
     ``teacher`` is a run folder (or its ``best/``/``last/``, or a Hugging Face Marian folder) sharing the
     data's vocabulary; teacher batches hold at most ``max_tokens`` padded tokens; a shard holds
-    ``shard_size`` examples; ``temperature`` must be the ``kd_temperature`` of the runs that will read it.
+    ``shard_size`` examples; ``temperature`` must be the ``kd_temperature`` of the runs that will read it;
+    ``attention``: keep the teacher's attention maps too (every kind it has, every head; A2D reads them).
     Rerunning the same command after an interruption keeps the finished shards and computes the rest; on a
     finished cache it only reports it. Returns the index.
     """
@@ -122,8 +148,15 @@ def build_cache(teacher: Path, data_dir: Path, out: Path, topk: int, max_tokens:
     if longest > max_tokens:
         raise BadValue("max_tokens", max_tokens, f"smaller than the longest train example of {data_dir} ({longest} "
                        "tokens); raise it")
+    maps = None
+    if attention:
+        shape = shape_of(model.config)
+        maps = {"kinds": [k for k in KINDS if k in shape.kinds], "dtype": "float16", "granularity": "head",
+                "layers": {k: shape.layers_heads(k)[0] for k in KINDS if k in shape.kinds},
+                "heads": {k: shape.layers_heads(k)[1] for k in KINDS if k in shape.kinds}}
+        use_attention_maps(model)  # per-head probabilities come from the eager attention kernel
     identity = {
-        "kind": KIND, "format": FORMAT_VERSION,
+        "kind": KIND, "format": FORMAT_VERSION, "attention": maps,
         "teacher": teacher_identity(resolve_model_dir(teacher)),
         "data": data_identity(data_dir, train, vocab),
         "topk": int(topk), "temperature": temperature, "vocab_size": len(vocab), "shard_size": int(shard_size),
@@ -151,7 +184,7 @@ def build_cache(teacher: Path, data_dir: Path, out: Path, topk: int, max_tokens:
     for i in todo:
         start, end = starts[i], min(starts[i] + shard_size, len(train))
         began = time.perf_counter()
-        tensors = compute_shard(model, vocab, train, start, end, topk, max_tokens, device, temperature)
+        tensors = compute_shard(model, vocab, train, start, end, topk, max_tokens, device, temperature, maps)
         data = save_safetensors(tensors, metadata={"format": KIND})
         atomic_write_bytes(out / shard_name(i), data)  # a temporary file, renamed: never half-written
         seconds = time.perf_counter() - began
@@ -189,7 +222,9 @@ def _resume_index(out: Path, identity: dict, log) -> dict:
     changed = [k for k in identity if _key(index.get(k)) != _key(identity[k])]
     if changed:
         raise BadValue("out", out, f"a cache of another {', '.join(_what(k) for k in changed)}; rerun with the same "
-                       "{teacher}, {data_dir}, {topk} and {temperature}, or choose another {out}")
+                       "{teacher}, {data_dir}, {topk} and {temperature}"
+                       + (" and {attention} as it was built" if "attention" in changed else "")
+                       + ", or choose another {out}")
     for shard in index["shards"]:
         file = out / shard["file"]
         if not file.is_file() or file.stat().st_size != shard["bytes"]:
@@ -219,7 +254,8 @@ def _key(value):
 def _what(key: str) -> str:
     """How a :class:`~a2d.errors.BadValue`'s problem names the identity ``key``: a parameter as ``{name}``."""
     return {"teacher": "teacher (weights or config.json)", "data": "data", "topk": "{topk}",
-            "temperature": "{temperature}", "shard_size": "{shard_size}"}.get(key, key)
+            "temperature": "{temperature}", "shard_size": "{shard_size}",
+            "attention": "content (with or without the attention maps)"}.get(key, key)
 
 
 __all__ = ["build_cache", "compute_shard"]

@@ -26,6 +26,7 @@ from a2d.data.batching import collate, shard_batches, token_batches
 from a2d.data.prepare import ParallelData, load_meta
 from a2d.data.vocab import Vocabulary, check_same_vocabulary
 from a2d.errors import BadValue
+from a2d.attention import TEACHER_MAPS
 from a2d.losses import IDS_KEY, IGNORE, label_smoothed_ce
 from a2d.methods import (ATTENTIONS, CACHE_READERS, HIDDEN_STATES, KD_TERM, LOGITS, DistillMethod, Progress,
                          get_method)
@@ -83,6 +84,13 @@ def take_from_teacher(cfg: Config, teacher, folder: Path, log=None) -> Config:
     return dataclasses.replace(cfg, **taken) if taken else cfg
 
 
+def cached_needs(batch: dict) -> set[str]:
+    """What of the teacher's forward pass came with ``batch`` from a teacher cache: its logits' top K
+    (:data:`LOGITS`) and its attention maps (:data:`ATTENTIONS`, ``--cache-attention``)."""
+    return ({LOGITS} if IDS_KEY in batch else set()) | ({ATTENTIONS} if any(k in batch for k in TEACHER_MAPS.values())
+                                                       else set())
+
+
 def distill_step(student, teacher, method, batch: dict, cfg: Config, progress: Progress,
                  autocast=contextlib.nullcontext) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
     """One batch: both forward passes and the loss, mixed where it can be read.
@@ -96,7 +104,7 @@ def distill_step(student, teacher, method, batch: dict, cfg: Config, progress: P
     wants = {"output_attentions": ATTENTIONS in needs, "output_hidden_states": HIDDEN_STATES in needs}
     teacher_out = None
     cached = IDS_KEY in batch  # kd_cache: the teacher's top-K probabilities came with the batch
-    if teacher is not None and method.needs_teacher and not (cached and needs == {LOGITS}):
+    if teacher is not None and method.needs_teacher and not needs <= cached_needs(batch):
         # with a cache, a method that also needs the teacher's maps runs its body without the lm_head
         forward = teacher.model if cached else teacher
         with torch.inference_mode(), (contextlib.nullcontext() if cfg.teacher_precision == "fp32" else autocast()):
@@ -138,6 +146,7 @@ def distill(cfg: Config, data_dir: Path, out: Path, teacher_path: Path | None, r
     method.check_data(train_data.meta)
     method.attach(student, teacher)
     cache = open_kd_cache(method, data_dir, train_data, vocab, teacher_path)  # None without kd_cache=
+    map_kinds = method.cached_map_kinds(cache.attention, f"kd_cache={cache.path}") if cache is not None else ()
     resumed = start_run(accelerator, run, resume, cfg, vocab, log)
     if resumed:
         load_weights(student, run.last)
@@ -162,8 +171,9 @@ def distill(cfg: Config, data_dir: Path, out: Path, teacher_path: Path | None, r
         save_config(cfg, run.config_file)
     student, optimizer = accelerator.prepare(student, optimizer)
     method.to(accelerator.device)
-    teacher_runs = teacher is not None and method.needs_teacher and not (cache is not None and method.needs == {LOGITS})
-    if teacher_runs:  # (with kd_cache, word KD's teacher is only checked, never run)
+    from_cache = ({LOGITS} if cache is not None else set()) | ({ATTENTIONS} if map_kinds else set())
+    teacher_runs = teacher is not None and method.needs_teacher and not method.needs <= from_cache
+    if teacher_runs:  # (with kd_cache, word KD's teacher is only checked, never run; A2D's with the maps cached)
         teacher.to(accelerator.device)
     metrics = run.metrics_log(main, state if resumed else None)
     if main:
@@ -174,6 +184,7 @@ def distill(cfg: Config, data_dir: Path, out: Path, teacher_path: Path | None, r
             + f"; {accelerator.num_processes} process(es) on {accelerator.device}")
         if cache is not None:
             log(f"kd_cache {cache.path}: the KD term reads the teacher's top {cache.topk} probabilities"
+                + (f", the attention terms its {', '.join(map_kinds)} maps" if map_kinds else "")
                 + ("; the teacher runs for its attention maps only" if teacher_runs else "; the teacher does not run"))
 
     def save(which: str) -> None:
@@ -216,6 +227,8 @@ def distill(cfg: Config, data_dir: Path, out: Path, teacher_path: Path | None, r
                     batch = collate([train_data[j] for j in idx], **collate_ids(vocab))
                     if cache is not None:  # the teacher's top-K at each target position, from kd_cache
                         batch.update(cache.lookup(idx, batch["labels"].shape[1]))
+                        if map_kinds:  # and its attention maps
+                            batch.update(cache.lookup_maps(idx, batch, map_kinds))
                     batch = to_device(batch, accelerator.device)
                     with contextlib.nullcontext() if i == len(group) - 1 else accelerator.no_sync(student):
                         terms, weights = distill_step(student, teacher, method, batch, cfg, progress,
@@ -253,4 +266,4 @@ def distill(cfg: Config, data_dir: Path, out: Path, teacher_path: Path | None, r
     return RunResult(state, accelerator.unwrap_model(student), stop)
 
 
-__all__ = ["distill", "distill_step", "load_teacher", "open_kd_cache", "take_from_teacher"]
+__all__ = ["distill", "distill_step", "cached_needs", "load_teacher", "open_kd_cache", "take_from_teacher"]
