@@ -34,9 +34,9 @@ from a2d.data.prepare import ParallelData, load_meta
 from a2d.data.vocab import Vocabulary
 from a2d.defaults import CACHE_MAX_TOKENS, CACHE_SHARD_SIZE, CACHE_TEMPERATURE
 from a2d.errors import BadValue, OutputExists
+from a2d.families import shape_of
 from a2d.losses import IGNORE
 from a2d.methods.kd import WordKDSettings
-from a2d.families import shape_of
 from a2d.models import resolve_model_dir, use_attention_maps
 from a2d.recipes.distill import load_teacher
 from a2d.teacher_cache import (FORMAT_VERSION, INDEX_FILE, KIND, attention_tensors, data_identity, describe, ids_dtype,
@@ -85,10 +85,10 @@ def compute_shard(model, vocab, data, start: int, end: int, topk: int, max_token
         out = model(**model_inputs(batch), output_attentions=bool(kinds))
         logits = out.logits
         for kind, per_kind in collect_attention(out, batch, "head", kinds).items() if kinds else ():
+            queries, keys = {"enc_self": ("attention_mask",) * 2, "dec_self": ("decoder_attention_mask",) * 2,
+                             "dec_cross": ("decoder_attention_mask", "attention_mask")}[kind]
             for row, j in enumerate(local):  # the real cells of each example, (N*M, Lq, Lk) flattened
-                lq, lk = {"enc_self": ("attention_mask",) * 2, "dec_self": ("decoder_attention_mask",) * 2,
-                          "dec_cross": ("decoder_attention_mask", "attention_mask")}[kind]
-                lq, lk = int(batch[lq][row].sum()), int(batch[lk][row].sum())
+                lq, lk = int(batch[queries][row].sum()), int(batch[keys][row].sum())
                 a, b = map_offsets[kind][j], map_offsets[kind][j + 1]
                 maps[kind][a:b] = per_kind.maps[row, :, :lq, :lk].reshape(-1).to(torch.float16).cpu()
         mask = batch["labels"].ne(IGNORE)
