@@ -299,13 +299,26 @@ def distill_cfg(method, *extra):
     return load_config("tiny-student", TINY + [f"method={method}", "max_steps=2", "valid_max_sentences=8", *extra])
 
 
+def live_and_cached_steps(student, teacher, method, cfg, batch, progress, entries):
+    """One distill step with the live teacher, then one with the cache's ``entries`` added to the batch; and the
+    second step's calls of the teacher (``lm``: the whole model, ``body``: without its output layer)."""
+    from a2d.recipes.distill import distill_step
+
+    live, _ = distill_step(student, teacher, method, batch, cfg, progress)
+    calls = []
+    teacher.register_forward_pre_hook(lambda *a: calls.append("lm"))
+    teacher.model.register_forward_pre_hook(lambda *a: calls.append("body"))
+    cached, _ = distill_step(student, teacher, method, {**batch, **entries}, cfg, progress)
+    return live, cached, calls
+
+
 @pytest.mark.parametrize("method", ["kd", "a2d"])
 def test_distill_step_from_a_full_cache_equals_the_live_teacher(method, tiny_data, teacher, full_cache, monkeypatch):
     """With kd_cache the KD term reads the cache: kd never runs the teacher, a2d runs its body (no lm_head)
     for the attention maps; with K = V every loss term equals the live teacher's."""
     from a2d.methods import Progress, get_method
     from a2d.models import use_attention_maps
-    from a2d.recipes.distill import distill_step, load_teacher
+    from a2d.recipes.distill import load_teacher
 
     data, vocab = ParallelData.load(tiny_data, "train"), Vocabulary.load(tiny_data)
     cfg = distill_cfg(method, f"kd_cache={full_cache}")
@@ -320,12 +333,8 @@ def test_distill_step_from_a_full_cache_equals_the_live_teacher(method, tiny_dat
     indices = token_batches(data.src_lens, data.tgt_lens, 1024, shuffle=True, seed=3, epoch=1)[0]
     batch = batch_of(data, vocab, indices)
     progress = Progress(epoch=0, update=0, updates_per_epoch=10)
-    live, _ = distill_step(student, t, m, batch, cfg, progress)
-    calls = []
-    t.register_forward_pre_hook(lambda *a: calls.append("lm"))
-    t.model.register_forward_pre_hook(lambda *a: calls.append("body"))
-    cached_batch = {**batch, **TeacherCache(full_cache).lookup(indices, batch["labels"].shape[1])}
-    cached, _ = distill_step(student, t, m, cached_batch, cfg, progress)
+    live, cached, calls = live_and_cached_steps(student, t, m, cfg, batch, progress,
+                                                TeacherCache(full_cache).lookup(indices, batch["labels"].shape[1]))
     assert calls == ([] if method == "kd" else ["body"])
     assert set(cached) == set(live)
     for name in live:
@@ -418,7 +427,7 @@ def test_an_old_format_cache_is_refused(tiny_data, teacher, full_cache, tmp_path
     assert {p.name: p.read_bytes() for p in old.iterdir()} == before
 
 
-# --------------------------------------------------------------------------------------------- the teacher's attention maps
+# ----------------------------------------------------------------------------------- the teacher's attention maps
 @pytest.fixture(scope="module")
 def attention_cache(tiny_data, teacher, tmp_path_factory):
     """K = V and the teacher's attention maps, in three shards."""
@@ -488,12 +497,9 @@ def test_a2d_step_from_an_attention_cache_equals_the_live_teacher_without_runnin
     indices = token_batches(data.src_lens, data.tgt_lens, 1024, shuffle=True, seed=5, epoch=2)[1]
     batch = batch_of(data, vocab, indices)
     progress = Progress(epoch=1, update=3, updates_per_epoch=10)
-    live, _ = distill_step(student, t, m, batch, cfg, progress)
-    calls = []
-    t.register_forward_pre_hook(lambda *a: calls.append("lm"))
-    t.model.register_forward_pre_hook(lambda *a: calls.append("body"))
-    cached_batch = {**batch, **cache.lookup(indices, batch["labels"].shape[1]), **cache.lookup_maps(indices, batch, kinds)}
-    cached, _ = distill_step(student, t, m, cached_batch, cfg, progress)
+    entries = {**cache.lookup(indices, batch["labels"].shape[1]), **cache.lookup_maps(indices, batch, kinds)}
+    live, cached, calls = live_and_cached_steps(student, t, m, cfg, batch, progress, entries)
+    cached_batch = {**batch, **entries}
     assert calls == []
     for name in live:
         torch.testing.assert_close(cached[name], live[name], rtol=2e-3, atol=1e-5, msg=name)

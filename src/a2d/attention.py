@@ -170,5 +170,5 @@ def _with_masks(kind: str, maps: torch.Tensor, batch: dict[str, torch.Tensor], l
                          layers=layers, heads=heads, granularity=granularity)
 
 
-__all__ = ["AttentionMaps", "KindMaps", "KINDS", "GRANULARITIES", "TEACHER_MAPS", "collect_attention", "stack_attention",
-           "cached_attention"]
+__all__ = ["AttentionMaps", "KindMaps", "KINDS", "GRANULARITIES", "TEACHER_MAPS", "collect_attention",
+           "stack_attention", "cached_attention"]

@@ -298,6 +298,7 @@ class TeacherCache:
         return out
 
 
-__all__ = ["write_index", "read_index", "shard_name", "attention_tensors", "map_sizes", "ids_dtype", "teacher_identity", "data_identity",
+__all__ = ["write_index", "read_index", "shard_name", "attention_tensors", "map_sizes", "ids_dtype", "teacher_identity",
+           "data_identity",
            "build_command", "TeacherCache", "describe", "IDS_KEY", "LOGP_KEY", "REST_KEY",
            "INDEX_FILE", "SHARD_TENSORS"]

@@ -100,9 +100,10 @@ class AlignToDistill(DistillMethod):
             if kind not in attention["kinds"]:
                 raise UserError(f"{where}: holds no {kind} attention maps; build it again with this teacher")
             cached = (int(attention["layers"][kind]), int(attention["heads"][kind]))
-            if cached != self.teacher_shape.layers_heads(kind):
-                raise UserError(f"{where}: its {kind} maps are of {cached[0]} layers x {cached[1]} heads, the "
-                                f"teacher has {self.teacher_shape.layers_heads(kind)}; build it again with this teacher")
+            live = self.teacher_shape.layers_heads(kind)
+            if cached != live:
+                raise UserError(f"{where}: its {kind} maps are of {cached[0]} layers x {cached[1]} heads, the teacher "
+                                f"has {live[0]} x {live[1]}; build it again with this teacher")
         if self.settings.kl_norm == "reference":
             raise UserError(f"{where}: holds the teacher's attention maps over real tokens only, and kl_norm=reference "
                             "reads the padding cells too; use kl_norm=per-query, or a cache without attention maps")
