@@ -21,12 +21,12 @@ import torch
 from accelerate.utils import gather_object
 from tqdm.auto import tqdm
 
+from a2d.attention import TEACHER_MAPS
 from a2d.config import Config, save_config
 from a2d.data.batching import collate, shard_batches, token_batches
 from a2d.data.prepare import ParallelData, load_meta
 from a2d.data.vocab import Vocabulary, check_same_vocabulary
 from a2d.errors import BadValue
-from a2d.attention import TEACHER_MAPS
 from a2d.losses import IDS_KEY, IGNORE, label_smoothed_ce
 from a2d.methods import (ATTENTIONS, CACHE_READERS, HIDDEN_STATES, KD_TERM, LOGITS, DistillMethod, Progress,
                          get_method)
