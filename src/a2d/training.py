@@ -5,7 +5,6 @@ Run folders (status, resume, checkpoints, the metrics log) are :mod:`a2d.rundir`
 from __future__ import annotations
 
 import math
-import resource
 import signal
 import sys
 import threading
@@ -27,7 +26,7 @@ from a2d.evaluate import score, translate
 from a2d.losses import label_smoothed_ce
 from a2d.rundir import BEST, LAST, METHOD_TENSORS, TrainState, set_rng_state
 from a2d.tokenizer import collate_ids
-from a2d.utils import UserError
+from a2d.utils import UserError, peak_rss_bytes
 
 
 @dataclass
@@ -245,7 +244,7 @@ def peak_memory(device: torch.device) -> str:
     """The process's peak resident memory (CPU) or the device's peak allocated memory (CUDA), as text."""
     if device.type == "cuda":
         return f"{torch.cuda.max_memory_allocated(device) / 2**30:.2f} GiB on {device}"
-    return f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GiB resident"
+    return f"{peak_rss_bytes() / 2**30:.2f} GiB resident"
 
 
 # --------------------------------------------------------------------------------------------- interruption

@@ -1,10 +1,12 @@
-"""Small shared helpers: atomic writes, user-facing errors, hashing."""
+"""Small shared helpers: atomic writes, user-facing errors, hashing, the process's peak memory."""
 from __future__ import annotations
 
 import hashlib
 import json
 import os
+import resource
 import shutil
+import sys
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
@@ -133,3 +135,26 @@ def atomic_savefig(fig, path: Path | str, dpi: int = 120) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def peak_rss_bytes() -> int:
+    """This process's peak resident memory in bytes. On Linux it is ``VmHWM`` of ``/proc/self/status``: the peak
+    of this process's own address space, which :func:`reset_peak_rss` can lower. Not ``getrusage``'s
+    ``ru_maxrss``: Linux carries that over an ``exec``, so a spawned child reports at least its parent's size
+    when it was started. Elsewhere ``ru_maxrss`` (bytes on macOS, KiB on the other systems)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak if sys.platform == "darwin" else peak * 1024
+
+
+def reset_peak_rss() -> None:
+    """Lower the peak :func:`peak_rss_bytes` reports to the memory resident now (Linux; elsewhere nothing)."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        pass

@@ -32,7 +32,6 @@ import argparse
 import json
 import os
 import platform
-import resource
 import sys
 import tempfile
 import time
@@ -51,7 +50,7 @@ from a2d.models import resolve_model_dir
 from a2d.provenance import commit, now
 from a2d.shortlist import DEFAULT_FREQUENT, DEFAULT_TOP_N, write_shortlist
 from a2d.translator import CT2Translator, HFTranslator
-from a2d.utils import UserError, atomic_savefig, atomic_write_text, check_writable_parent
+from a2d.utils import UserError, atomic_savefig, atomic_write_text, check_writable_parent, peak_rss_bytes
 
 ENGINES = ("hf-fp32", "ct2-float32", "ct2-int8")
 BEAMS, THREADS = (1, 5), (1, 2)  # the defaults: the peers ship greedy, the paper decodes with beam 5
@@ -102,7 +101,7 @@ def measure(engine: str, folder: str, data: str, split: str, threads: int, beams
         result["latency_ms"][f"beam{beam}"] = {"p50": round(1000 * percentile(times, 50), 2),
                                                "p90": round(1000 * percentile(times, 90), 2),
                                                "sentences": len(times), "batch": 1}
-    result["peak_rss_mib"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+    result["peak_rss_mib"] = round(peak_rss_bytes() / 2**20, 1)
     return result
 
 

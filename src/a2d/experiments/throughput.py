@@ -39,6 +39,7 @@ from a2d.recipes.train import train_step
 from a2d.settings import load_config
 from a2d.tokenizer import collate_ids
 from a2d.training import make_optimizer, model_inputs, resolve_precision, to_device
+from a2d.utils import peak_rss_bytes, reset_peak_rss
 
 STUDENT_STEP, TEACHER_FORWARD = "student step", "teacher forward"
 
@@ -58,19 +59,14 @@ class Variant:
 def _peak_reset(device) -> None:
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-        return
-    with contextlib.suppress(OSError):
-        Path("/proc/self/clear_refs").write_text("5")
+    else:
+        reset_peak_rss()
 
 
 def _peak_read(device) -> int:
     if device.type == "cuda":
         return int(torch.cuda.max_memory_allocated(device))
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
-    return 0
+    return peak_rss_bytes()
 
 
 def _sync(device) -> None:
