@@ -112,7 +112,7 @@ def test_a_run_writes_the_report(setup, tmp_path):
     out = tmp_path / "res" / "speed-x"
     argv = ["--data", str(data), "--teacher", str(teacher), "--student", f"small={student}", "--target-student",
             "small", "--engines", "ct2-int8", "--beam", "2", "--threads", "1", "--force-length", "4",
-            "--latency-sentences", "2", "--out", str(out)]
+            "--latency-sentences", "2", "--repeats", "2", "--out", str(out)]
     ballast = bytearray(768 * 2**20)  # this process is then far larger than either measuring one
     ballast[::4096] = b"x" * len(ballast[::4096])  # touched: resident
     parent = peak_rss_bytes()
@@ -123,11 +123,14 @@ def test_a_run_writes_the_report(setup, tmp_path):
     assert [(r["model"], r["engine"], r["threads"]) for r in report["results"]] == [("teacher", "ct2-int8", 1),
                                                                                    ("small", "ct2-int8", 1)]
     assert all(r["runs"]["beam2"]["target_tokens"] == 5 * 4 for r in report["results"])
+    for run in (r["runs"]["beam2"] for r in report["results"]):  # the median of two passes is their mean
+        assert len(run["passes_seconds"]) == 2 and abs(run["seconds"] - sum(run["passes_seconds"]) / 2) < 2e-3
     # each row's peak memory is its own process's, not inherited from the one that spawned it (ru_maxrss is)
     assert all(0 < r["peak_rss_mib"] * 2**20 < parent - 512 * 2**20 for r in report["results"])
     assert {t["name"]: t["met"] for t in report["targets"]}["speed vs teacher HF fp32"] is None
     md = out.with_name("speed-x.md").read_text()
     assert "small against teacher" in md and "forced to exactly 4 decoder steps" in md
+    assert "the median of 2 timed passes" in md
     assert out.with_name("speed-x.png").stat().st_size > 0
 
 
@@ -137,6 +140,7 @@ def test_a_run_writes_the_report(setup, tmp_path):
     (["--threads", "1", "0"], "--threads 0: must be at least 1"),
     (["--engines", "hf-fp32", "ct2-int4"], "--engines ct2-int4: choose from hf-fp32, ct2-float32, ct2-int8"),
     (["--force-length", "0"], "--force-length 0: must be at least 1"),
+    (["--repeats", "0"], "--repeats 0: must be at least 1"),
     (["--force-length", "128"], "--force-length 128: teacher"),
     (["--target-student", "A2D"], "--target-student A2D: not a --student name (they are small)"),
     (["--student", "nameless"], "--student nameless: give NAME=RUN"),

@@ -62,9 +62,10 @@ SHORTLIST = "+shortlist"  # appended to a CTranslate2 engine's name in the rows 
 # =============================================================================================== one process
 def measure(engine: str, folder: str, data: str, split: str, threads: int, beams: list[int], max_tokens: int,
             latency_sentences: int, force_length: int | None = None, sentences: int | None = None,
-            shortlist: bool = False) -> dict:
+            shortlist: bool = False, repeats: int = 1) -> dict:
     """Load ``folder`` with ``engine`` on ``threads`` threads, then at every beam: time the split (warm), score
-    the timed outputs, time batch-1 latency. Meant to run in a fresh process (:func:`in_fresh_process`): the
+    the timed outputs, time batch-1 latency. ``repeats``: the split is translated that many times and the median
+    time counts (every pass's time is kept; the outputs of each pass are the same). Meant to run in a fresh process (:func:`in_fresh_process`): the
     peak resident memory it reports is its process's. ``shortlist``: a CTranslate2 engine decodes with the
     folder's vocabulary map (the row's engine is then ``ENGINE+shortlist``)."""
     if shortlist and engine == "hf-fp32":
@@ -83,14 +84,18 @@ def measure(engine: str, folder: str, data: str, split: str, threads: int, beams
     decode = dict(max_tokens=max_tokens, force_length=force_length)
     translator.translate_ids(sources[:20], beam=max(beams), **decode)  # warm-up
     for beam in beams:
-        start = time.perf_counter()
-        ids = translator.translate_ids(sources, beam=beam, **decode)
-        hypotheses = [translator.detokenize(x) for x in ids]
-        seconds = time.perf_counter() - start
+        passes = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            ids = translator.translate_ids(sources, beam=beam, **decode)
+            hypotheses = [translator.detokenize(x) for x in ids]
+            passes.append(time.perf_counter() - start)
+        seconds = percentile(passes, 50)
         steps = sum(len(x) for x in ids)
         s = score(hypotheses, references, n_bootstrap=1, tgt_lang=test.meta.get("tgt"))
         result["runs"][f"beam{beam}"] = {
-            "seconds": round(seconds, 3), "sentences": len(sources), "target_tokens": steps,
+            "seconds": round(seconds, 3), "passes_seconds": [round(x, 3) for x in passes],
+            "sentences": len(sources), "target_tokens": steps,
             "tokens_per_s": round(steps / seconds, 1), "sentences_per_s": round(len(sources) / seconds, 2),
             "bleu": round(s["bleu"], 2), "chrf": round(s["chrf"], 2), "signature": s["signature"]}
         times = []
@@ -306,8 +311,9 @@ def markdown(report: dict, models: list[str]) -> str:
         f"ctranslate2 {hw['ctranslate2']}; load average before {hw['load_average_before']}, after "
         f"{hw['load_average_after']}" + (f"; {report['note']}" if report["note"] else ""), "",
         f"{n} sentences of the {s['split']} split, batches of at most {s['max_tokens']} source tokens; {length}. "
-        "Target tokens are decoder steps (each hypothesis's output ids through </s>, from the engine); BLEU/chrF "
-        f"are of the timed outputs; latency is one sentence at a time over the first {s['latency_sentences']}; "
+        "Target tokens are decoder steps (each hypothesis's output ids through </s>, from the engine); "
+        + (f"tokens/s: the median of {s['repeats']} timed passes over the split; " if s.get("repeats", 1) > 1 else "")
+        + f"BLEU/chrF are of the timed outputs; latency is one sentence at a time over the first {s['latency_sentences']}; "
         "x teacher: tokens/s over the teacher's at the same engine, threads and beam; peak RSS is that of a fresh "
         "process per model, engine and threads.", "",
         table(rows, report["teacher"]), "",
@@ -339,6 +345,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--max-tokens", type=int, default=2000, help="source tokens per batch (default 2000)")
     p.add_argument("--latency-sentences", type=int, default=100, help="batch-1 latency over the first N (default 100)")
     p.add_argument("--sentences", type=int, metavar="N", help="translate the first N sentences only (default all)")
+    p.add_argument("--repeats", type=int, default=1, metavar="N",
+                   help="time the split N times and count the median pass (default 1)")
     p.add_argument("--shortlist", action="store_true", help="also time every ct2 engine with a lexical shortlist "
                    "(a2d shortlist from --data's train split)")
     p.add_argument("--top-n", type=int, metavar="N",
@@ -361,7 +369,7 @@ def check(args) -> tuple[list[tuple[str, Path]], list[int], list[int], list[str]
         if bad:
             raise UserError(f"{option} {bad[0]}: must be at least 1")
     for option, value in (("--max-tokens", args.max_tokens), ("--sentences", args.sentences),
-                          ("--force-length", args.force_length)):
+                          ("--force-length", args.force_length), ("--repeats", args.repeats)):
         if value is not None and value < 1:
             raise UserError(f"{option} {value}: must be at least 1")
     if args.latency_sentences < 0:
@@ -422,7 +430,7 @@ def run(args, command: str, log=print) -> dict:
               "note": args.note, "teacher": TEACHER, "target_student": args.target_student,
               "settings": {"data": str(args.data), "split": args.split, "engines": engines, "beams": beams,
                            "threads": threads, "force_length": args.force_length, "max_tokens": args.max_tokens,
-                           "latency_sentences": args.latency_sentences, "sentences": args.sentences,
+                           "latency_sentences": args.latency_sentences, "sentences": args.sentences, "repeats": args.repeats,
                            "shortlist": {"top_n": args.top_n, "frequent": args.frequent} if args.shortlist else None}}
     rows = []
     with tempfile.TemporaryDirectory(prefix="a2d-speed-") as tmp:
@@ -441,7 +449,7 @@ def run(args, command: str, log=print) -> dict:
                     log(f"{name} {engine}{SHORTLIST if shortlist else ''} {n} thread(s) ...")
                     r = in_fresh_process(engine, str(folders[engine]), str(args.data), args.split, n, beams,
                                          args.max_tokens, args.latency_sentences, args.force_length, args.sentences,
-                                         shortlist)
+                                         shortlist, args.repeats)
                     r.update(model=name, folder=str(model_dir) if engine == "hf-fp32" else f"a2d export of {model_dir}",
                              weights_bytes=sizes[engine, shortlist][0], folder_bytes=sizes[engine, shortlist][1])
                     rows.append(r)
