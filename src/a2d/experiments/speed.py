@@ -65,8 +65,8 @@ def measure(engine: str, folder: str, data: str, split: str, threads: int, beams
             shortlist: bool = False, repeats: int = 1) -> dict:
     """Load ``folder`` with ``engine`` on ``threads`` threads, then at every beam: time the split (warm), score
     the timed outputs, time batch-1 latency. ``repeats``: the split is translated that many times and the median
-    time counts (every pass's time is kept; the outputs of each pass are the same). Meant to run in a fresh process (:func:`in_fresh_process`): the
-    peak resident memory it reports is its process's. ``shortlist``: a CTranslate2 engine decodes with the
+    time counts (every pass's time is kept; the outputs of each pass are the same). Meant to run in a fresh
+    process (:func:`in_fresh_process`): the peak resident memory it reports is its process's. ``shortlist``: a CTranslate2 engine decodes with the
     folder's vocabulary map (the row's engine is then ``ENGINE+shortlist``)."""
     if shortlist and engine == "hf-fp32":
         raise ValueError("a shortlist is for the CTranslate2 engines")
@@ -313,7 +313,8 @@ def markdown(report: dict, models: list[str]) -> str:
         f"{n} sentences of the {s['split']} split, batches of at most {s['max_tokens']} source tokens; {length}. "
         "Target tokens are decoder steps (each hypothesis's output ids through </s>, from the engine); "
         + (f"tokens/s: the median of {s['repeats']} timed passes over the split; " if s.get("repeats", 1) > 1 else "")
-        + f"BLEU/chrF are of the timed outputs; latency is one sentence at a time over the first {s['latency_sentences']}; "
+        + "BLEU/chrF are of the timed outputs; "
+        f"latency is one sentence at a time over the first {s['latency_sentences']}; "
         "x teacher: tokens/s over the teacher's at the same engine, threads and beam; peak RSS is that of a fresh "
         "process per model, engine and threads.", "",
         table(rows, report["teacher"]), "",
@@ -430,7 +431,8 @@ def run(args, command: str, log=print) -> dict:
               "note": args.note, "teacher": TEACHER, "target_student": args.target_student,
               "settings": {"data": str(args.data), "split": args.split, "engines": engines, "beams": beams,
                            "threads": threads, "force_length": args.force_length, "max_tokens": args.max_tokens,
-                           "latency_sentences": args.latency_sentences, "sentences": args.sentences, "repeats": args.repeats,
+                           "latency_sentences": args.latency_sentences, "sentences": args.sentences,
+                           "repeats": args.repeats,
                            "shortlist": {"top_n": args.top_n, "frequent": args.frequent} if args.shortlist else None}}
     rows = []
     with tempfile.TemporaryDirectory(prefix="a2d-speed-") as tmp:
