@@ -66,8 +66,8 @@ def measure(engine: str, folder: str, data: str, split: str, threads: int, beams
     """Load ``folder`` with ``engine`` on ``threads`` threads, then at every beam: time the split (warm), score
     the timed outputs, time batch-1 latency. ``repeats``: the split is translated that many times and the median
     time counts (every pass's time is kept; the outputs of each pass are the same). Meant to run in a fresh
-    process (:func:`in_fresh_process`): the peak resident memory it reports is its process's. ``shortlist``: a CTranslate2 engine decodes with the
-    folder's vocabulary map (the row's engine is then ``ENGINE+shortlist``)."""
+    process (:func:`in_fresh_process`): the peak resident memory it reports is its process's. ``shortlist``: a
+    CTranslate2 engine decodes with the folder's vocabulary map (the row's engine is then ``ENGINE+shortlist``)."""
     if shortlist and engine == "hf-fp32":
         raise ValueError("a shortlist is for the CTranslate2 engines")
     os.environ["OMP_NUM_THREADS"] = str(threads)
