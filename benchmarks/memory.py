@@ -52,15 +52,9 @@ from a2d.recipes.train import train_step
 from a2d.settings import load_config
 from a2d.tokenizer import collate_ids
 from a2d.training import make_optimizer, to_device
+from a2d.utils import peak_rss_bytes, reset_peak_rss
 
 STUDENT = "student"  # the run that is a student training step, not a method
-
-
-def _status(key: str) -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(key + ":"):
-            return int(line.split()[1]) * 1024
-    return 0
 
 
 class LiveTensors(TorchDispatchMode):
@@ -137,8 +131,8 @@ def measure_one(args) -> dict:
         torch.cuda.reset_peak_memory_stats(device)
         ready = torch.cuda.memory_allocated(device)
     else:
-        ready = _status("VmRSS")
-        Path("/proc/self/clear_refs").write_text("5")  # VmHWM := VmRSS
+        reset_peak_rss()  # the peak := the memory resident now
+        ready = peak_rss_bytes()
     live = LiveTensors() if device.type == "cpu" and args.live else None
     for i, batch in enumerate(batches):
         with live if live is not None else contextlib.nullcontext():
@@ -154,7 +148,7 @@ def measure_one(args) -> dict:
             optimizer.zero_grad(set_to_none=True)
             losses.append({k: round(float(v.detach()), 6) for k, v in terms.items()})
             del terms
-    peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else _status("VmHWM")
+    peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else peak_rss_bytes()
 
     return {"run": args.run, "peak_bytes": peak, "ready_bytes": ready, "step_bytes": peak - ready,
             "live_peak_bytes": live.peak if live is not None else None,

@@ -299,6 +299,5 @@ class TeacherCache:
 
 
 __all__ = ["write_index", "read_index", "shard_name", "attention_tensors", "map_sizes", "ids_dtype", "teacher_identity",
-           "data_identity",
-           "build_command", "TeacherCache", "describe", "IDS_KEY", "LOGP_KEY", "REST_KEY",
+           "data_identity", "build_command", "TeacherCache", "describe", "IDS_KEY", "LOGP_KEY", "REST_KEY",
            "INDEX_FILE", "SHARD_TENSORS"]
