@@ -64,6 +64,21 @@ def test_measure_counts_forced_decoder_steps(setup, tmp_path, engine):
     assert free["runs"]["beam2"]["sentences"] == 3 and free["latency_ms"]["beam2"]["sentences"] == 0
 
 
+def test_measure_as_translators(setup, tmp_path):
+    """``translators=True``: a ct2 engine on 2 threads runs as 2 translators of one thread, in its own row, with the
+    plain row's outputs; Hugging Face has none."""
+    teacher, _, data = setup
+    folder = tmp_path / "ct2"
+    speed.export(teacher, folder, quantization="int8", log=quiet)
+    plain = speed.measure("ct2-int8", str(folder), str(data), "test", 2, [2], 40, 1)
+    both = speed.measure("ct2-int8", str(folder), str(data), "test", 2, [2], 40, 1, translators=True)
+    assert (plain["engine"], both["engine"], both["threads"]) == ("ct2-int8", "ct2-int8+translators", 2)
+    assert both["runs"]["beam2"]["target_tokens"] == plain["runs"]["beam2"]["target_tokens"]
+    assert both["runs"]["beam2"]["bleu"] == plain["runs"]["beam2"]["bleu"]
+    with pytest.raises(ValueError, match="for the CTranslate2 engines"):
+        speed.measure("hf-fp32", str(teacher), str(data), "test", 2, [2], 40, 1, translators=True)
+
+
 def _row(model, engine, tok5, bleu5=30.0, threads=1, folder=4 * 2**20, tok1=None):
     runs = {"beam5": {"tokens_per_s": tok5, "bleu": bleu5, "chrf": 50.0, "sentences_per_s": 1.0}}
     if tok1 is not None:
@@ -147,6 +162,8 @@ def test_a_run_writes_the_report(setup, tmp_path):
     (["--student", "teacher=x"], "the name 'teacher' is taken by the teacher"),
     (["--split", "dev"], "no 'dev' split"),
     (["--latency-sentences", "-1"], "--latency-sentences -1: must be at least 0"),
+    (["--translators", "--engines", "hf-fp32"], "--translators: for the CTranslate2 engines, and --engines has none"),
+    (["--translators", "--threads", "1"], "--translators: N translators of one thread for each --threads N above 1"),
 ])
 def test_wrong_options_are_one_line(setup, tmp_path, capsys, extra, message):
     teacher, student, data = setup

@@ -3,6 +3,8 @@ load_translator choosing by the folder, and evaluation taking a translator. Tiny
 downloaded."""
 from __future__ import annotations
 
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -70,6 +72,54 @@ def test_the_shared_loop_cuts_batches_and_restores_the_order(folders):
     assert Echo(vocab, 6).translate(["", None]) == ["", ""]
     with pytest.raises(ValueError, match="beam=0"):
         echo.translate(sources, beam=0)
+
+
+class SlowEcho(Echo):
+    """An Echo whose batches take a while, recording how many it decodes at once."""
+
+    def __init__(self, vocab, limit: int, workers: int):
+        super().__init__(vocab, limit)
+        self.workers, self.now, self.most, self.lock = workers, 0, 0, threading.Lock()
+
+    def generate(self, batch, beam, max_new, force=False):
+        with self.lock:
+            self.now += 1
+            self.most = max(self.most, self.now)
+        time.sleep(0.05)
+        with self.lock:
+            self.now -= 1
+        return super().generate(batch, beam, max_new, force)
+
+
+def test_workers_decode_batches_at_once_in_the_input_order(folders):
+    """An engine with two workers decodes two batches at a time, from the same batches, and gives each source its
+    own output; one worker decodes one batch at a time."""
+    vocab = Vocabulary.load(folders[0])
+    sources = corpus_text(12)[0]
+    one, two = SlowEcho(vocab, 40, workers=1), SlowEcho(vocab, 40, workers=2)
+    assert one.translate(sources, max_tokens=30) == two.translate(sources, max_tokens=30)
+    assert len(one.calls) > 3 and sorted(one.calls) == sorted(two.calls)
+    assert (one.most, two.most) == (1, 2)
+
+
+def test_ct2_translators_give_the_same_translations(folders):
+    """Two CTranslate2 translators of one thread decode different batches at once and give one translator's
+    outputs; Hugging Face has no translators, and none is a wrong count."""
+    model, ct2_folder, data = folders
+    sources = corpus_text(20)[0] + ["", "Ein Hund läuft über die Wiese."]
+    one, two = load_translator(ct2_folder), load_translator(ct2_folder, translators=2)
+    assert (one.translator.num_translators, two.translator.num_translators, two.workers) == (1, 2, 2)
+    for beam in (1, 3):
+        assert two.translate_ids(sources, beam=beam, max_tokens=40) == one.translate_ids(sources, beam=beam,
+                                                                                         max_tokens=40)
+    with pytest.raises(UserError, match="^translators=2: .* is not a CTranslate2 export"):
+        load_translator(model, translators=2)
+    with pytest.raises(UserError, match="^translators=0: must be at least 1$"):
+        CT2Translator(ct2_folder, translators=0)
+    with pytest.raises(ValueError, match="translators=2 is for a folder"):
+        evaluate_model(one, data, split="valid", translators=2, progress=False)
+    by_two = evaluate_model(ct2_folder, data, split="valid", beam=2, translators=2, progress=False)
+    assert by_two["bleu"] == evaluate_model(ct2_folder, data, split="valid", beam=2, progress=False)["bleu"]
 
 
 def test_cutting_a_source_is_said_in_one_line(folders, capsys):

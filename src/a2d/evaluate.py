@@ -184,12 +184,13 @@ def _read_lines(path: Path) -> list[str]:
 
 def evaluate_model(model: Translator | Path | str, data_dir: Path | str, split: str = "test",
                    beam: int | None = None, out: Path | str | None = None, max_len_a: float = 1.2, max_len_b: int = 10,
-                   progress: bool = True, max_tokens: int = 6000, threads: int = 1, shortlist: bool = False) -> dict:
+                   progress: bool = True, max_tokens: int = 6000, threads: int = 1, shortlist: bool = False,
+                   translators: int = 1) -> dict:
     """Translate ``DATA_DIR/{split}.{src}`` with ``model`` and score it against ``{split}.{tgt}``.
 
     ``model`` is a :class:`~a2d.translator.Translator`, or a folder, opened with
-    :func:`~a2d.translator.load_translator` (``threads``: CTranslate2's; ``shortlist``: with the export's vocabulary
-    map) once the data is found. With ``out`` the result is written there as JSON and the hypotheses, one per line,
+    :func:`~a2d.translator.load_translator` (``threads`` and ``translators``: CTranslate2's; ``shortlist``: with the
+    export's vocabulary map) once the data is found. With ``out`` the result is written there as JSON and the hypotheses, one per line,
     to ``out.with_suffix(".hyp")``. Returns the result dict (the :func:`score` keys plus model, data, split, beam,
     decode_seconds, sentences_per_second, device, shortlist: the map's description, None without one; truncated: the
     sources cut to the model's positions). ``beam=None``: the translator's ``default_beam`` (the one its folder
@@ -211,9 +212,11 @@ def evaluate_model(model: Translator | Path | str, data_dir: Path | str, split: 
 
     folder = Path(model) if isinstance(model, (str, os.PathLike)) else None
     if folder is not None:
-        translator = load_translator(folder, threads=threads, shortlist=shortlist)
+        translator = load_translator(folder, threads=threads, shortlist=shortlist, translators=translators)
     elif shortlist:
         raise ValueError("shortlist=True is for a folder; give a translator made with its shortlist instead")
+    elif translators != 1:
+        raise ValueError(f"translators={translators} is for a folder; give a translator made with them instead")
     else:
         translator = model
     check_same_vocabulary(translator.vocab, data_vocab, "model", folder, data_dir)

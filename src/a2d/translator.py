@@ -7,7 +7,8 @@
 Both decode the same way because they share :meth:`BatchTranslator.translate`: each source is encoded with the
 model's tokenizer, cut to the model's positions (saying so on standard error, one line per call) and closed
 with ``</s>``; blank sources give ``""`` without
-being decoded; the rest are sorted longest first and batched so that ``batch size * longest <= max_tokens``;
+being decoded; the rest are sorted longest first and batched so that ``batch size * longest <= max_tokens``
+(an engine with several workers, CTranslate2's translators, decodes several of these batches at once);
 a batch may generate ``int(max_len_a * longest + max_len_b)`` new tokens (at most the model's positions);
 beam search, or greedy with ``beam=1``; the hypotheses come back in the input order, detokenised on one line.
 An engine gives only how one batch of token ids is decoded (:meth:`BatchTranslator.generate`).
@@ -22,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import sys
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Protocol
 
@@ -65,6 +67,8 @@ class BatchTranslator:
     default_beam: int = DEFAULT_BEAM
     #: how many sources the last :meth:`translate_ids` call cut to the model's positions
     truncated: int = 0
+    #: how many batches :meth:`generate` may decode at once (from as many threads); 1: one after the other
+    workers: int = 1
 
     @staticmethod
     def notice(message: str) -> None:
@@ -119,16 +123,23 @@ class BatchTranslator:
             from tqdm.auto import tqdm
 
             bar = tqdm(total=len(order), unit="sent", desc="translate", leave=False)
+
+        def decode(batch: list[int]) -> tuple[list[int], list[list[int]]]:
+            if force_length is None:
+                longest = max(len(encoded[i]) for i in batch)
+                max_new = max(1, min(int(max_len_a * longest + max_len_b), self.limit))
+            else:
+                max_new = force_length
+            return batch, self.generate([encoded[i] for i in batch], beam, max_new, force=force_length is not None)
+
         try:
-            with self.decoding():
-                for batch in batches:
-                    if force_length is None:
-                        longest = max(len(encoded[i]) for i in batch)
-                        max_new = max(1, min(int(max_len_a * longest + max_len_b), self.limit))
-                    else:
-                        max_new = force_length
-                    generated = self.generate([encoded[i] for i in batch], beam, max_new,
-                                              force=force_length is not None)
+            with self.decoding(), contextlib.ExitStack() as stack:
+                if self.workers > 1:  # the batches are formed as above whatever the workers: the same outputs
+                    pool = stack.enter_context(ThreadPoolExecutor(max_workers=self.workers))
+                    decoded = pool.map(decode, batches)
+                else:
+                    decoded = map(decode, batches)
+                for batch, generated in decoded:
                     for i, ids in zip(batch, generated):
                         outputs[i] = ids
                     if bar is not None:
@@ -193,7 +204,10 @@ class HFTranslator(BatchTranslator):
 
 
 class CT2Translator(BatchTranslator):
-    """A CTranslate2 folder written by ``a2d export``, run with ``threads`` intra-op threads.
+    """A CTranslate2 folder written by ``a2d export``, run as ``translators`` translators (CTranslate2's
+    ``inter_threads``: they share the weights and decode different batches at once) of ``threads`` intra-op threads
+    each. For batched work on N cores, N translators of one thread were faster than one of N threads on the 2-core
+    AMD EPYC measured (docs/ship.md); one sentence at a time gains nothing from more translators.
 
     The export's settings (:func:`a2d.export.read_settings`) say how to decode as Hugging Face does: the model's
     positions, the ids it never generates (``bad_words_ids``), and whether a hypothesis that reaches the length
@@ -206,12 +220,14 @@ class CT2Translator(BatchTranslator):
     """
 
     def __init__(self, folder: Path | str, threads: int = 1, device: str = "cpu", compute_type: str = "default",
-                 shortlist: bool = False):
+                 shortlist: bool = False, translators: int = 1):
         ctranslate2 = require_ctranslate2()
         self.folder = Path(folder)
         self.name, self.device = str(folder), device
-        if threads < 1:
-            raise BadValue("threads", threads, "must be at least 1")
+        for name, value in (("threads", threads), ("translators", translators)):
+            if value < 1:
+                raise BadValue(name, value, "must be at least 1")
+        self.workers = int(translators)
         settings = read_settings(self.folder)
         self.shortlist = describe_shortlist(self.folder) if shortlist else None
         if shortlist and self.shortlist is None:
@@ -222,7 +238,7 @@ class CT2Translator(BatchTranslator):
         self.vocab = Vocabulary.load(self.folder)
         try:
             self.translator = ctranslate2.Translator(str(self.folder), device=device, compute_type=compute_type,
-                                                     intra_threads=int(threads), inter_threads=1)
+                                                     intra_threads=int(threads), inter_threads=self.workers)
         except (RuntimeError, ValueError) as e:
             raise UserError(f"{self.folder}: CTranslate2 cannot load it ({str(e).splitlines()[0]})") from None
         self.limit = max(1, int(settings.get("max_position_embeddings", 512)) - 1)
@@ -244,16 +260,19 @@ class CT2Translator(BatchTranslator):
 
 
 def load_translator(path: Path | str, threads: int = 1, device: str | None = None,
-                    shortlist: bool = False) -> Translator:
-    """The translator of the folder ``path``: :class:`CT2Translator` for an ``a2d export`` folder (with ``threads``
-    CTranslate2 threads, on the CPU; ``shortlist``: with its vocabulary map), else :class:`HFTranslator` (a run
-    folder, its ``best/`` or ``last/``, or a Marian folder; on ``device``, default the GPU if there is one), which
-    has no shortlist: asking for one is refused."""
+                    shortlist: bool = False, translators: int = 1) -> Translator:
+    """The translator of the folder ``path``: :class:`CT2Translator` for an ``a2d export`` folder (``translators``
+    of ``threads`` CTranslate2 threads each, on the CPU; ``shortlist``: with its vocabulary map), else
+    :class:`HFTranslator` (a run folder, its ``best/`` or ``last/``, or a Marian folder; on ``device``, default the
+    GPU if there is one), which has neither a shortlist nor several translators: asking for one is refused."""
     if is_exported(path):
-        return CT2Translator(path, threads=threads, shortlist=shortlist)
+        return CT2Translator(path, threads=threads, shortlist=shortlist, translators=translators)
     if shortlist:
         raise BadValue("shortlist", True, f"{path} is not a CTranslate2 export; the shortlist is CTranslate2's "
                        "vocabulary map (a2d export, then a2d shortlist)")
+    if translators != 1:
+        raise BadValue("translators", translators, f"{path} is not a CTranslate2 export; several translators are "
+                       "CTranslate2's (a2d export first)")
     return HFTranslator.load(path, device=device)
 
 

@@ -151,10 +151,13 @@ def test_interrupted_run_resumes(tiny_data, teacher, expected, distilled, tmp_pa
     monkeypatch.setattr(dd, "translate_chunk", lambda translator, src, **kw: calls.append(list(src))
                         or real(translator, src, **kw))
     messages = []
-    meta = distill_data(teacher, tiny_data, out, beam=BEAM, chunk=CHUNK, engine=engine, threads=1,
+    # CTranslate2 resumes on two cores: two translators of one thread, decoding batches at once, alike
+    cores = 1 if engine == "hf" else 2
+    meta = distill_data(teacher, tiny_data, out, beam=BEAM, chunk=CHUNK, engine=engine, threads=cores,
                         log=messages.append)
     assert calls == [sources[s:s + CHUNK] for s in range(CHUNK, len(sources), CHUNK)]
     assert any("resuming" in m for m in messages)
+    assert any(("1 thread(s)" if engine == "hf" else "2 translator(s) of 1 thread") in m for m in messages)
     assert not work.exists()
     assert ParallelData.load(out, "train").tgt_text == expected
     a, b = load_file(str(out / "train.safetensors")), load_file(str(distilled[0] / "train.safetensors"))

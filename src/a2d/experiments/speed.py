@@ -21,6 +21,11 @@ models (which stop too early or never) are timed on equal work; their BLEU then 
 data directory's train split with ``--top-n`` and ``--frequent`` into each export): rows ``ct2-int8+shortlist``
 and ``ct2-float32+shortlist`` beside the plain ones, and the target "shortlist" (:func:`targets`).
 
+``--translators`` also times every CTranslate2 engine, at each thread count N above 1, as N translators of one
+thread (CTranslate2's ``inter_threads``: :class:`a2d.translator.CT2Translator`), which decode different batches at
+once: rows ``ENGINE+translators`` at N threads, beside the rows of one translator on N threads. Their batch-1
+latency is that of one translator of one thread.
+
 The report (PREFIX.json, PREFIX.md, PREFIX.png: BLEU against target tokens/s, the Pareto view) checks the
 targets of the issue "The student that ships" for ``--teacher`` and the student named by ``--target-student``
 (the other students are in the table only): see :func:`targets`. Ratios within one run are what to read: the
@@ -57,19 +62,21 @@ BEAMS, THREADS = (1, 5), (1, 2)  # the defaults: the peers ship greedy, the pape
 TARGET_BEAM, TARGET_THREADS = 5, 1  # where the speed targets are read
 TEACHER = "teacher"  # the teacher's name in the rows
 SHORTLIST = "+shortlist"  # appended to a CTranslate2 engine's name in the rows timed with the shortlist
+TRANSLATORS = "+translators"  # appended (after SHORTLIST) in the rows timed as N translators of one thread
 
 
 # =============================================================================================== one process
 def measure(engine: str, folder: str, data: str, split: str, threads: int, beams: list[int], max_tokens: int,
             latency_sentences: int, force_length: int | None = None, sentences: int | None = None,
-            shortlist: bool = False, repeats: int = 1) -> dict:
+            shortlist: bool = False, repeats: int = 1, translators: bool = False) -> dict:
     """Load ``folder`` with ``engine`` on ``threads`` threads, then at every beam: time the split (warm), score
     the timed outputs, time batch-1 latency. ``repeats``: the split is translated that many times and the median
     time counts (every pass's time is kept; the outputs of each pass are the same). Meant to run in a fresh
     process (:func:`in_fresh_process`): the peak resident memory it reports is its process's. ``shortlist``: a
-    CTranslate2 engine decodes with the folder's vocabulary map (the row's engine is then ``ENGINE+shortlist``)."""
-    if shortlist and engine == "hf-fp32":
-        raise ValueError("a shortlist is for the CTranslate2 engines")
+    CTranslate2 engine decodes with the folder's vocabulary map (the row's engine is then ``ENGINE+shortlist``).
+    ``translators``: a CTranslate2 engine runs as ``threads`` translators of one thread (``ENGINE+translators``)."""
+    if (shortlist or translators) and engine == "hf-fp32":
+        raise ValueError("a shortlist and translators are for the CTranslate2 engines")
     os.environ["OMP_NUM_THREADS"] = str(threads)
     torch.set_num_threads(threads)
     test = ParallelData.load(data, split)
@@ -78,8 +85,10 @@ def measure(engine: str, folder: str, data: str, split: str, threads: int, beams
     if engine == "hf-fp32":
         translator = HFTranslator.load(folder, device="cpu")
     else:
-        translator = CT2Translator(folder, threads=threads, shortlist=shortlist)
-    result = {"engine": engine + (SHORTLIST if shortlist else ""), "threads": threads,
+        translator = CT2Translator(folder, threads=1 if translators else threads, shortlist=shortlist,
+                                   translators=threads if translators else 1)
+    result = {"engine": engine + (SHORTLIST if shortlist else "") + (TRANSLATORS if translators else ""),
+              "threads": threads,
               "load_seconds": round(time.perf_counter() - start, 3), "runs": {}, "latency_ms": {}}
     decode = dict(max_tokens=max_tokens, force_length=force_length)
     translator.translate_ids(sources[:20], beam=max(beams), **decode)  # warm-up
@@ -196,7 +205,7 @@ def targets(rows: list[dict], student: str | None, teacher: str = TEACHER, force
         out.append({"name": "size", "target": target, "value": round(share, 4), "met": share <= 0.25,
                     "detail": f"{small['folder_bytes'] / 2**20:.2f} / {big['folder_bytes'] / 2**20:.2f} MiB = "
                               f"{share:.1%}"})
-    if any(r["engine"].endswith(SHORTLIST) for r in rows):
+    if any(SHORTLIST in r["engine"] for r in rows):
         out += _shortlist_targets(rows, student, forced)
     return out
 
@@ -262,7 +271,7 @@ def plot(rows: list[dict], path: Path, beam: int, threads: int, forced: int | No
                for r in rows if r["engine"] == engine and r["threads"] == threads and f"beam{beam}" in r["runs"]]
         if not pts:
             continue
-        ax.scatter([p[0] for p in pts], [p[1] for p in pts], marker=markers[engine.removesuffix(SHORTLIST)],
+        ax.scatter([p[0] for p in pts], [p[1] for p in pts], marker=markers[engine.split("+")[0]],
                    label=engine)
         for x, y, name in pts:
             ax.annotate(name, (x, y), textcoords="offset points", xytext=(4, 3), fontsize=7)
@@ -304,6 +313,9 @@ def markdown(report: dict, models: list[str]) -> str:
         length += (f"; engines ending {SHORTLIST} decode with a lexical shortlist (a2d shortlist on the train split: "
                    f"top {s['shortlist']['top_n']} target pieces per source piece, {s['shortlist']['frequent']} "
                    "frequent ones always)")
+    if s.get("translators"):
+        length += (f"; engines ending {TRANSLATORS} run as N CTranslate2 translators of one thread (N: the row's "
+                   "threads), decoding different batches at once (their latency: one translator of one thread)")
     return "\n".join([
         f"# Speed, size and quality: {', '.join(models)}", "",
         f"`{report['command']}`", "",
@@ -354,6 +366,8 @@ def parser() -> argparse.ArgumentParser:
                    help=f"with --shortlist: target pieces per source piece (default {DEFAULT_TOP_N})")
     p.add_argument("--frequent", type=int, metavar="K",
                    help=f"with --shortlist: frequent target pieces always allowed (default {DEFAULT_FREQUENT})")
+    p.add_argument("--translators", action="store_true", help="also time every ct2 engine at each --threads N "
+                   "above 1 as N translators of one thread (CTranslate2's inter_threads)")
     p.add_argument("--note", default="", help="a line recorded with the results (e.g. what else ran)")
     return p
 
@@ -387,6 +401,12 @@ def check(args) -> tuple[list[tuple[str, Path]], list[int], list[int], list[str]
         if args.frequent < 0:
             raise UserError(f"--frequent {args.frequent}: must be at least 0")
         ParallelData.load(args.data, "train")  # the shortlist's counts: a UserError without a train split
+    if args.translators:
+        if not any(e.startswith("ct2-") for e in engines):
+            raise UserError(f"--translators: for the CTranslate2 engines, and --engines has none ({' '.join(engines)})")
+        if max(threads) < 2:
+            raise UserError("--translators: N translators of one thread for each --threads N above 1, and --threads "
+                            f"has none ({' '.join(map(str, threads))})")
     students = []
     for spec in args.student:
         name, sep, folder = spec.partition("=")
@@ -432,7 +452,7 @@ def run(args, command: str, log=print) -> dict:
               "settings": {"data": str(args.data), "split": args.split, "engines": engines, "beams": beams,
                            "threads": threads, "force_length": args.force_length, "max_tokens": args.max_tokens,
                            "latency_sentences": args.latency_sentences, "sentences": args.sentences,
-                           "repeats": args.repeats,
+                           "repeats": args.repeats, "translators": args.translators,
                            "shortlist": {"top_n": args.top_n, "frequent": args.frequent} if args.shortlist else None}}
     rows = []
     with tempfile.TemporaryDirectory(prefix="a2d-speed-") as tmp:
@@ -446,17 +466,21 @@ def run(args, command: str, log=print) -> dict:
                 if args.shortlist and engine.startswith("ct2-"):
                     write_shortlist(args.data, folder, top_n=args.top_n, frequent=args.frequent, log=lambda *a: None)
                     sizes[engine, True] = sizes[engine, False][0], folder_size(folder)
-            for engine, shortlist in sizes:
-                for n in threads:
-                    log(f"{name} {engine}{SHORTLIST if shortlist else ''} {n} thread(s) ...")
-                    r = in_fresh_process(engine, str(folders[engine]), str(args.data), args.split, n, beams,
-                                         args.max_tokens, args.latency_sentences, args.force_length, args.sentences,
-                                         shortlist, args.repeats)
-                    r.update(model=name, folder=str(model_dir) if engine == "hf-fp32" else f"a2d export of {model_dir}",
-                             weights_bytes=sizes[engine, shortlist][0], folder_bytes=sizes[engine, shortlist][1])
-                    rows.append(r)
-                    log("  " + "; ".join(f"beam {k[4:]} {v['tokens_per_s']:,.0f} tok/s BLEU {v['bleu']:.2f}"
-                                         for k, v in r["runs"].items()))
+            # each engine on each thread count; with --translators, a ct2 engine on N > 1 threads as N translators too
+            ways = [(engine, shortlist, n, parallel) for engine, shortlist in sizes for n in threads
+                    for parallel in ((False, True) if args.translators and engine.startswith("ct2-") and n > 1
+                                     else (False,))]
+            for engine, shortlist, n, translators in ways:
+                with_what = (SHORTLIST if shortlist else "") + (TRANSLATORS if translators else "")
+                log(f"{name} {engine}{with_what} {n} thread(s) ...")
+                r = in_fresh_process(engine, str(folders[engine]), str(args.data), args.split, n, beams,
+                                     args.max_tokens, args.latency_sentences, args.force_length, args.sentences,
+                                     shortlist, args.repeats, translators)
+                r.update(model=name, folder=str(model_dir) if engine == "hf-fp32" else f"a2d export of {model_dir}",
+                         weights_bytes=sizes[engine, shortlist][0], folder_bytes=sizes[engine, shortlist][1])
+                rows.append(r)
+                log("  " + "; ".join(f"beam {k[4:]} {v['tokens_per_s']:,.0f} tok/s BLEU {v['bleu']:.2f}"
+                                     for k, v in r["runs"].items()))
     report["hardware"]["load_average_after"] = [round(x, 2) for x in os.getloadavg()]
     report["results"] = rows
     report["targets"] = targets(rows, args.target_student, forced=args.force_length is not None)

@@ -15,8 +15,10 @@ interrupted run resumes from the last finished chunk); then write a new data dir
 The engine (``--engine``) is Hugging Face ``generate`` (``hf``) or CTranslate2 (``ct2-float32``, ``ct2-int8``),
 the decoding most practitioners' pipelines use for this step: a model folder is exported into a temporary
 folder first (:func:`a2d.export.export`), an ``a2d export`` folder is used as it is. Both decode as
-:mod:`a2d.translator` describes (CTranslate2 float32 gives Hugging Face's translations), with ``threads``
-intra-op threads (default: every core).
+:mod:`a2d.translator` describes (CTranslate2 float32 gives Hugging Face's translations), on ``threads`` cores
+(default: every core): Hugging Face with that many intra-op threads, CTranslate2 as that many translators of one
+thread each, decoding different batches at once (the same translations as one translator; faster than one
+translator of that many threads on the CPU measured: docs/ship.md).
 
 Empty hypotheses keep their pair (the student learns to stop) and are counted; a pair whose hypothesis
 encodes longer than the data's ``max_len`` is dropped, as ``a2d prepare`` drops long training pairs.
@@ -65,7 +67,7 @@ def distill_data(teacher: Path, data_dir: Path, out_dir: Path, beam: int = SEQ_K
 
     ``teacher`` is a run folder (or its ``best/``/``last/``, or a Marian folder), or a folder written by ``a2d
     export``; ``engine`` decodes it (:data:`ENGINES`; default ``hf``, or for an export ``ct2-`` its own
-    quantization), on ``threads`` threads (default every core), with beam search (``beam``) in batches of at most
+    quantization), on ``threads`` cores (default every core; the module's docstring says how), with beam search (``beam``) in batches of at most
     ``max_tokens`` source tokens, ``chunk`` sentences at a time. Rerunning the same command after an interruption
     continues from the last finished chunk. Returns the new ``meta.json``.
     """
@@ -110,11 +112,12 @@ def distill_data(teacher: Path, data_dir: Path, out_dir: Path, beam: int = SEQ_K
         starts = range(done, len(sources), chunk)
         if starts:
             if translator is None:
-                translator = (CT2Translator(teacher, threads=threads, compute_type=engine[4:]) if exported
+                translator = (CT2Translator(teacher, translators=threads, compute_type=engine[4:]) if exported
                               else HFTranslator(model.to("cuda" if torch.cuda.is_available() else "cpu"),
                                                 teacher_vocab, name=str(teacher)))
+            cores = f"{threads} thread(s)" if engine == "hf" else f"{threads} translator(s) of 1 thread"
             log(f"translating {len(sources) - done} of {len(sources)} train sources with {teacher} ({engine}, beam "
-                f"{beam}, {threads} thread(s) on {translator.device}), {len(starts)} chunk(s) of up to {chunk}; work "
+                f"{beam}, {cores} on {translator.device}), {len(starts)} chunk(s) of up to {chunk}; work "
                 f"files in {work}")
             stack.enter_context(_torch_threads(threads if engine == "hf" and translator.device == "cpu" else None))
         bar = tqdm(total=math.ceil(done / chunk) + len(starts), initial=math.ceil(done / chunk), unit="chunk",
@@ -214,11 +217,11 @@ def _engine(teacher: Path, engine: str | None, exported: bool) -> str:
 
 def _exported_teacher(teacher: Path, engine: str, threads: int, stack: contextlib.ExitStack, log) -> CT2Translator:
     """The model folder ``teacher`` exported to CTranslate2 into a temporary folder (removed when ``stack``
-    closes), loaded with ``threads`` threads."""
+    closes), loaded as ``threads`` translators of one thread."""
     folder = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="a2d-distill-data-"))) / "teacher"
     log(f"exporting {teacher} to CTranslate2 {engine[4:]} in {folder} (removed afterwards)")
     export(teacher, folder, quantization=engine[4:], log=lambda *a: None)
-    return CT2Translator(folder, threads=threads, compute_type=engine[4:])
+    return CT2Translator(folder, translators=threads, compute_type=engine[4:])
 
 
 @contextlib.contextmanager
