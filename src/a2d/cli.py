@@ -377,7 +377,8 @@ def _add_distill_data(sub) -> None:
     p.add_argument("--engine", help="what decodes the teacher: hf (Hugging Face generate, the default), ct2-float32 "
                    "or ct2-int8 (CTranslate2; a model folder is exported on the fly, an a2d export folder is taken as "
                    "it is and decoded in its own quantization by default)")
-    p.add_argument("--threads", type=int, help="threads to decode on (default: every core)")
+    p.add_argument("--threads", type=int, help="cores to decode on (default: every core): Hugging Face's threads, "
+                   "or that many CTranslate2 translators of one thread")
     p.add_argument("--cache-topk", type=int, metavar="K",
                    help="instead of translating, store the teacher's K most probable tokens, their log-probabilities "
                         "and the rest's log-mass (fp32) at every target position of the training set (resumable; "
