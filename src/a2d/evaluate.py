@@ -190,11 +190,11 @@ def evaluate_model(model: Translator | Path | str, data_dir: Path | str, split: 
 
     ``model`` is a :class:`~a2d.translator.Translator`, or a folder, opened with
     :func:`~a2d.translator.load_translator` (``threads`` and ``translators``: CTranslate2's; ``shortlist``: with the
-    export's vocabulary map) once the data is found. With ``out`` the result is written there as JSON and the hypotheses, one per line,
-    to ``out.with_suffix(".hyp")``. Returns the result dict (the :func:`score` keys plus model, data, split, beam,
-    decode_seconds, sentences_per_second, device, shortlist: the map's description, None without one; truncated: the
-    sources cut to the model's positions). ``beam=None``: the translator's ``default_beam`` (the one its folder
-    records).
+    export's vocabulary map) once the data is found. With ``out`` the result is written there as JSON and the
+    hypotheses, one per line, to ``out.with_suffix(".hyp")``. Returns the result dict (the :func:`score` keys plus
+    model, data, split, beam, decode_seconds, sentences_per_second, device, shortlist: the map's description, None
+    without one; truncated: the sources cut to the model's positions). ``beam=None``: the translator's
+    ``default_beam`` (the one its folder records).
     """
     if beam is not None and beam < 1:
         raise BadValue("beam", beam, "must be at least 1")
