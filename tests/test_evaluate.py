@@ -66,6 +66,7 @@ def test_score_identical_is_100_with_degenerate_ci():
     low, high = result["bleu_ci"]
     assert low == pytest.approx(100.0) and high == pytest.approx(100.0)
     assert result["chrf"] == pytest.approx(100.0)
+    assert result["chrf_ci"] == [pytest.approx(100.0)] * 2
     assert result["sentences"] == len(REFS)
 
 
@@ -76,6 +77,9 @@ def test_score_ci_contains_point_estimate_and_signature():
     assert 0.0 < result["bleu"] < 100.0
     assert low <= result["bleu"] <= high and low < high
     assert 0.0 < result["chrf"] < 100.0
+    low, high = result["chrf_ci"]  # chrF's interval: the same resamples of the sentences
+    assert low <= result["chrf"] <= high and low < high
+    assert score(WEAK, REFS, n_bootstrap=1)["chrf_ci"] == [result["chrf"]] * 2
     sig = result["signature"]
     assert "nrefs:1" in sig and "bs:1000" in sig and "seed:12345" in sig and "tok:13a" in sig and "version:" in sig
     assert result["chrf_signature"].startswith("nrefs:1|") and "nc:6" in result["chrf_signature"]

@@ -91,14 +91,14 @@ def _percentile_ci(metric, hypotheses: list[str], references: list[str], n_boots
 
 def score(hypotheses: list[str], references: list[str], n_bootstrap: int = 1000,
           seed: int = BOOTSTRAP_SEED, tgt_lang: str | None = None) -> dict:
-    """Corpus BLEU with a 95% bootstrap confidence interval, and chrF, computed by sacreBLEU.
+    """Corpus BLEU and chrF, each with a 95% bootstrap confidence interval, computed by sacreBLEU.
 
-    Returns ``{"bleu", "bleu_ci": [low, high], "bleu_mean", "chrf", "signature", "chrf_signature",
-    "sentences"}``. ``bleu_ci`` holds the 2.5th and 97.5th percentiles of ``n_bootstrap`` resampled
-    corpus BLEU scores (sacreBLEU's resampling with a fixed seed, so the result is deterministic);
-    sacreBLEU itself prints these as ``μ = bleu_mean ± (high - low) / 2``. With ``n_bootstrap <= 1``
-    no resampling is done and ``bleu_ci`` is ``[bleu, bleu]``. ``tgt_lang`` picks BLEU's tokenizer
-    (:func:`bleu_metric_for`).
+    Returns ``{"bleu", "bleu_ci": [low, high], "bleu_mean", "chrf", "chrf_ci": [low, high], "signature",
+    "chrf_signature", "sentences"}``. ``bleu_ci`` holds the 2.5th and 97.5th percentiles of ``n_bootstrap``
+    resampled corpus BLEU scores (sacreBLEU's resampling with a fixed seed, so the result is deterministic);
+    sacreBLEU itself prints these as ``μ = bleu_mean ± (high - low) / 2``; ``chrf_ci`` the same of chrF, over the
+    same resamples of the sentences. With ``n_bootstrap <= 1`` no resampling is done and each interval is the
+    score itself. ``tgt_lang`` picks BLEU's tokenizer (:func:`bleu_metric_for`).
     """
     from sacrebleu.metrics import CHRF
 
@@ -115,12 +115,15 @@ def score(hypotheses: list[str], references: list[str], n_bootstrap: int = 1000,
             mean = float(bleu._mean)
         else:
             low = high = mean = float(bleu.score)
-    chrf = chrf_metric.corpus_score(hypotheses, [references])
+        chrf = chrf_metric.corpus_score(hypotheses, [references])
+        chrf_ci = (list(_percentile_ci(chrf_metric, hypotheses, references, n_bootstrap)) if n_bootstrap > 1
+                   else [float(chrf.score)] * 2)
     return {
         "bleu": float(bleu.score),
         "bleu_ci": [low, high],
         "bleu_mean": mean,
         "chrf": float(chrf.score),
+        "chrf_ci": chrf_ci,
         "signature": bleu_metric.get_signature().format(),
         "chrf_signature": chrf_metric.get_signature().format(),
         "sentences": len(hypotheses),

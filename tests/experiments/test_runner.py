@@ -64,7 +64,11 @@ def test_quality_grid_runs_skips_and_reports(tmp_path, data_root, monkeypatch):
     assert [r[0] for r in heads[1:]] == ["2", "4"] and len(heads[0]) == 9
     assert [r[0] for r in table(md, "Table 4")[1:]] == ["head-wise (`a2d`)", "layer-wise (`a2d-layerwise`)"]
     assert [r[0] for r in table(md, "Table 5")[1:]] == ["all (`a2d`)", "dec-cross (`a2d-att-dec-cross`)"]
-    assert len(table(md, "Every cell")) == 1 + len(jobs)
+    every = table(md, "Every cell")
+    assert len(every) == 1 + len(jobs) and every[0][4:8] == ["test BLEU", "95% CI", "chrF", "95% CI"]
+    a2d_row = next(r for r in every if r[:3] == ["de-en", "a2d", "1"])
+    assert a2d_row[6] == f"{cell['chrf']:.2f}" and a2d_row[7] == "{:.2f}-{:.2f}".format(*cell["chrf_ci"])
+    assert cell["chrf_ci"][0] <= cell["chrf"] <= cell["chrf_ci"][1]
     assert (results / "quality-smoke-alignment-de-en.png").is_file()
 
     info = json.loads(json_path.read_text())

@@ -12,7 +12,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from a2d.analysis import format_summary, plot_alignment
-from a2d.evaluate import paired_bootstrap
+from a2d.evaluate import paired_bootstrap, score
 from a2d.experiments.files import read_json
 from a2d.experiments.grid import BASELINES, TEACHER, Grid
 from a2d.experiments.plan import CELL_FILE, run_metrics
@@ -39,7 +39,22 @@ def collect(grid: Grid, runs: Path, results: Path, log=print) -> tuple[dict[str,
             records[rec["id"]] = rec
     if grid.continue_from:
         _add_source_teachers(grid, runs, results, records, log)
+    for rec in records.values():
+        _add_chrf_ci(rec, log)
     return records, old
+
+
+def _add_chrf_ci(record: dict, log) -> None:
+    """A result scored before chrF had a confidence interval gets it from its stored hypotheses (the same bootstrap
+    as :func:`a2d.evaluate.score`), when the chrF they give is the one recorded; otherwise it stays without."""
+    if "chrf_ci" in record or "hypotheses" not in record or "references" not in record:
+        return
+    scored = score(record["hypotheses"], record["references"])
+    if abs(scored["chrf"] - record["chrf"]) > 1e-6:
+        log(f"note: {record['id']}: its hypotheses give chrF {scored['chrf']:.4f}, not the {record['chrf']:.4f} "
+            "recorded; left without a chrF interval")
+        return
+    record["chrf_ci"] = scored["chrf_ci"]
 
 
 def _add_source_teachers(grid: Grid, runs: Path, results: Path, records: dict[str, dict], log) -> None:

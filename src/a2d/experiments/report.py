@@ -331,13 +331,14 @@ def _alignment(grid: Grid, alignment: dict) -> list[str]:
 
 def _every_cell(grid: Grid, records: dict) -> list[str]:
     """One row per cell x seed: scores, training time, hardware, commit, finish time."""
-    header = ["direction", "cell", "seed", "method", "test BLEU", "95% CI", "chrF", "valid BLEU", "final L_att",
-              "updates", "train time", "hardware", "commit", "finished"]
+    header = ["direction", "cell", "seed", "method", "test BLEU", "95% CI", "chrF", "95% CI", "valid BLEU",
+              "final L_att", "updates", "train time", "hardware", "commit", "finished"]
     rows = []
     for i in _ordered_ids(grid, records):
         r = records[i]
         rows.append([r["direction"], r["cell"], str(r.get("seed")), r.get("method") or TEACHER, f"{r['bleu']:.2f}",
                      f"{r['bleu_ci'][0]:.2f}-{r['bleu_ci'][1]:.2f}", f"{r['chrf']:.2f}",
+                     f"{r['chrf_ci'][0]:.2f}-{r['chrf_ci'][1]:.2f}" if r.get("chrf_ci") else DASH,
                      _num(r.get("valid_best_bleu")), _num(r.get("final_att"), ".3f"), str(r.get("updates") or DASH),
                      _duration(r.get("train_seconds")) + (" (resumed)" if len(r.get("pieces") or []) > 1 else ""),
                      r["hardware"], r["commit"], r["finished"]])
