@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -239,8 +240,11 @@ def test_translate_and_evaluate_take_an_export(exports, tmp_path, monkeypatch, c
     data = tmp_path / "data"
     splits = locate_corpus("multi30k", "de", "en")
     prepare(data, splits, "de", "en", max_train=100, vocab=STORED / "sentencepiece.model", log=lambda *a: None)
-    assert main(["evaluate", "--model", str(exports / "int8"), "--data", str(data), "--beam", "1"]) == 0
-    assert "BLEU" in capsys.readouterr().out
+    assert main(["evaluate", "--model", str(exports / "int8"), "--data", str(data), "--beam", "1",
+                 "--translators", "2"]) == 0
+    printed = capsys.readouterr().out
+    assert re.search(r"^BLEU [\d.]+ \(95% CI [\d.]+-[\d.]+\)  chrF [\d.]+ \(95% CI [\d.]+-[\d.]+\)  1000 sentences",
+                     printed, re.M), printed
 
 
 def one_line_error(argv, capsys) -> str:

@@ -130,9 +130,9 @@ def cmd_evaluate(args, evaluate_model, describe_shortlist, evaluate_task, data_t
     note = _shortlist_note(Path(args.model), result["shortlist"], describe_shortlist)
     if note:
         print(note)
-    lo, hi = result["bleu_ci"]
-    print(f"BLEU {result['bleu']:.2f} (95% CI {lo:.2f}-{hi:.2f})  chrF {result['chrf']:.2f}  "
-          f"{result['sentences']} sentences, {result['sentences_per_second']:.1f} sent/s")
+    (lo, hi), (clo, chi) = result["bleu_ci"], result["chrf_ci"]
+    print(f"BLEU {result['bleu']:.2f} (95% CI {lo:.2f}-{hi:.2f})  chrF {result['chrf']:.2f} (95% CI "
+          f"{clo:.2f}-{chi:.2f})  {result['sentences']} sentences, {result['sentences_per_second']:.1f} sent/s")
     print(result["signature"])
     if out:
         print(f"wrote {out} and {out.with_suffix('.hyp')}")
