@@ -102,6 +102,20 @@ def test_workers_decode_batches_at_once_in_the_input_order(folders):
     assert (one.most, two.most) == (1, 2)
 
 
+def test_loading_ctranslate2_leaves_torch_its_threads(folders):
+    """CTranslate2 sets OpenMP's thread count (torch's too) to its intra_threads when it loads a model; the translator
+    gives torch back its own, so that what runs after it (a seq-KD cell's training) keeps its threads."""
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        translator = CT2Translator(folders[1], threads=1, translators=2)
+        assert torch.get_num_threads() == 2
+        translator.translate(corpus_text(4)[0], beam=2)
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+
+
 def test_ct2_translators_give_the_same_translations(folders):
     """Two CTranslate2 translators of one thread decode different batches at once and give one translator's
     outputs; Hugging Face has no translators, and none is a wrong count."""

@@ -236,11 +236,17 @@ class CT2Translator(BatchTranslator):
         if shortlist:  # a map made before a2d refused such models, or by hand
             check_batches_decode_alike(self.folder, always_allowed(self.folder))
         self.vocab = Vocabulary.load(self.folder)
+        torch_threads = torch.get_num_threads()
         try:
             self.translator = ctranslate2.Translator(str(self.folder), device=device, compute_type=compute_type,
                                                      intra_threads=int(threads), inter_threads=self.workers)
         except (RuntimeError, ValueError) as e:
             raise UserError(f"{self.folder}: CTranslate2 cannot load it ({str(e).splitlines()[0]})") from None
+        finally:
+            # CTranslate2 sets OpenMP's thread count to its intra_threads in this thread, and that count is torch's
+            # too: without this, a process that decodes with CTranslate2 and then trains (a grid's seq-KD cell)
+            # would train on CTranslate2's thread count
+            torch.set_num_threads(torch_threads)
         self.limit = max(1, int(settings.get("max_position_embeddings", 512)) - 1)
         self.suppress = [[t] for t in settings.get("suppress_tokens", [])] or None
         self.forced_eos = int(bool(settings.get("forced_eos")))
