@@ -115,19 +115,31 @@ def score(hypotheses: list[str], references: list[str], n_bootstrap: int = 1000,
             mean = float(bleu._mean)
         else:
             low = high = mean = float(bleu.score)
-        chrf = chrf_metric.corpus_score(hypotheses, [references])
-        chrf_ci = (list(_percentile_ci(chrf_metric, hypotheses, references, n_bootstrap)) if n_bootstrap > 1
-                   else [float(chrf.score)] * 2)
+    chrf, chrf_ci = chrf_with_ci(hypotheses, references, n_bootstrap, seed, chrf_metric)
     return {
         "bleu": float(bleu.score),
         "bleu_ci": [low, high],
         "bleu_mean": mean,
-        "chrf": float(chrf.score),
+        "chrf": chrf,
         "chrf_ci": chrf_ci,
         "signature": bleu_metric.get_signature().format(),
         "chrf_signature": chrf_metric.get_signature().format(),
         "sentences": len(hypotheses),
     }
+
+
+def chrf_with_ci(hypotheses: list[str], references: list[str], n_bootstrap: int = 1000,
+                 seed: int = BOOTSTRAP_SEED, metric=None) -> tuple[float, list[float]]:
+    """Corpus chrF and its 95% bootstrap interval ``[low, high]`` (as :func:`score` gives them; ``[chrf, chrf]``
+    with ``n_bootstrap <= 1``). ``metric``: a sacreBLEU ``CHRF`` to use (default a new one)."""
+    from sacrebleu.metrics import CHRF
+
+    metric = metric or CHRF()
+    hypotheses, references = list(hypotheses), list(references)
+    with _sacrebleu_seed(seed):
+        chrf = float(metric.corpus_score(hypotheses, [references]).score)
+        ci = list(_percentile_ci(metric, hypotheses, references, n_bootstrap)) if n_bootstrap > 1 else [chrf] * 2
+    return chrf, ci
 
 
 def paired_bootstrap(baseline_hyps: list[str], system_hyps: dict[str, list[str]], references: list[str],
@@ -244,4 +256,4 @@ def evaluate_model(model: Translator | Path | str, data_dir: Path | str, split: 
     return result
 
 
-__all__ = ["translate", "score", "bleu_metric_for", "paired_bootstrap", "evaluate_model", "BOOTSTRAP_SEED"]
+__all__ = ["translate", "score", "chrf_with_ci", "bleu_metric_for", "paired_bootstrap", "evaluate_model", "BOOTSTRAP_SEED"]

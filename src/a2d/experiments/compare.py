@@ -12,7 +12,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from a2d.analysis import format_summary, plot_alignment
-from a2d.evaluate import paired_bootstrap, score
+from a2d.evaluate import chrf_with_ci, paired_bootstrap
 from a2d.experiments.files import read_json
 from a2d.experiments.grid import BASELINES, TEACHER, Grid
 from a2d.experiments.plan import CELL_FILE, run_metrics
@@ -49,12 +49,12 @@ def _add_chrf_ci(record: dict, log) -> None:
     as :func:`a2d.evaluate.score`), when the chrF they give is the one recorded; otherwise it stays without."""
     if "chrf_ci" in record or "hypotheses" not in record or "references" not in record:
         return
-    scored = score(record["hypotheses"], record["references"])
-    if abs(scored["chrf"] - record["chrf"]) > 1e-6:
-        log(f"note: {record['id']}: its hypotheses give chrF {scored['chrf']:.4f}, not the {record['chrf']:.4f} "
+    chrf, ci = chrf_with_ci(record["hypotheses"], record["references"])
+    if abs(chrf - record["chrf"]) > 1e-6:
+        log(f"note: {record['id']}: its hypotheses give chrF {chrf:.4f}, not the {record['chrf']:.4f} "
             "recorded; left without a chrF interval")
         return
-    record["chrf_ci"] = scored["chrf_ci"]
+    record["chrf_ci"] = ci
 
 
 def _add_source_teachers(grid: Grid, runs: Path, results: Path, records: dict[str, dict], log) -> None:
